@@ -1,0 +1,1 @@
+"""Helpers shared by tests/, compat/ and benchmarks/: real servers started and stopped by PID."""
