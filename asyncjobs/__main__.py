@@ -1,0 +1,7 @@
+"""``python -m asyncjobs`` is ``asyncjobs-worker``."""
+
+import sys
+
+from asyncjobs.cli.worker import main
+
+sys.exit(main())

@@ -1,0 +1,372 @@
+"""Sans-IO codec: RQ job hashes <-> immutable records, and result-stream entries.
+
+No I/O here.  ``parse_job_hash`` mirrors ``rq.job.Job.restore`` field by field so
+that whatever RQ's ``Job.fetch`` would reject is detected *before* the worker
+touches the job; such a hash yields a :class:`MalformedJobError` carrying the
+minimal repairs that make the hash readable by RQ again, so the job can be
+recorded as failed with a readable reason instead of crashing the worker (a
+stock worker quits on such a job).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from asyncjobs.protocol.serializers import Serializer
+from asyncjobs.protocol.timeutil import parse_utc
+
+DEFAULT_TIMEOUT = 180
+DEFAULT_RESULT_TTL = 500
+DEFAULT_FAILURE_TTL = 31536000
+DEFAULT_CALLBACK_TIMEOUT = 60
+UNSERIALIZABLE_RETURN_VALUE_PAYLOAD = "Unserializable return value"
+
+JOB_STATUSES = frozenset(
+    {"created", "queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled"}
+)
+
+
+class ResultType:
+    SUCCESSFUL = 1
+    FAILED = 2
+    STOPPED = 3
+    RETRIED = 4
+    MAX_RETRIES_EXCEEDED = 5
+
+
+_DATE_FIELDS = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
+_INT_FIELDS = ("timeout", "result_ttl", "failure_ttl", "ttl", "number_of_retries", "retries_left", "repeats_left")
+_TEXT_FIELDS = (
+    "origin", "worker_name", "description", "group_id",
+    "success_callback_name", "failure_callback_name", "stopped_callback_name",
+)
+_CALLBACK_TIMEOUTS = ("success_callback_timeout", "failure_callback_timeout", "stopped_callback_timeout")
+_FLAG_FIELDS = ("enqueue_at_front", "allow_dependency_failures", "enqueue_at_front_on_retry")
+_JSON_FIELDS = ("dependency_ids", "retry_intervals", "repeat_intervals")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    field: str
+    value: bytes
+    reason: str
+
+    def describe(self) -> str:
+        shown = self.value[:60]
+        return f"{self.field}={shown!r}: {self.reason}"
+
+
+class MalformedJobError(Exception):
+    """The job hash cannot be read by RQ; ``repairs`` make it readable again."""
+
+    def __init__(self, job_id: str, problems: list[FieldProblem], repairs: dict[str, str]) -> None:
+        self.job_id = job_id
+        self.problems = problems
+        self.repairs = repairs
+        details = "; ".join(p.describe() for p in problems)
+        super().__init__(
+            f"job {job_id} has a malformed hash ({details}); the producer wrote fields RQ cannot parse. "
+            "Fix the producer and re-enqueue the job."
+        )
+
+
+class PayloadError(Exception):
+    """The ``data`` field cannot be turned into a call."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    func_name: str
+    instance: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackSpec:
+    name: str
+    timeout: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """The fields of an RQ job hash that a worker needs, decoded."""
+
+    id: str
+    data: bytes
+    origin: str = ""
+    status: str | None = None
+    description: str = ""
+    created_at: datetime | None = None
+    enqueued_at: datetime | None = None
+    timeout: int | None = None
+    result_ttl: int | None = None
+    failure_ttl: int | None = None
+    ttl: int | None = None
+    retries_left: int | None = None
+    retry_intervals: tuple[int, ...] = ()
+    enqueue_at_front_on_retry: bool = False
+    number_of_retries: int | None = None
+    repeats_left: int | None = None
+    repeat_intervals: tuple[int, ...] = ()
+    success_callback: CallbackSpec | None = None
+    failure_callback: CallbackSpec | None = None
+    stopped_callback: CallbackSpec | None = None
+    webhooks: tuple[Mapping[str, Any], ...] = ()
+    dependency_ids: tuple[str, ...] = ()
+    allow_dependency_failures: bool = False
+    group_id: str | None = None
+    raw_meta: bytes | None = None
+    extra: Mapping[str, bytes] = field(default_factory=dict)
+
+    def effective_timeout(self) -> float | None:
+        """Seconds the job may run, or None for no limit (RQ: ``timeout or 180``, -1 = none)."""
+        t = self.timeout or DEFAULT_TIMEOUT
+        return None if t < 0 else float(t)
+
+    def effective_result_ttl(self, default: int) -> int:
+        return default if self.result_ttl is None else self.result_ttl
+
+
+def _text(raw: Mapping[str, bytes], name: str) -> str:
+    v = raw.get(name)
+    return v.decode("utf-8") if v else ""
+
+
+def normalize_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for k, v in raw.items():
+        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+        out[key] = v if isinstance(v, bytes) else str(v).encode("utf-8")
+    return out
+
+
+def parse_job_hash(job_id: str, raw_hash: Mapping[bytes | str, bytes | str]) -> JobRecord:
+    """Decode a job hash as ``Job.fetch`` would; raise MalformedJobError if RQ could not."""
+    raw = normalize_hash(raw_hash)
+    problems: list[FieldProblem] = []
+    repairs: dict[str, str] = {}
+
+    def bad(name: str, reason: str, repair: str) -> None:
+        problems.append(FieldProblem(name, raw.get(name, b""), reason))
+        repairs[name] = repair
+
+    if "data" not in raw:
+        raise MalformedJobError(job_id, [FieldProblem("data", b"", "missing (the job has no payload)")], {})
+
+    for name in _TEXT_FIELDS:
+        v = raw.get(name)
+        if v:
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad(name, "not UTF-8 text", "")
+    for name in _DATE_FIELDS:
+        v = raw.get(name)
+        if v:
+            try:
+                parse_utc(v.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                bad(name, "not a UTC timestamp like 2026-01-01T00:00:00.000000Z", "")
+    for name in _INT_FIELDS:
+        v = raw.get(name)
+        if v:
+            try:
+                int(v)
+            except ValueError:
+                bad(name, "not an integer", "")
+    for name in _CALLBACK_TIMEOUTS:
+        if name in raw:
+            try:
+                int(raw[name])
+            except ValueError:
+                bad(name, "not an integer", str(DEFAULT_CALLBACK_TIMEOUT))
+    for name in _FLAG_FIELDS:
+        v = raw.get(name)
+        if (v or name == "enqueue_at_front") and name in raw:
+            try:
+                int(raw[name])
+            except ValueError:
+                bad(name, "not 0 or 1", "0")
+    for name in _JSON_FIELDS:
+        v = raw.get(name)
+        if v:
+            try:
+                parsed = json.loads(v.decode("utf-8"))
+                if not isinstance(parsed, list):
+                    raise ValueError("not a list")
+                if name != "dependency_ids":
+                    [int(x) for x in parsed]
+            except (ValueError, TypeError, UnicodeDecodeError):
+                bad(name, "not a JSON list", "[]" if name == "dependency_ids" else "[0]")
+    status = raw.get("status")
+    if status and status.decode("utf-8", "replace") not in JOB_STATUSES:
+        bad("status", f"not one of {sorted(JOB_STATUSES)}", "failed")
+
+    if problems:
+        raise MalformedJobError(job_id, problems, repairs)
+
+    def opt_int(name: str) -> int | None:
+        v = raw.get(name)
+        return int(v) if v else None
+
+    def opt_date(name: str) -> datetime | None:
+        v = raw.get(name)
+        return parse_utc(v.decode("utf-8")) if v else None
+
+    def callback(prefix: str) -> CallbackSpec | None:
+        name = _text(raw, f"{prefix}_callback_name")
+        if not name:
+            return None
+        t = raw.get(f"{prefix}_callback_timeout")
+        return CallbackSpec(name, int(t) if t is not None else DEFAULT_CALLBACK_TIMEOUT)
+
+    webhooks: tuple[Mapping[str, Any], ...] = ()
+    if raw.get("webhooks"):
+        try:
+            loaded = json.loads(raw["webhooks"].decode("utf-8"))
+            webhooks = tuple(w for w in loaded if isinstance(w, dict))
+        except (ValueError, UnicodeDecodeError):
+            webhooks = ()  # RQ logs and ignores undecodable webhooks too
+
+    dep_ids: tuple[str, ...] = ()
+    if raw.get("dependency_ids"):
+        dep_ids = tuple(str(x) for x in json.loads(raw["dependency_ids"].decode("utf-8")))
+    elif raw.get("dependency_id"):
+        dep_ids = (raw["dependency_id"].decode("utf-8"),)
+
+    known = set(_DATE_FIELDS + _INT_FIELDS + _TEXT_FIELDS + _CALLBACK_TIMEOUTS + _FLAG_FIELDS + _JSON_FIELDS)
+    known |= {"data", "status", "meta", "webhooks", "dependency_id"}
+    return JobRecord(
+        id=job_id,
+        data=raw["data"],
+        origin=_text(raw, "origin"),
+        status=status.decode("utf-8") if status else None,
+        description=_text(raw, "description"),
+        created_at=opt_date("created_at"),
+        enqueued_at=opt_date("enqueued_at"),
+        timeout=opt_int("timeout"),
+        result_ttl=opt_int("result_ttl"),
+        failure_ttl=opt_int("failure_ttl"),
+        ttl=opt_int("ttl"),
+        retries_left=opt_int("retries_left"),
+        retry_intervals=tuple(int(x) for x in json.loads(raw["retry_intervals"])) if raw.get("retry_intervals") else (),
+        enqueue_at_front_on_retry=bool(int(raw["enqueue_at_front_on_retry"])) if raw.get("enqueue_at_front_on_retry") else False,
+        number_of_retries=opt_int("number_of_retries"),
+        repeats_left=opt_int("repeats_left"),
+        repeat_intervals=tuple(int(x) for x in json.loads(raw["repeat_intervals"])) if raw.get("repeat_intervals") else (),
+        success_callback=callback("success"),
+        failure_callback=callback("failure"),
+        stopped_callback=callback("stopped"),
+        webhooks=webhooks,
+        dependency_ids=dep_ids,
+        allow_dependency_failures=bool(int(raw["allow_dependency_failures"])) if raw.get("allow_dependency_failures") else False,
+        group_id=_text(raw, "group_id") or None,
+        raw_meta=raw.get("meta") or None,
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def decode_call(data: bytes, serializer: Serializer) -> Call:
+    """Turn the ``data`` field into a call; raise PayloadError with a readable reason."""
+    try:
+        payload = zlib.decompress(data)
+    except zlib.error:
+        payload = data  # RQ falls back to uncompressed bytes too
+    try:
+        loaded = serializer.loads(payload)
+    except Exception as exc:
+        kind = type(serializer).__name__
+        hint = ""
+        if payload[:1] == b"\x80":
+            hint = " (the payload looks like pickle: start the worker with --serializer pickle)"
+        elif payload[:1] == b"[":
+            hint = " (the payload looks like JSON: start the worker with --serializer json)"
+        raise PayloadError(
+            f"cannot deserialize job data with {kind}: {type(exc).__name__}: {exc}{hint}"
+        ) from exc
+    if not isinstance(loaded, list | tuple) or len(loaded) != 4:
+        raise PayloadError(
+            f"job data is not a (func_name, instance, args, kwargs) tuple but {type(loaded).__name__}"
+        )
+    func_name, instance, args, kwargs = loaded
+    if not isinstance(func_name, str) or not func_name:
+        raise PayloadError(f"job data names no function (func_name={func_name!r})")
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+        raise PayloadError("job data has args that are not a list or kwargs that are not a dict")
+    return Call(func_name, instance, tuple(args), dict(kwargs))
+
+
+def encode_call(call: Call, serializer: Serializer) -> bytes:
+    return zlib.compress(serializer.dumps((call.func_name, call.instance, call.args, call.kwargs)))
+
+
+def encode_return_value(value: Any, serializer: Serializer) -> str | None:
+    """``return_value`` stream field: base64 of the serializer's bytes; None for None."""
+    if value is None:
+        return None
+    try:
+        raw = serializer.dumps(value)
+    except Exception:
+        raw = serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def encode_exc_string(text: str) -> str:
+    return base64.b64encode(zlib.compress(text.encode("utf-8"))).decode("ascii")
+
+
+def decode_exc_string(value: bytes | str) -> str:
+    raw = base64.b64decode(value)
+    return zlib.decompress(raw).decode("utf-8")
+
+
+def result_entry(
+    *,
+    type_: int,
+    worker_name: str,
+    return_value: str | None = None,
+    exc_string: str | None = None,
+    execution_id: str | None = None,
+    started: str | None = None,
+    ended: str | None = None,
+) -> list[str]:
+    """Flat field/value list for ``XADD rq:results:<jid>`` in RQ's field order."""
+    fields = ["type", str(type_), "worker_name", worker_name]
+    if exc_string is not None:
+        fields += ["exc_string", encode_exc_string(exc_string)]
+    if return_value is not None:
+        fields += ["return_value", return_value]
+    if execution_id:
+        fields += ["execution_id", execution_id]
+    if started:
+        fields += ["execution_started_at", started]
+    if ended:
+        fields += ["execution_ended_at", ended]
+    return fields
+
+
+def timeout_message(seconds: float | int) -> str:
+    return f"Task exceeded maximum timeout value ({int(seconds)} seconds)"
+
+
+def retry_interval(intervals: tuple[int, ...], retries_left: int) -> int:
+    """RQ's Retry.get_interval: chosen before retries_left is decremented."""
+    if not intervals:
+        return 0
+    index = max(len(intervals) - retries_left, 0)
+    return intervals[min(index, len(intervals) - 1)]
+
+
+def repeat_interval(intervals: tuple[int, ...], repeats_left: int) -> int:
+    """RQ's Repeat: uses the list from its end, clamped (rq-protocol.md §8.6)."""
+    if not intervals:
+        return 0
+    index = repeats_left - 1
+    return intervals[max(0, min(index, len(intervals) - 1))]

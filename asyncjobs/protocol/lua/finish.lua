@@ -1,0 +1,171 @@
+-- Record the end of many executions at once (success, failure, stop, retry,
+-- repeat, give-back), each exactly as stock RQ 2.12 would leave it
+-- (rq-protocol.md §3.5-§3.8, §3.12, §8.6), plus dependents, atomically.
+--
+-- ARGV[1]: JSON {worker, now (epoch-int str), now_ts, ok, failed, working_time, jobs: [...]}
+-- Each job: {id, eid, q, kind, started_at, ended_at, hb, result (flat XADD fields),
+--            result_ttl, failure_ttl, stream_ttl, repairs {field: value},
+--            next {status 'queued'|'scheduled', at_front, score, fields {...}}, deps 'finished'|'failed'}
+local p = cjson.decode(ARGV[1])
+local worker, now, now_ts = p.worker, tonumber(p.now), p.now_ts
+local wkey = 'rq:worker:' .. worker
+local FOREVER = 31536000
+
+local function expire_job(jid, ttl)
+  redis.call('EXPIRE', 'rq:job:' .. jid, ttl)
+  redis.call('EXPIRE', 'rq:job:' .. jid .. ':dependents', ttl)
+  redis.call('EXPIRE', 'rq:job::' .. jid .. ':dependencies', ttl)
+end
+
+local function delete_job(jid)
+  local ek = 'rq:executions:' .. jid
+  for _, eid in ipairs(redis.call('ZRANGE', ek, 0, -1)) do
+    redis.call('DEL', 'rq:execution:' .. jid .. ':' .. eid)
+  end
+  redis.call('DEL', 'rq:job:' .. jid, 'rq:job:' .. jid .. ':dependents', 'rq:job::' .. jid .. ':dependencies', ek)
+end
+
+local function push(q, jid, at_front)
+  if at_front then
+    redis.call('LPUSH', 'rq:queue:' .. q, jid)
+  else
+    redis.call('RPUSH', 'rq:queue:' .. q, jid)
+  end
+end
+
+-- Queue.enqueue_dependents semantics (rq-protocol.md §3.8).
+local function enqueue_dependents(parent, parent_status)
+  local dkey = 'rq:job:' .. parent .. ':dependents'
+  local children = redis.call('SMEMBERS', dkey)
+  if #children == 0 then return end
+  local enqueued = {}
+  for _, child in ipairs(children) do
+    local ck = 'rq:job:' .. child
+    local f = redis.call('HMGET', ck, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front', 'data')
+    local status, origin, allow, front = f[1], f[2], f[3] == '1', f[4] == '1'
+    if f[5] and status ~= 'canceled' then
+      local met = parent_status == 'finished' or (parent_status == 'failed' and allow)
+      if met then
+        for _, dep in ipairs(redis.call('SMEMBERS', 'rq:job::' .. child .. ':dependencies')) do
+          if dep ~= parent then
+            local s = redis.call('HGET', 'rq:job:' .. dep, 'status')
+            if s and not (s == 'finished' or (allow and s == 'failed')) then
+              met = false
+              break
+            end
+          end
+        end
+      end
+      if met and origin then
+        redis.call('ZREM', 'rq:deferred:' .. origin, child)
+        redis.call('HSET', ck, 'status', 'queued', 'enqueued_at', now_ts)
+        push(origin, child, front)
+        table.insert(enqueued, child)
+      end
+    end
+  end
+  if #enqueued == #children then
+    redis.call('DEL', dkey)
+  elseif #enqueued > 0 then
+    redis.call('SREM', dkey, unpack(enqueued))
+  end
+end
+
+local function add_result(jid, fields, ttl)
+  redis.call('XADD', 'rq:results:' .. jid, 'MAXLEN', '~', 10, '*', unpack(fields))
+  if ttl ~= nil then
+    if tonumber(ttl) == -1 then
+      redis.call('PERSIST', 'rq:results:' .. jid)
+    else
+      redis.call('EXPIRE', 'rq:results:' .. jid, ttl)
+    end
+  end
+end
+
+local function requeue_or_schedule(j, jk)
+  local nx = j.next
+  local fields = {'status', nx.status}
+  for k, v in pairs(nx.fields or {}) do
+    table.insert(fields, k)
+    table.insert(fields, v)
+  end
+  if nx.status == 'queued' then
+    table.insert(fields, 'enqueued_at')
+    table.insert(fields, now_ts)
+    redis.call('HSET', jk, unpack(fields))
+    push(j.q, j.id, nx.at_front)
+  else
+    redis.call('HSET', jk, unpack(fields))
+    redis.call('ZADD', 'rq:scheduled:' .. j.q, nx.score, j.id)
+    redis.call('SADD', 'rq:queues', 'rq:queue:' .. j.q)
+  end
+end
+
+local function fail_registry(j)
+  local ttl = j.failure_ttl and tonumber(j.failure_ttl) or FOREVER
+  if ttl > 0 then
+    expire_job(j.id, ttl)
+  end
+  local score = ttl
+  if ttl >= 0 then score = now + ttl end
+  redis.call('ZADD', 'rq:failed:' .. j.q, score, j.id)
+end
+
+for _, j in ipairs(p.jobs) do
+  local jk = 'rq:job:' .. j.id
+  redis.call('DEL', 'rq:execution:' .. j.id .. ':' .. j.eid)
+  redis.call('ZREM', 'rq:wip:' .. j.q, j.id .. ':' .. j.eid)
+  redis.call('ZREM', 'rq:executions:' .. j.id, j.eid)
+  local status = redis.call('HGET', jk, 'status')
+  if redis.call('HEXISTS', jk, 'data') == 1 and status ~= 'canceled' then
+    if j.repairs then
+      for k, v in pairs(j.repairs) do redis.call('HSET', jk, k, v) end
+    end
+    local kind = j.kind
+    if kind == 'requeue' then
+      redis.call('HSET', jk, 'status', 'queued', 'started_at', '', 'ended_at', '')
+      push(j.q, j.id, true)
+    else
+      redis.call('HSET', jk, 'started_at', j.started_at, 'ended_at', j.ended_at, 'last_heartbeat', j.hb,
+        'worker_name', worker)
+      if kind == 'success' then
+        local ttl = tonumber(j.result_ttl)
+        if ttl == 0 then
+          if j.deps then enqueue_dependents(j.id, 'finished') end
+          delete_job(j.id)
+        else
+          redis.call('HSET', jk, 'status', 'finished')
+          add_result(j.id, j.result, ttl)
+          local score = '+inf'
+          if ttl > 0 then score = now + ttl end
+          redis.call('ZADD', 'rq:finished:' .. j.q, score, j.id)
+          if j.deps then enqueue_dependents(j.id, 'finished') end
+          if j.next then
+            requeue_or_schedule(j, jk)
+          elseif ttl > 0 then
+            expire_job(j.id, ttl)
+          end
+        end
+      elseif kind == 'failure' or kind == 'stopped' or kind == 'max_retries' then
+        if kind == 'stopped' then
+          redis.call('HSET', jk, 'status', 'stopped')
+        else
+          redis.call('HSET', jk, 'status', 'failed')
+        end
+        fail_registry(j)
+        if j.result then add_result(j.id, j.result, j.failure_ttl) end
+        if j.deps then enqueue_dependents(j.id, 'failed') end
+      elseif kind == 'retry' then
+        if j.result then add_result(j.id, j.result, j.failure_ttl) end
+        requeue_or_schedule(j, jk)
+      end
+    end
+  end
+end
+
+if redis.call('EXISTS', wkey) == 1 then
+  if tonumber(p.ok) > 0 then redis.call('HINCRBY', wkey, 'successful_job_count', p.ok) end
+  if tonumber(p.failed) > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', p.failed) end
+  if tonumber(p.working_time) > 0 then redis.call('HINCRBYFLOAT', wkey, 'total_working_time', p.working_time) end
+end
+return #p.jobs

@@ -1,0 +1,237 @@
+"""Async store on redis.asyncio speaking RQ 2.12's format.
+
+Every multi-key transition is one Lua script call, batched across jobs:
+claiming N jobs (pop + start), finishing N jobs (results, registries, TTLs,
+dependents, worker counters) and heart-beating every running execution each
+cost one round trip whatever N is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from asyncjobs.protocol import keys
+from asyncjobs.protocol.codec import normalize_hash
+from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc, utcnow
+
+RQ_VERSION = "2.12.0"
+
+
+def _script(name: str) -> str:
+    return resources.files("asyncjobs.protocol").joinpath("lua", name).read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job popped and marked started; ``raw`` is its hash before the start write."""
+
+    queue: str
+    job_id: str
+    execution_id: str
+    raw: Mapping[str, bytes]
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    jobs: list[Claimed] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    queue: str
+    job_id: str
+    execution_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    name: str
+    queues: tuple[str, ...]
+    ttl: int = 480
+
+
+class WorkerNameTaken(RuntimeError):
+    pass
+
+
+class RedisStore:
+    """RQ-format operations for one worker identity."""
+
+    def __init__(self, redis: Redis, worker_name: str, *, heartbeat_ttl: int = 90) -> None:
+        self.redis = redis
+        self.worker_name = worker_name
+        self.heartbeat_ttl = heartbeat_ttl
+        self._claim: AsyncScript = redis.register_script(_script("claim.lua"))
+        self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
+        self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
+
+    # -- timing helpers -------------------------------------------------
+    def _start_args(self, now: datetime) -> list[str]:
+        ts = epoch_int(now)
+        hb = self.heartbeat_ttl
+        return [
+            self.worker_name, epoch_float(now), format_utc(now),
+            str(ts + hb), str(hb), str(ts + hb + 60), str(hb + 60),
+        ]
+
+    # -- dequeue ----------------------------------------------------------
+    async def claim(self, queues: Sequence[str], count: int, execution_ids: Sequence[str]) -> ClaimResult:
+        """Pop up to ``count`` ids in queue order and mark them started atomically."""
+        now = utcnow()
+        args = [*self._start_args(now), str(count), "pop", str(len(queues)), *queues, *execution_ids[:count]]
+        reply = await self._claim(args=args)
+        return self._parse_claim(reply, now)
+
+    async def block_move(self, queue: str, timeout: float) -> str | None:
+        """BLMOVE one id into the queue's intermediate list (stock's single-queue dequeue)."""
+        value = await self.redis.blmove(keys.queue(queue), keys.intermediate(queue), timeout, "LEFT", "RIGHT")
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def claim_moved(self, queue: str, job_id: str, execution_id: str) -> ClaimResult:
+        now = utcnow()
+        args = [*self._start_args(now), "1", "moved", "1", queue, job_id, execution_id]
+        reply = await self._claim(args=args)
+        return self._parse_claim(reply, now)
+
+    @staticmethod
+    def _parse_claim(reply: Any, now: datetime) -> ClaimResult:
+        suspended, claimed, dropped = reply
+        jobs: list[Claimed] = []
+        for q, jid, eid, flat in claimed:
+            pairs = dict(zip(flat[0::2], flat[1::2], strict=True))
+            jobs.append(Claimed(q.decode(), jid.decode(), eid.decode(), normalize_hash(pairs), now))
+        return ClaimResult(jobs, [d.decode() for d in dropped], bool(suspended))
+
+    # -- completion --------------------------------------------------------
+    async def finish(self, outcomes: Sequence[Mapping[str, Any]], *, ok: int, failed: int, working_time: float) -> None:
+        if not outcomes:
+            return
+        now = utcnow()
+        payload = {
+            "worker": self.worker_name,
+            "now": str(epoch_int(now)),
+            "now_ts": format_utc(now),
+            "ok": ok,
+            "failed": failed,
+            "working_time": f"{working_time:.6f}",
+            "jobs": list(outcomes),
+        }
+        await self._finish(args=[json.dumps(payload)])
+
+    async def heartbeat(self, running: Sequence[Running], worker_ttl: int) -> bool:
+        """Refresh every running execution and the worker key; False if the worker key had expired."""
+        now = utcnow()
+        args = [self.worker_name, str(worker_ttl), *self._start_args(now)[1:]]
+        for r in running:
+            args += [r.queue, r.job_id, r.execution_id]
+        alive = await self._heartbeat(args=args)
+        return bool(alive)
+
+    # -- worker registration ---------------------------------------------------
+    async def register_birth(self, info: WorkerInfo) -> None:
+        key = keys.worker(info.name)
+        existing = await self.redis.hget(key, "death")
+        if await self.redis.exists(key) and existing is None:
+            raise WorkerNameTaken(
+                f"there is already an active worker named {info.name!r}; pick another --name or wait for it to exit"
+            )
+        now = format_utc(utcnow())
+        ip = await self._ip_address()
+        mapping = {
+            "birth": now,
+            "last_heartbeat": now,
+            "queues": ",".join(info.queues),
+            "pid": str(os.getpid()),
+            "hostname": socket.gethostname(),
+            "ip_address": ip,
+            "version": RQ_VERSION,
+            "python_version": sys.version,
+            "state": "started",
+            "successful_job_count": "0",
+            "failed_job_count": "0",
+            "total_working_time": "0",
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=mapping)
+            pipe.sadd(keys.WORKERS, key)
+            for q in info.queues:
+                pipe.sadd(keys.workers_of_queue(q), key)
+            pipe.expire(key, info.ttl)
+            await pipe.execute()
+
+    async def reregister(self, info: WorkerInfo) -> None:
+        """The worker key expired under us (e.g. a long Redis outage): write it again."""
+        await self.redis.delete(keys.worker(info.name))
+        await self.register_birth(info)
+
+    async def register_death(self, queues: Sequence[str]) -> None:
+        key = keys.worker(self.worker_name)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.WORKERS, key)
+            for q in queues:
+                pipe.srem(keys.workers_of_queue(q), key)
+            pipe.hset(key, "death", format_utc(utcnow()))
+            pipe.hdel(key, "current_job")
+            pipe.expire(key, 60)
+            await pipe.execute()
+
+    async def set_state(self, state: str, *, current_job: str | bool | None = False) -> None:
+        """Set ``state``; ``current_job`` = id to set, None to clear, False to leave alone."""
+        key = keys.worker(self.worker_name)
+        if current_job is False:
+            await self.redis.hset(key, "state", state)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, "state", state)
+            if current_job is None:
+                pipe.hdel(key, "current_job")
+            else:
+                pipe.hset(key, "current_job", str(current_job))
+            await pipe.execute()
+
+    async def set_current_job(self, job_id: str | None) -> None:
+        key = keys.worker(self.worker_name)
+        if job_id is None:
+            await self.redis.hdel(key, "current_job")
+        else:
+            await self.redis.hset(key, "current_job", job_id)
+
+    async def mark_shutdown_requested(self) -> None:
+        await self.redis.hset(keys.worker(self.worker_name), "shutdown_requested_date", format_utc(utcnow()))
+
+    async def is_suspended(self) -> bool:
+        return bool(await self.redis.exists(keys.SUSPENDED))
+
+    async def save_meta(self, job_id: str, raw_meta: bytes) -> None:
+        await self.redis.hset(keys.job(job_id), "meta", raw_meta)
+
+    async def _ip_address(self) -> str:
+        try:
+            info = await self.redis.execute_command("CLIENT", "INFO")
+        except Exception:
+            return "unknown"
+        if isinstance(info, dict):
+            addr = info.get("addr") or info.get(b"addr")
+            return addr.decode() if isinstance(addr, bytes) else str(addr or "unknown")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        for part in text.split():
+            if part.startswith("addr="):
+                return part[5:]
+        return "unknown"

@@ -1,0 +1,79 @@
+"""RQ's worker commands over pub/sub (``rq:pubsub:<name>``, rq-protocol.md §7).
+
+- ``shutdown``: warm shutdown (finish jobs in flight, exit).
+- ``stop-job``: cancel that job if it runs here; it ends ``stopped``.
+- ``kill-horse``: there is no work-horse process; the job named in the
+  worker's ``current_job`` is cancelled and failed with "Work-horse terminated
+  unexpectedly", which is what a stock worker records for a killed horse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from asyncjobs.protocol import keys
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+class Controllable(Protocol):
+    def request_stop(self) -> None: ...
+
+    def stop_job(self, job_id: str, reason: str = ...) -> bool: ...
+
+    def current_job_id(self) -> str | None: ...
+
+
+class CommandListener:
+    def __init__(self, redis: Redis, worker_name: str, target: Controllable) -> None:
+        self.redis = redis
+        self.channel = keys.pubsub(worker_name)
+        self.target = target
+
+    def handle(self, payload: Any) -> None:
+        try:
+            data = json.loads(payload)
+            command = data["command"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed worker command %r", payload)
+            return
+        if command == "shutdown":
+            log.info("shutdown command received")
+            self.target.request_stop()
+        elif command == "stop-job":
+            job_id = str(data.get("job_id", ""))
+            if not self.target.stop_job(job_id, "stop"):
+                log.info("stop-job for %s ignored: not running here", job_id)
+        elif command == "kill-horse":
+            current = self.target.current_job_id()
+            if current is not None:
+                self.target.stop_job(current, "kill")
+        else:
+            log.warning("unknown worker command %r", command)
+
+    async def run(self) -> None:
+        delay = 0.2
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                delay = 0.2
+                async for message in pubsub.listen():
+                    if message and message.get("type") == "message":
+                        self.handle(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("command channel %s lost (%s); resubscribing", self.channel, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: S110 - best effort on a dead connection
+                    pass

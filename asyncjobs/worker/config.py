@@ -1,0 +1,61 @@
+"""Plain configuration values for the worker (no settings objects, no env reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DequeueStrategy = Literal["default", "round_robin", "random"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    queues: tuple[str, ...]
+    redis_url: str = "redis://localhost:6379/0"
+    name: str | None = None
+    concurrency: int = 10
+    threads: int | None = None  # sync-job thread pool size; default = concurrency
+    burst: bool = False
+    serializer: str = "pickle"
+    default_result_ttl: int = 500
+    worker_ttl: int = 420
+    job_monitoring_interval: float = 30.0
+    max_jobs: int | None = None
+    max_idle_time: float | None = None
+    dequeue_strategy: DequeueStrategy = "default"
+    shutdown_timeout: float = 30.0
+    block_timeout: float = 2.0
+    with_scheduler: bool = False
+    maintenance_interval: float = 600.0
+    allowed_modules: tuple[str, ...] = ()
+    exception_handlers: tuple[str, ...] = ()
+    disable_default_exception_handler: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.queues:
+            raise ValueError("no queues given: name at least one queue, e.g. --queues default")
+        for q in self.queues:
+            if not q or any(c.isspace() for c in q):
+                raise ValueError(f"invalid queue name {q!r}: queue names must be non-empty and contain no spaces")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
+        if self.dequeue_strategy not in ("default", "round_robin", "random"):
+            raise ValueError(
+                f"--dequeue-strategy must be default, round_robin or random, got {self.dequeue_strategy!r}"
+            )
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise ValueError(f"--max-jobs must be at least 1, got {self.max_jobs}")
+        if self.job_monitoring_interval <= 0:
+            raise ValueError("--job-monitoring-interval must be positive")
+
+    @property
+    def heartbeat_ttl(self) -> int:
+        # rq-protocol.md §3.3: min(timeout, interval) + 60, i.e. 90 with the defaults.
+        return int(self.job_monitoring_interval) + 60
+
+    @property
+    def idle_worker_key_ttl(self) -> int:
+        return self.worker_ttl + 60

@@ -1,0 +1,73 @@
+"""Registry maintenance, exactly as stock RQ does it, on RQ's own code.
+
+Every ``maintenance_interval`` (600 s; first run at start-up) and under RQ's
+``rq:clean_registries:<q>`` lock, for each queue: expired finished/failed
+entries, abandoned started jobs (retried if retries are left, else failed with
+``AbandonedJobError``), dead workers, and intermediate-list leftovers.  The
+work runs in a thread on a synchronous connection, with RQ's own functions, so
+its semantics are stock's by construction; a job abandoned by any worker,
+stock or asyncjobs, is recovered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from asyncjobs.protocol.serializers import Serializer
+from asyncjobs.worker.config import WorkerConfig
+
+log = logging.getLogger("asyncjobs.worker")
+
+
+class Maintenance:
+    def __init__(self, redis: Redis, config: WorkerConfig, serializer: Serializer) -> None:
+        self.config = config
+        self.serializer = serializer
+        self._kwargs = redis.connection_pool.connection_kwargs
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            import redis as sync_redis
+
+            self._conn = sync_redis.Redis.from_url(self.config.redis_url)
+        return self._conn
+
+    def run_once(self, worker_name: str) -> None:
+        from rq import Queue, worker_registration
+        from rq.group import Group
+        from rq.registry import clean_registries
+        from rq.worker import SimpleWorker
+
+        conn = self._connection()
+        queues = [Queue(q, connection=conn, serializer=self.serializer) for q in self.config.queues]
+        # A stock worker object under *our* name, never registered: RQ's intermediate-queue
+        # cleanup calls its handle_job_failure for jobs stuck there.
+        shim = SimpleWorker(queues, connection=conn, name=worker_name, serializer=self.serializer)
+        for queue in queues:
+            if queue.acquire_maintenance_lock():
+                try:
+                    log.info("cleaning registries for queue %s", queue.name)
+                    clean_registries(queue, [])
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(shim, queue)
+                finally:
+                    queue.release_maintenance_lock()
+        Group.clean_registries(connection=conn)
+
+    async def run(self, stop: asyncio.Event, worker_name: str | None = None) -> None:
+        name = worker_name or "asyncjobs-maintenance"
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.run_once, name)
+            except Exception as exc:
+                log.warning("maintenance pass failed (%s); will retry next interval", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.maintenance_interval)
+        if self._conn is not None:
+            self._conn.close()
