@@ -139,7 +139,7 @@ def _text(raw: Mapping[str, bytes], name: str) -> str:
     return v.decode("utf-8") if v else ""
 
 
-def normalize_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
+def normalize_hash(raw: Mapping[str, bytes] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for k, v in raw.items():
         key = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
@@ -147,7 +147,7 @@ def normalize_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[str, bytes]:
     return out
 
 
-def parse_job_hash(job_id: str, raw_hash: Mapping[bytes | str, bytes | str]) -> JobRecord:
+def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, bytes]) -> JobRecord:
     """Decode a job hash as ``Job.fetch`` would; raise MalformedJobError if RQ could not."""
     raw = normalize_hash(raw_hash)
     problems: list[FieldProblem] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -71,10 +72,8 @@ def resolve_serializer(spec: str | Serializer | type | None) -> Serializer:
         except (ImportError, AttributeError) as exc:
             raise SerializerError(f"cannot import serializer {spec!r}: {exc}") from exc
         return resolve_serializer(obj)
-    if spec is pickle:
-        return PickleSerializer()
-    if spec is json:
-        return JSONSerializer()
+    if isinstance(spec, ModuleType) and spec.__name__ in ("pickle", "json"):
+        return PickleSerializer() if spec.__name__ == "pickle" else JSONSerializer()
     if isinstance(spec, type):
         # RQ's own classes have staticmethod dumps/loads; instantiate when possible.
         instance: Any = spec()

@@ -98,7 +98,9 @@ class RedisStore:
 
     async def block_move(self, queue: str, timeout: float) -> str | None:
         """BLMOVE one id into the queue's intermediate list (stock's single-queue dequeue)."""
-        value = await self.redis.blmove(keys.queue(queue), keys.intermediate(queue), timeout, "LEFT", "RIGHT")
+        value = await self.redis.blmove(
+            keys.queue(queue), keys.intermediate(queue), timeout, "LEFT", "RIGHT"  # type: ignore[arg-type]
+        )
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
@@ -153,7 +155,7 @@ class RedisStore:
             )
         now = format_utc(utcnow())
         ip = await self._ip_address()
-        mapping = {
+        mapping: dict[str | bytes, str | bytes | int | float] = {
             "birth": now,
             "last_heartbeat": now,
             "queues": ",".join(info.queues),
@@ -169,7 +171,7 @@ class RedisStore:
         }
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(key, mapping=mapping)
+            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
             pipe.sadd(keys.WORKERS, key)
             for q in info.queues:
                 pipe.sadd(keys.workers_of_queue(q), key)
@@ -224,7 +226,7 @@ class RedisStore:
 
     async def _ip_address(self) -> str:
         try:
-            info = await self.redis.execute_command("CLIENT", "INFO")
+            info = await self.redis.execute_command("CLIENT", "INFO")  # type: ignore[no-untyped-call]
         except Exception:
             return "unknown"
         if isinstance(info, dict):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any, Protocol
@@ -73,7 +74,5 @@ class CommandListener:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:  # noqa: S110 - best effort on a dead connection
-                    pass
+                with contextlib.suppress(Exception):  # best effort on a dead connection
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

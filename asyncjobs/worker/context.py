@@ -92,10 +92,10 @@ def install_rq_job_stack() -> None:
 def push_rq_job(handle: JobHandle) -> None:
     from rq import job as rq_job
 
-    rq_job._job_stack.push(_LazyJob(handle))
+    rq_job._job_stack.push(_LazyJob(handle))  # type: ignore[no-untyped-call]
 
 
 def pop_rq_job() -> None:
     from rq import job as rq_job
 
-    rq_job._job_stack.pop()
+    rq_job._job_stack.pop()  # type: ignore[no-untyped-call]

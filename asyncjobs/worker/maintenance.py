@@ -57,7 +57,7 @@ class Maintenance:
                     worker_registration.clean_worker_registry(queue)
                     queue.intermediate_queue.cleanup(shim, queue)
                 finally:
-                    queue.release_maintenance_lock()
+                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
         Group.clean_registries(connection=conn)
 
     async def run(self, stop: asyncio.Event, worker_name: str | None = None) -> None:

@@ -36,10 +36,10 @@ def _redis_url(connection: Any) -> str:
     return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
-class AsyncWorker(RQWorker):  # type: ignore[misc]
+class AsyncWorker(RQWorker):
     """An ``rq.Worker`` whose ``work()`` runs asyncjobs' concurrent engine."""
 
-    def work(  # type: ignore[override]
+    def work(
         self,
         burst: bool = False,
         logging_level: str | None = None,

@@ -266,10 +266,13 @@ class Worker:
                     continue
             elif self.config.burst:
                 break
-            if self.config.max_idle_time is not None and not self._inflight:
-                if time.monotonic() - idle_since >= self.config.max_idle_time:
-                    log.info("idle for %.0fs (--max-idle-time): exiting", self.config.max_idle_time)
-                    break
+            if (
+                self.config.max_idle_time is not None
+                and not self._inflight
+                and time.monotonic() - idle_since >= self.config.max_idle_time
+            ):
+                log.info("idle for %.0fs (--max-idle-time): exiting", self.config.max_idle_time)
+                break
             await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:

@@ -1,0 +1,222 @@
+"""Application settings, read from the environment and a ``.env`` file.
+
+Use :func:`get_settings` (cached).  Tests and reloading code call
+:func:`reload_settings` (or ``get_settings.cache_clear()``) after changing the
+environment.  Invalid values raise :class:`SettingsError` naming the variable;
+secrets (``SMTP_PASSWORD``, ``SMS_API_SECRET``) are :class:`~pydantic.SecretStr`
+and never printed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asyncjobs.delivery.ratelimit import Rate, parse_rate
+
+__all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
+
+_SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
+_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_DOTTED_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[.:][A-Za-z_][\w]*$")
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each bad variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # Redis / queues
+    redis_url: str = "redis://localhost:6379/0"
+
+    # Email
+    email_backend: Literal["auto", "smtp", "console"] = "auto"
+    smtp_host: str = ""
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_from_email: str = "noreply@localhost"
+    smtp_from_name: str = ""
+    smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_timeout: float = Field(30.0, gt=0)
+    smtp_pool_size: int = Field(10, ge=1, le=1000)
+    smtp_max_messages_per_connection: int = Field(100, ge=1)
+    smtp_ca_file: str = ""
+    smtp_validate_certs: bool = True
+    smtp_rate_limit: str = ""
+
+    # SMS
+    sms_provider: str = "console"
+    sms_api_key: str = ""
+    sms_api_secret: SecretStr = SecretStr("")
+    sms_from_number: str = ""
+    sms_base_url: str = ""
+    sms_timeout: float = Field(10.0, gt=0)
+    sms_max_connections: int = Field(100, ge=1)
+    sms_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    sms_rate_limit: str = ""
+
+    # Rate limiting / retries
+    rate_limit_scope: Literal["process", "redis"] = "process"
+    delivery_max_attempts: int = Field(5, ge=1, le=100)
+    delivery_backoff_base: float = Field(1.0, ge=0)
+    delivery_backoff_max: float = Field(60.0, ge=0)
+
+    # Outbox (used by asyncjobs.outbox)
+    database_url: str = "sqlite+aiosqlite:///./asyncjobs-outbox.db"
+    outbox_max_attempts: int = Field(5, ge=1)
+    outbox_visibility_timeout: float = Field(300.0, gt=0)
+    outbox_poll_interval: float = Field(5.0, gt=0)
+    outbox_batch_size: int = Field(100, ge=1)
+    outbox_retry_backoff_base: float = Field(30.0, ge=0)
+
+    @field_validator("smtp_rate_limit", "sms_rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        parse_rate(value)  # raises ValueError with an example of the right form
+        return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://localhost:6379/0")
+        return value
+
+    @field_validator("smtp_from_email")
+    @classmethod
+    def _check_from_email(cls, value: str) -> str:
+        from asyncjobs.delivery.email import validate_email_address
+
+        validate_email_address(value, what="from address")
+        return value
+
+    @field_validator("smtp_from_name")
+    @classmethod
+    def _check_from_name(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be a single line (no CR/LF)")
+        return value
+
+    @field_validator("sms_from_number")
+    @classmethod
+    def _check_from_number(cls, value: str) -> str:
+        if value and not _E164_RE.match(value):
+            raise ValueError("must be an E.164 number such as +353871234567 (or empty)")
+        return value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str) -> str:
+        if value and not os.path.isfile(value):
+            raise ValueError(f"file {value!r} does not exist; point it at a PEM CA bundle or leave it empty")
+        return value
+
+    @field_validator("sms_provider")
+    @classmethod
+    def _check_provider(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in ("console", "twilio", "http"):
+            return value.lower()
+        if not _DOTTED_RE.match(value):
+            raise ValueError(
+                "must be console, twilio, http, or a dotted path to a provider class such as "
+                "myapp.sms.MyProvider"
+            )
+        return value
+
+    @field_validator("sms_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        problems: list[str] = []
+        if self.email_backend == "smtp" and not self.smtp_host:
+            problems.append("SMTP_HOST: must be set when EMAIL_BACKEND=smtp")
+        if self.smtp_user and not self.smtp_password.get_secret_value():
+            problems.append("SMTP_PASSWORD: must be set when SMTP_USER is set")
+        if self.sms_provider == "twilio":
+            if not self.sms_api_key:
+                problems.append("SMS_API_KEY: must be set to the Twilio Account SID when SMS_PROVIDER=twilio")
+            if not self.sms_api_secret.get_secret_value():
+                problems.append(
+                    "SMS_API_SECRET: must be set to the Twilio auth token when SMS_PROVIDER=twilio"
+                )
+            if not self.sms_from_number:
+                problems.append("SMS_FROM_NUMBER: must be set when SMS_PROVIDER=twilio")
+        if self.sms_provider == "http" and not self.sms_base_url:
+            problems.append("SMS_BASE_URL: must be set to the webhook URL when SMS_PROVIDER=http")
+        if self.delivery_backoff_max < self.delivery_backoff_base:
+            problems.append("DELIVERY_BACKOFF_MAX: must be >= DELIVERY_BACKOFF_BASE")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- derived values ----------------------------------------------------------
+
+    @property
+    def resolved_email_backend(self) -> Literal["smtp", "console"]:
+        """``auto`` means console when SMTP_HOST is empty or ``localhost``, else smtp."""
+        if self.email_backend == "auto":
+            return "console" if self.smtp_host.strip().lower() in ("", "localhost") else "smtp"
+        return self.email_backend
+
+    @property
+    def smtp_rate(self) -> Rate | None:
+        return parse_rate(self.smtp_rate_limit)
+
+    @property
+    def sms_rate(self) -> Rate | None:
+        return parse_rate(self.sms_rate_limit)
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        if loc:
+            name = loc[0].upper()
+            value = "" if loc[0] in _SECRET_FIELDS else f"={err.get('input')!r}"
+            lines.append(f"{name}{value}: {msg}")
+        else:
+            lines.append(msg)
+    return "invalid asyncjobs settings: " + "; ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings now (environment, ``.env``, then ``overrides``); raise :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format_error(exc)) from None
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (cached)."""
+    return load_settings()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings and read them again."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,96 @@
+"""The delivery jobs users enqueue (stock RQ producers enqueue them by reference).
+
+    from asyncjobs.queues import emails_queue, sms_queue
+    from asyncjobs.tasks import send_email, send_sms
+    emails_queue.enqueue(send_email, "user@example.com", "Subject", "Body", html_body="<p>Body</p>")
+    sms_queue.enqueue(send_sms, "+353871234567", "Your code is 123456")
+
+Both are ``async def`` and work under ``asyncjobs-worker`` (concurrently, with
+pooled connections) and under a stock ``rq worker`` (one at a time).
+Transient failures are retried inside the job with exponential backoff and
+full jitter (honouring Retry-After) up to ``DELIVERY_MAX_ATTEMPTS``; permanent
+ones raise at once, so the job fails with a readable reason.  The return value
+is a small JSON-serialisable dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from asyncjobs import runtime
+from asyncjobs.delivery.email import EmailMessage, EmailSendResult, build_mime
+from asyncjobs.delivery.retry import retry_async
+from asyncjobs.delivery.sms import SmsMessage, SmsResult
+from asyncjobs.settings import get_settings
+
+__all__ = ["send_email", "send_sms"]
+
+log = logging.getLogger(__name__)
+
+
+async def send_email(
+    to: str | list[str],
+    subject: str,
+    body: str,
+    html_body: str | None = None,
+    *,
+    reply_to: str | list[str] | None = None,
+    cc: str | list[str] | None = None,
+    bcc: str | list[str] | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    from_email: str | None = None,
+    from_name: str | None = None,
+) -> dict[str, object]:
+    """Send one email (to one or several recipients) and return a summary dict.
+
+    ``from_email``/``from_name`` default to ``SMTP_FROM_EMAIL``/``SMTP_FROM_NAME``.
+    ``headers`` adds extra headers (e.g. ``List-Unsubscribe``; a ``Message-ID``
+    given here replaces the generated one).  Returns ``{"message_id",
+    "accepted", "refused", "backend", "attempts"}``.
+    """
+    settings = get_settings()
+    header_items: tuple[tuple[str, str], ...] = ()
+    if headers is not None:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        header_items = tuple((str(k), str(v)) for k, v in items)
+    message = EmailMessage(
+        to=to,  # type: ignore[arg-type]  # normalised to a tuple by EmailMessage
+        subject=subject,
+        body=body,
+        html_body=html_body,
+        from_email=from_email or settings.smtp_from_email,
+        from_name=from_name if from_name is not None else (settings.smtp_from_name or None),
+        reply_to=reply_to,  # type: ignore[arg-type]
+        cc=cc,  # type: ignore[arg-type]
+        bcc=bcc,  # type: ignore[arg-type]
+        headers=header_items,
+    )
+    prepared = build_mime(message)  # validation: invalid input fails here, before anything is sent
+    limiter = runtime.get_rate_limiter("smtp")
+
+    async def attempt() -> EmailSendResult:
+        await limiter.acquire()
+        return await runtime.get_email_sender().send_prepared(prepared)
+
+    result, attempts = await retry_async(
+        attempt,
+        runtime.retry_policy(settings),
+        describe=f"email {prepared.message_id} to {', '.join(message.to)}",
+    )
+    return {**result.as_dict(), "attempts": attempts}
+
+
+async def send_sms(to: str, body: str, *, from_number: str | None = None) -> dict[str, object]:
+    """Send one SMS through ``SMS_PROVIDER``; returns ``{"provider", "provider_id", "to", "status", "attempts"}``."""
+    settings = get_settings()
+    message = SmsMessage(to=to, body=body, from_number=from_number)
+    message.validate()  # before anything is sent
+    limiter = runtime.get_rate_limiter("sms")
+
+    async def attempt() -> SmsResult:
+        await limiter.acquire()
+        return await runtime.get_sms_provider().send(message)
+
+    result, attempts = await retry_async(attempt, runtime.retry_policy(settings), describe=f"SMS to {to}")
+    return {**result.as_dict(), "attempts": attempts}

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from asyncjobs.settings import SettingsError, get_settings, load_settings, reload_settings
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.resolved_email_backend == "console"
+    assert s.smtp_port == 587
+    assert s.sms_provider == "console"
+    assert s.sms_http_transport == "aiohttp"
+    assert s.delivery_max_attempts == 5
+    assert s.database_url == "sqlite+aiosqlite:///./asyncjobs-outbox.db"
+    assert (s.outbox_max_attempts, s.outbox_visibility_timeout, s.outbox_batch_size) == (5, 300, 100)
+    assert s.outbox_poll_interval == 5.0 and s.outbox_retry_backoff_base == 30
+    assert s.smtp_rate is None
+
+
+@pytest.mark.parametrize(
+    ("host", "backend", "expected"),
+    [
+        ("", "auto", "console"),
+        ("localhost", "auto", "console"),
+        ("smtp.example.com", "auto", "smtp"),
+        ("localhost", "smtp", "smtp"),
+        ("smtp.example.com", "console", "console"),
+    ],
+)
+def test_email_backend_resolution(
+    clean_env: pytest.MonkeyPatch, host: str, backend: str, expected: str
+) -> None:
+    clean_env.setenv("SMTP_HOST", host)
+    clean_env.setenv("EMAIL_BACKEND", backend)
+    assert load_settings().resolved_email_backend == expected
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("SMTP_PORT", "notaport", "SMTP_PORT='notaport'"),
+        ("SMTP_PORT", "70000", "SMTP_PORT"),
+        ("SMTP_TLS", "ssl3", "SMTP_TLS"),
+        ("EMAIL_BACKEND", "carrier-pigeon", "EMAIL_BACKEND"),
+        ("SMTP_RATE_LIMIT", "fast", "SMTP_RATE_LIMIT='fast'"),
+        ("SMS_RATE_LIMIT", "10/fortnight", "SMS_RATE_LIMIT"),
+        ("SMS_FROM_NUMBER", "0871234567", "SMS_FROM_NUMBER"),
+        ("SMS_PROVIDER", "not a path!", "SMS_PROVIDER"),
+        ("SMS_HTTP_TRANSPORT", "curl", "SMS_HTTP_TRANSPORT"),
+        ("SMTP_FROM_EMAIL", "not-an-address", "SMTP_FROM_EMAIL"),
+        ("SMTP_CA_FILE", "/nonexistent/ca.pem", "SMTP_CA_FILE"),
+        ("REDIS_URL", "localhost:6379", "REDIS_URL"),
+        ("DELIVERY_MAX_ATTEMPTS", "0", "DELIVERY_MAX_ATTEMPTS"),
+        ("RATE_LIMIT_SCOPE", "galaxy", "RATE_LIMIT_SCOPE"),
+        ("SMS_PROVIDER", "twilio", "SMS_API_KEY"),
+        ("SMS_PROVIDER", "http", "SMS_BASE_URL"),
+        ("EMAIL_BACKEND", "smtp", "SMTP_HOST"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    clean_env: pytest.MonkeyPatch, var: str, value: str, fragment: str
+) -> None:
+    clean_env.setenv(var, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert fragment in str(info.value)
+
+
+def test_secrets_never_printed(clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    clean_env.setenv("SMTP_USER", "mailer")
+    clean_env.setenv("SMTP_PASSWORD", "hunter2-smtp")
+    clean_env.setenv("SMS_API_SECRET", "hunter2-sms")
+    s = load_settings()
+    assert s.smtp_password.get_secret_value() == "hunter2-smtp"
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("test").info("settings: %s %r", s, s)
+    text = repr(s) + str(s) + caplog.text + s.model_dump_json()
+    assert "hunter2" not in text
+
+
+def test_secret_absent_from_validation_errors(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SMTP_USER", "mailer")
+    clean_env.setenv("SMTP_PASSWORD", "hunter2-smtp")
+    clean_env.setenv("SMTP_PORT", "bad")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+    assert "SMTP_PORT" in str(info.value)
+
+
+def test_dotenv_and_cache(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SMTP_HOST=mail.example.org\nSMTP_RATE_LIMIT=600/m\n")
+    s = reload_settings()
+    assert s.smtp_host == "mail.example.org"
+    assert s.smtp_rate is not None and s.smtp_rate.count == 600 and s.smtp_rate.period == 60
+    assert get_settings() is s
+    clean_env.setenv("SMTP_HOST", "env-wins.example.org")
+    assert get_settings().smtp_host == "mail.example.org"  # cached
+    assert reload_settings().smtp_host == "env-wins.example.org"
+    get_settings.cache_clear()
