@@ -23,7 +23,12 @@ from asyncjobs.protocol.codec import (
     parse_job_hash,
     result_entry,
 )
-from asyncjobs.protocol.serializers import JSONSerializer, PickleSerializer, SerializerError, resolve_serializer
+from asyncjobs.protocol.serializers import (
+    JSONSerializer,
+    PickleSerializer,
+    SerializerError,
+    resolve_serializer,
+)
 from asyncjobs.protocol.timeutil import format_utc, parse_utc
 from compat.fixture_data import fixture_names, load_fixture
 
@@ -119,11 +124,11 @@ def test_malformed_hashes_are_detected_exactly_where_rq_fetch_fails() -> None:
 
 def test_wrong_serializer_gives_a_readable_hint() -> None:
     raw = load_fixture("queued_json")
-    job_id, h = next(iter(_job_hashes(raw).items()))
+    _job_id, h = next(iter(_job_hashes(raw).items()))
     with pytest.raises(PayloadError, match="--serializer json"):
         decode_call(h["data"], PickleSerializer())
     raw = load_fixture("queued_pickle")
-    job_id, h = next(iter(_job_hashes(raw).items()))
+    _job_id, h = next(iter(_job_hashes(raw).items()))
     with pytest.raises(PayloadError, match="--serializer pickle"):
         decode_call(h["data"], JSONSerializer())
 

@@ -1,0 +1,287 @@
+"""Processing one notification, and the polling :class:`OutboxProcessor`.
+
+Nothing here knows SMTP, SMS providers, Redis or settings: the composition
+layer (:mod:`asyncjobs.notifications`) injects a ``deliver`` coroutine
+function, an ``enqueue`` coroutine function and plain configuration values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from asyncjobs.outbox import repository as repo
+from asyncjobs.outbox.models import utcnow
+from asyncjobs.outbox.templates import RenderedMessage, TemplateError, render
+
+__all__ = [
+    "Classify",
+    "Deliver",
+    "Enqueue",
+    "ErrorVerdict",
+    "OutboxProcessor",
+    "Outcome",
+    "RetryPolicy",
+    "default_classify",
+    "handle_notification",
+]
+
+log = logging.getLogger(__name__)
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    #: A ``processing`` claim older than this (seconds) is considered dead and may be re-claimed.
+    visibility_timeout: float = 300.0
+    #: Retry n waits ``backoff_base * 2**(n-1)`` seconds (capped), unless the provider said otherwise.
+    backoff_base: float = 30.0
+    backoff_cap: float = 3600.0
+    #: Deadline for one send; defaults to half the visibility timeout so that a slow send is
+    #: abandoned (and retried) before another worker may take the row over.
+    send_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.visibility_timeout <= 0:
+            raise ValueError(f"visibility_timeout must be > 0 seconds, got {self.visibility_timeout}")
+        if self.backoff_base < 0:
+            raise ValueError(f"backoff_base must be >= 0 seconds, got {self.backoff_base}")
+
+    @property
+    def effective_send_timeout(self) -> float:
+        return self.send_timeout if self.send_timeout is not None else self.visibility_timeout / 2
+
+    def backoff(self, attempts: int, retry_after: float | None = None) -> float:
+        delay: float = min(self.backoff_base * 2.0 ** max(attempts - 1, 0), self.backoff_cap)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_cap))
+        return delay
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"
+    RETRY = "retry"
+    FAILED = "failed"
+    #: Not claimable: already sent/failed, claimed by someone else, not due yet, or no such row.
+    SKIPPED = "skipped"
+    #: Delivered (or failed) but our claim had expired and was taken over meanwhile.
+    LOST_CLAIM = "lost_claim"
+
+
+@dataclass(frozen=True)
+class ErrorVerdict:
+    permanent: bool
+    retry_after: float | None = None
+
+
+Deliver = Callable[[repo.ClaimedNotification, RenderedMessage], Awaitable[None]]
+Classify = Callable[[Exception], ErrorVerdict]
+Enqueue = Callable[[repo.Dispatched], Awaitable[None]]
+
+
+def default_classify(exc: Exception) -> ErrorVerdict:
+    """Template errors are permanent; otherwise honour a ``transient`` attribute (delivery errors).
+
+    Unknown exceptions are treated as transient: retrying is the safe default and
+    ``max_attempts`` bounds it.
+    """
+    if isinstance(exc, TemplateError):
+        return ErrorVerdict(permanent=True)
+    transient = getattr(exc, "transient", True)
+    retry_after = getattr(exc, "retry_after", None)
+    return ErrorVerdict(
+        permanent=transient is False,
+        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def handle_notification(
+    session_factory: SessionFactory,
+    notification_id: int,
+    *,
+    deliver: Deliver,
+    policy: RetryPolicy,
+    classify: Classify = default_classify,
+) -> Outcome:
+    """Claim, render, deliver and record one notification. Never raises for delivery errors."""
+    async with session_factory() as session, session.begin():
+        claimed = await repo.claim(session, notification_id, visibility_timeout=policy.visibility_timeout)
+    if claimed is None:
+        log.info("outbox notification %s not claimable (sent, failed, claimed elsewhere or not due)",
+                 notification_id)
+        return Outcome.SKIPPED
+
+    async def finish(outcome: Outcome, op: Callable[[AsyncSession], Awaitable[bool]]) -> Outcome:
+        async with session_factory() as session, session.begin():
+            applied = await op(session)
+        if not applied:
+            log.warning(
+                "outbox notification %s: claim expired and was taken over before we recorded %s; "
+                "raise OUTBOX_VISIBILITY_TIMEOUT above the slowest send", claimed.id, outcome.value,
+            )
+            return Outcome.LOST_CLAIM
+        return outcome
+
+    if claimed.attempts > policy.max_attempts:
+        reason = (
+            f"gave up after {policy.max_attempts} attempts; the last attempt's worker stopped without "
+            f"recording a result (previous error: {claimed.last_error or 'none'})"
+        )
+        log.error("outbox notification %s failed: %s", claimed.id, reason)
+        return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=reason))
+
+    log.info("outbox notification %s (%s by %s): attempt %d/%d", claimed.id, claimed.kind,
+             claimed.channel, claimed.attempts, policy.max_attempts)
+    try:
+        message = render(claimed.kind, claimed.channel, claimed.recipient, claimed.payload)
+        async with asyncio.timeout(policy.effective_send_timeout):
+            await deliver(claimed, message)
+    except Exception as exc:
+        verdict = classify(exc)
+        error = _describe(exc)
+        if isinstance(exc, TimeoutError) and not str(exc):
+            error = f"TimeoutError: send took longer than {policy.effective_send_timeout:g}s"
+        if verdict.permanent:
+            log.error("outbox notification %s failed permanently: %s", claimed.id, error)
+            return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=error))
+        if claimed.attempts >= policy.max_attempts:
+            reason = f"gave up after {claimed.attempts} attempts; last error: {error}"
+            log.error("outbox notification %s failed: %s", claimed.id, reason)
+            return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=reason))
+        delay = policy.backoff(claimed.attempts, verdict.retry_after)
+        when = utcnow() + dt.timedelta(seconds=delay)
+        log.warning("outbox notification %s attempt %d failed (%s); retry in %.0fs", claimed.id,
+                    claimed.attempts, error, delay)
+        return await finish(
+            Outcome.RETRY, lambda s: repo.record_retry(s, claimed, error=error, next_attempt_at=when)
+        )
+    log.info("outbox notification %s sent", claimed.id)
+    return await finish(Outcome.SENT, lambda s: repo.mark_sent(s, claimed))
+
+
+class OutboxProcessor:
+    """Polls for due rows in bounded batches and enqueues (or directly delivers) them.
+
+    Several processors may run side by side: PostgreSQL batches are taken with
+    ``FOR UPDATE SKIP LOCKED`` and the per-row claim makes duplicate jobs harmless.
+    The constructor does no I/O; call :meth:`run` (until ``stop`` is set) or
+    :meth:`run_once`.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        *,
+        enqueue: Enqueue | None = None,
+        handle: Callable[[int], Awaitable[object]] | None = None,
+        batch_size: int = 100,
+        poll_interval: float = 5.0,
+        visibility_timeout: float = 300.0,
+        redispatch_after: float | None = None,
+        concurrency: int = 10,
+    ) -> None:
+        if (enqueue is None) == (handle is None):
+            raise ValueError("give the OutboxProcessor exactly one of enqueue= (queue mode) or handle= "
+                             "(deliver directly)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.session_factory = session_factory
+        self.enqueue = enqueue
+        self.handle = handle
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.visibility_timeout = visibility_timeout
+        #: A row dispatched this long ago and still claimable is dispatched again.
+        self.redispatch_after = visibility_timeout if redispatch_after is None else redispatch_after
+        self.concurrency = concurrency
+        self.dispatched_total = 0
+
+    async def run_once(self) -> int:
+        """One bounded tick: dispatch up to ``batch_size`` due rows; return how many were dispatched."""
+        async with self.session_factory() as session, session.begin():
+            batch = await repo.dispatch_due(
+                session,
+                limit=self.batch_size,
+                visibility_timeout=self.visibility_timeout,
+                redispatch_after=self.redispatch_after,
+            )
+        if not batch:
+            return 0
+        if self.enqueue is not None:
+            done = 0
+            for d in batch:
+                try:
+                    await self.enqueue(d)
+                except Exception as exc:
+                    rest = batch[done:]
+                    log.warning("outbox: enqueue of notification %s failed (%s); %d row(s) stay pending "
+                                "and are retried next tick", d.id, _describe(exc), len(rest))
+                    with contextlib.suppress(Exception):
+                        async with self.session_factory() as session, session.begin():
+                            await repo.release_dispatch(session, rest)
+                    break
+                done += 1
+            log.info("outbox: enqueued %d of %d due notification(s)", done, len(batch))
+            self.dispatched_total += done
+            return done
+        handle = self.handle
+        assert handle is not None
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(notification_id: int) -> None:
+            async with sem:
+                try:
+                    await handle(notification_id)
+                except Exception:
+                    log.exception("outbox: processing notification %s failed", notification_id)
+
+        async with asyncio.TaskGroup() as tg:
+            for d in batch:
+                tg.create_task(one(d.id))
+        log.info("outbox: processed %d due notification(s) directly", len(batch))
+        self.dispatched_total += len(batch)
+        return len(batch)
+
+    async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
+        """Tick until ``stop`` is set (the current batch is always finished first)."""
+        log.info(
+            "outbox processor started (%s, batch size %d, poll interval %gs, visibility timeout %gs)",
+            "enqueue" if self.enqueue is not None else "deliver directly",
+            self.batch_size, self.poll_interval, self.visibility_timeout,
+        )
+        while not stop.is_set():
+            try:
+                count = await self.run_once()
+            except Exception:
+                log.exception("outbox processor tick failed; retrying in %gs", self.poll_interval)
+                count = 0
+            if once:
+                if count < self.batch_size:
+                    break
+                continue
+            if count >= self.batch_size:
+                continue  # more is due: go again without waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+        log.info("outbox processor stopped after dispatching %d notification(s)", self.dispatched_total)
+
