@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from rq.exceptions import DeserializationError
+
 from asyncjobs.protocol.serializers import Serializer
 from asyncjobs.protocol.timeutil import parse_utc
 
@@ -76,8 +78,10 @@ class MalformedJobError(Exception):
         )
 
 
-class PayloadError(Exception):
-    """The ``data`` field cannot be turned into a call."""
+class PayloadError(DeserializationError):
+    """The ``data`` field cannot be turned into a call (RQ's ``DeserializationError``)."""
+
+    reported_as = "rq.exceptions.DeserializationError"
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,21 +57,26 @@ class CommandListener:
         else:
             log.warning("unknown worker command %r", command)
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until ``stop`` is set (polled each second: redis-py's pub/sub may swallow a cancel)."""
         delay = 0.2
-        while True:
+        while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 delay = 0.2
-                async for message in pubsub.listen():
+                while not stop.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and message.get("type") == "message":
                         self.handle(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop.is_set():
+                    break
                 log.warning("command channel %s lost (%s); resubscribing", self.channel, exc)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 10.0)
             finally:
                 with contextlib.suppress(Exception):  # best effort on a dead connection

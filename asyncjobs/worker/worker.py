@@ -93,6 +93,7 @@ class Worker:
         self.failed = 0
         self._sync_redis: Any = None
         self._closing = False
+        self._closed = asyncio.Event()
 
     # ------------------------------------------------------------------ public
     def request_stop(self) -> None:
@@ -157,7 +158,7 @@ class Worker:
         background = [
             asyncio.create_task(self._finisher(), name="asyncjobs-finisher"),
             asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat"),
-            asyncio.create_task(commands.run(), name="asyncjobs-commands"),
+            asyncio.create_task(commands.run(self._closed), name="asyncjobs-commands"),
         ]
         extra = await self._start_extras()
         background += extra
@@ -170,11 +171,15 @@ class Worker:
                 task.cancel()
             await self._flush()
             self._closing = True
+            self._closed.set()
             self._pending_ready.set()
             for task in background[1:]:
-                task.cancel()
+                if task.get_name() != "asyncjobs-commands":
+                    task.cancel()
             # Bounded: a task stuck in a dead connection must not keep the process alive.
-            await asyncio.wait(background, timeout=10)
+            _, stuck = await asyncio.wait(background, timeout=10)
+            for task in stuck:
+                task.cancel()
             await run_shutdown_hooks()
             try:
                 await self.store.register_death(self.config.queues)
@@ -584,7 +589,8 @@ class Worker:
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n"
+    name = getattr(exc, "reported_as", None) or f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return f"{name}: {exc}\n"
 
 
 class _Backoff:

@@ -16,6 +16,17 @@ local base = 10 + nq
 local claimed = {}
 local dropped = {}
 
+-- rq info / dashboards: the worker is busy and names one running job.
+local function mark_busy()
+  local wkey = 'rq:worker:' .. worker
+  if #claimed > 0 and redis.call('EXISTS', wkey) == 1 then
+    redis.call('HSET', wkey, 'state', 'busy')
+    if redis.call('HEXISTS', wkey, 'current_job') == 0 then
+      redis.call('HSET', wkey, 'current_job', claimed[1][2])
+    end
+  end
+end
+
 local function start(q, jid, eid)
   local jk = 'rq:job:' .. jid
   local h = redis.call('HGETALL', jk)
@@ -41,6 +52,7 @@ if mode == 'moved' then
   if redis.call('LREM', 'rq:queue:' .. q .. ':intermediate', 1, jid) > 0 then
     start(q, jid, eid)
   end
+  mark_busy()
   return {0, claimed, dropped}
 end
 
@@ -60,4 +72,5 @@ for i = 1, nq do
   end
   if used >= n then break end
 end
+mark_busy()
 return {0, claimed, dropped}

@@ -1,0 +1,161 @@
+"""The engine in-process against a real Redis: outages, shutdown paths, heartbeats, job context."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from rq import Queue
+from rq.job import Job
+
+from asyncjobs.worker import lifecycle
+from tests.worker.conftest import eventually
+from testsupport.redis_server import RedisServer
+
+J = "tests.worker.jobs"
+
+
+def status(conn: redis.Redis, job_id: str) -> str | None:
+    value = conn.hget(f"rq:job:{job_id}", "status")
+    return value.decode() if value else None
+
+
+async def test_results_survive_a_redis_outage(
+    redis_server: RedisServer, sync_redis: redis.Redis, start_worker
+) -> None:
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "outage")
+    _worker, task = await start_worker(concurrency=5, job_monitoring_interval=1)
+    await eventually(lambda: status(sync_redis, held.id) == "started", what="job started")
+
+    sync_redis.save()  # the server comes back with its data, like a restart with persistence
+    redis_server.stop()
+    jobs.gate("outage").set()  # the job ends while Redis is down
+    await asyncio.sleep(0.5)  # let the worker hit the outage (not a synchronisation point)
+    redis_server.start()
+
+    await eventually(lambda: status(sync_redis, held.id) == "finished", what="result recorded after outage")
+    job = Job.fetch(held.id, connection=sync_redis)
+    assert job.return_value() == "released outage"
+    # ... and the worker keeps working.
+    after = q.enqueue(f"{J}.add", 20, 22)
+    await eventually(lambda: status(sync_redis, after.id) == "finished", what="job after outage")
+    assert Job.fetch(after.id, connection=sync_redis).return_value() == 42
+    assert not task.done()
+
+
+async def test_connection_drops_are_survived(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("default", connection=sync_redis)
+    _worker, _task = await start_worker(concurrency=5)
+    first = q.enqueue(f"{J}.add", 1, 1)
+    await eventually(lambda: status(sync_redis, first.id) == "finished")
+    sync_redis.client_kill_filter(_type="normal", skipme=True)
+    second = q.enqueue(f"{J}.add", 2, 2)
+    await eventually(lambda: status(sync_redis, second.id) == "finished", what="job after CLIENT KILL")
+
+
+async def test_cold_stop_puts_unfinished_jobs_back(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("default", connection=sync_redis)
+    ids = [q.enqueue(f"{J}.wait_gate", "never").id for _ in range(3)]
+    worker, task = await start_worker(concurrency=3)
+    await eventually(lambda: all(status(sync_redis, i) == "started" for i in ids), what="3 started")
+    worker.request_stop()
+    worker.request_cold_stop()
+    await asyncio.wait_for(task, 30)
+    assert q.count == 3
+    assert set(q.get_job_ids()) == set(ids)
+    assert all(status(sync_redis, i) == "queued" for i in ids)
+    assert q.started_job_registry.get_job_ids() == []
+    assert not sync_redis.sismember("rq:workers", f"rq:worker:{worker.name}")
+
+
+async def test_warm_stop_finishes_in_flight_jobs(sync_redis: redis.Redis, start_worker) -> None:
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "warm")
+    waiting = q.enqueue(f"{J}.add", 1, 2)
+    worker, task = await start_worker(concurrency=1, shutdown_timeout=30)
+    await eventually(lambda: status(sync_redis, held.id) == "started")
+    worker.request_stop()
+    await asyncio.sleep(0.2)
+    assert not task.done()  # still draining
+    assert sync_redis.hget(f"rq:worker:{worker.name}", "shutdown_requested_date")
+    jobs.gate("warm").set()
+    await asyncio.wait_for(task, 30)
+    assert status(sync_redis, held.id) == "finished"
+    assert status(sync_redis, waiting.id) == "queued"  # never fetched after the stop
+    assert sync_redis.hget(f"rq:worker:{worker.name}", "death")
+
+
+async def test_heartbeats_keep_running_jobs_alive(sync_redis: redis.Redis, start_worker) -> None:
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "hb")
+    worker, _task = await start_worker(concurrency=2, job_monitoring_interval=1)
+    await eventually(lambda: status(sync_redis, held.id) == "started")
+    member = next(iter(sync_redis.zrange("rq:wip:default", 0, -1)))
+    first = sync_redis.zscore("rq:wip:default", member)
+    await eventually(
+        lambda: (sync_redis.zscore("rq:wip:default", member) or 0) > (first or 0), what="wip score refreshed"
+    )
+    assert sync_redis.ttl(f"rq:worker:{worker.name}") <= 61 + 1
+    jobs.gate("hb").set()
+    await eventually(lambda: status(sync_redis, held.id) == "finished")
+
+
+async def test_sync_job_timeout_is_reported_with_rqs_message(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("default", connection=sync_redis)
+    job = q.enqueue(f"{J}.spin_sync", 30, job_timeout=1)
+    after = q.enqueue(f"{J}.add", 1, 1)
+    _worker, task = await start_worker(concurrency=2, burst=True)
+    await asyncio.wait_for(task, 30)
+    fetched = Job.fetch(job.id, connection=sync_redis)
+    assert fetched.get_status() == "failed"
+    assert fetched.latest_result().exc_string.rstrip().endswith(
+        "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)"
+    )
+    assert status(sync_redis, after.id) == "finished"
+
+
+async def test_get_current_job_per_concurrent_job(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("default", connection=sync_redis)
+    ids = [q.enqueue(f"{J}.current_job_info", f"t{i}").id for i in range(10)]
+    sync_ids = [q.enqueue(f"{J}.current_job_info_sync", f"s{i}").id for i in range(3)]
+    _worker, task = await start_worker(concurrency=10, burst=True)
+    await asyncio.wait_for(task, 30)
+    for i, job_id in enumerate(ids):
+        job = Job.fetch(job_id, connection=sync_redis)
+        assert job.return_value() == {"id": job_id, "stock_id": job_id, "tag": f"t{i}"}
+        assert job.get_meta()["tag"] == f"t{i}"  # save_meta() landed and the final save kept it
+    for i, job_id in enumerate(sync_ids):
+        job = Job.fetch(job_id, connection=sync_redis)
+        assert job.return_value() == {"id": job_id, "tag": f"s{i}"}
+        assert job.get_meta()["tag"] == f"s{i}"
+
+
+async def test_allow_list_refuses_other_modules(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("default", connection=sync_redis)
+    refused = q.enqueue("os.getcwd")
+    allowed = q.enqueue(f"{J}.add", 2, 2)
+    _worker, task = await start_worker(burst=True, allowed_modules=("tests.worker",))
+    await asyncio.wait_for(task, 30)
+    job = Job.fetch(refused.id, connection=sync_redis)
+    assert job.get_status() == "failed"
+    assert "not in an allowed module" in job.latest_result().exc_string
+    assert Job.fetch(allowed.id, connection=sync_redis).return_value() == 4
+
+
+async def test_shutdown_hooks_run_once(sync_redis: redis.Redis, start_worker) -> None:
+    calls: list[str] = []
+
+    async def hook() -> None:
+        calls.append("closed")
+
+    lifecycle.on_shutdown(hook)
+    _worker, task = await start_worker(burst=True)
+    await asyncio.wait_for(task, 30)
+    assert calls == ["closed"]
