@@ -55,6 +55,7 @@ class InFlight:
     claimed: Claimed
     task: asyncio.Task[None] | None = None
     cancel_reason: str | None = None  # "stop" | "give_back" | "kill"
+    after_recorded: Callable[[], None] | None = None  # e.g. webhooks, once the outcome is stored
 
     @property
     def running(self) -> Running:
@@ -66,6 +67,7 @@ class InFlight:
 class _Pending:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     running: list[Running] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
     ok: int = 0
     failed: int = 0
     working_time: float = 0.0
@@ -93,6 +95,7 @@ class Worker:
         self.failed = 0
         self._sync_redis: Any = None
         self._closing = False
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
 
     # ------------------------------------------------------------------ public
@@ -170,6 +173,8 @@ class Worker:
             for task in self._waiters:
                 task.cancel()
             await self._flush()
+            if self._side_tasks:  # webhooks in flight: give them their own timeouts to finish
+                await asyncio.wait(self._side_tasks, timeout=15)
             self._closing = True
             self._closed.set()
             self._pending_ready.set()
@@ -356,7 +361,7 @@ class Worker:
             ex = self._execution(claimed, claimed.started_at)
             outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
             counts = (0, 1, 0.0)
-        self._submit(outcome, counts, item.running)
+        self._submit(outcome, counts, item.running, item.after_recorded)
         self._inflight.pop(key, None)
         self._slot_freed.set()
 
@@ -412,7 +417,7 @@ class Worker:
             return transitions.failure(record, self._execution(claimed, started, ended), text), (0, 1, 0.0)
         except BaseException as exc:
             ended = utcnow()
-            return await self._failed(record, claimed, handle, exc, started, ended, time.monotonic() - t0)
+            return await self._failed(item, record, handle, exc, started, ended, time.monotonic() - t0)
         ended = utcnow()
         elapsed = time.monotonic() - t0
         ex = self._execution(claimed, started, ended)
@@ -428,15 +433,16 @@ class Worker:
         try:
             await self.callbacks.success(record, handle, value)
         except BaseException as exc:
-            return await self._failed(record, claimed, handle, exc, started, ended, elapsed, callback_ran=True)
+            return await self._failed(item, record, handle, exc, started, ended, elapsed, callback_ran=True)
         rv = encode_return_value(value, self.serializer)
         log.info("%s: job OK (%s)", claimed.queue, claimed.job_id)
+        item.after_recorded = _webhooks(record, handle, "finished", ended)
         return transitions.success(record, ex, rv, self.config.default_result_ttl), (1, 0, elapsed)
 
     async def _failed(
         self,
+        item: InFlight,
         record: JobRecord,
-        claimed: Claimed,
         handle: JobHandle,
         exc: BaseException,
         started: Any,
@@ -444,6 +450,7 @@ class Worker:
         elapsed: float,
         callback_ran: bool = False,
     ) -> tuple[dict[str, Any], tuple[int, int, float]]:
+        claimed = item.claimed
         text = "".join(traceback.format_exception(exc))
         ex = self._execution(claimed, started, ended)
         if not callback_ran:
@@ -456,6 +463,7 @@ class Worker:
             log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left)
             return transitions.exception_retry(record, ex), (0, 1, elapsed)
         log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc)
+        item.after_recorded = _webhooks(record, handle, "failed", ended, text)
         if self.config.disable_default_exception_handler:
             out = transitions.failure(record, ex, text)
             out.pop("result", None)
@@ -477,10 +485,18 @@ class Worker:
         return self._sync_redis
 
     # ------------------------------------------------------------- recording
-    def _submit(self, outcome: dict[str, Any], counts: tuple[int, int, float], running: Running) -> None:
+    def _submit(
+        self,
+        outcome: dict[str, Any],
+        counts: tuple[int, int, float],
+        running: Running,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         p = self._pending
         p.outcomes.append(outcome)
         p.running.append(running)
+        if after is not None:
+            p.after.append(after)
         p.ok += counts[0]
         p.failed += counts[1]
         p.working_time += counts[2]
@@ -500,6 +516,8 @@ class Worker:
                     await self.store.finish(
                         batch.outcomes, ok=batch.ok, failed=batch.failed, working_time=batch.working_time
                     )
+                    for fn in batch.after:
+                        self._spawn_side_task(asyncio.to_thread(fn))
                     await self.store.set_state(
                         "busy" if self._inflight else "idle", current_job=self.current_job_id()
                     )
@@ -512,9 +530,15 @@ class Worker:
                     merged.ok += self._pending.ok
                     merged.failed += self._pending.failed
                     merged.working_time += self._pending.working_time
+                    merged.after += self._pending.after
                     self._pending = merged
                     await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
             self._finisher_idle.set()
+
+    def _spawn_side_task(self, aw: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def _flush(self) -> None:
         """Wait until every outcome is recorded (bounded, so a dead Redis cannot hang exit forever)."""
@@ -586,6 +610,21 @@ class Worker:
             await aw
         except REDIS_ERRORS as exc:
             log.warning("Redis unreachable: %s", exc)
+
+
+def _webhooks(
+    record: JobRecord, handle: JobHandle, status: str, ended: Any, exc_string: str | None = None
+) -> Callable[[], None] | None:
+    """RQ's own ``Webhook.send`` for the terminal status, to run once the outcome is stored."""
+    if not any(w.get("job_status") == status for w in record.webhooks):
+        return None
+
+    def send() -> None:
+        job = handle.job()
+        job.ended_at = ended
+        job.send_webhooks(status, exc_string=exc_string)
+
+    return send
 
 
 def _reason(exc: BaseException) -> str:

@@ -159,3 +159,43 @@ async def test_shutdown_hooks_run_once(sync_redis: redis.Redis, start_worker) ->
     _worker, task = await start_worker(burst=True)
     await asyncio.wait_for(task, 30)
     assert calls == ["closed"]
+
+
+async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
+    sync_redis: redis.Redis, start_worker
+) -> None:
+    from aiohttp import web
+    from rq.webhook import Webhook
+
+    received: list[dict] = []
+    statuses_seen: list[str | None] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        statuses_seen.append(status(sync_redis, body["job_id"]))
+        received.append(body)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        q = Queue("default", connection=sync_redis)
+        ok = q.enqueue(f"{J}.add", 1, 2, webhooks=[Webhook(url, "finished", method="POST")])
+        bad = q.enqueue(f"{J}.spin_sync", "x", webhooks=[Webhook(url, "failed", method="POST")])
+        _worker, task = await start_worker(burst=True)
+        await asyncio.wait_for(task, 30)
+        await eventually(lambda: len(received) == 2, what="two webhooks")
+    finally:
+        await runner.cleanup()
+    by_id = {r["job_id"]: r for r in received}
+    assert by_id[ok.id]["status"] == "finished" and by_id[ok.id]["func_name"] == f"{J}.add"
+    assert by_id[bad.id]["status"] == "failed" and "TypeError" in by_id[bad.id]["exc_info"]
+    assert by_id[ok.id]["ended_at"]
+    # The terminal state was already stored when each webhook arrived.
+    assert sorted(statuses_seen) == ["failed", "finished"]
