@@ -144,11 +144,17 @@ def _text(raw: Mapping[str, bytes], name: str) -> str:
 
 
 def normalize_hash(raw: Mapping[str, bytes] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
+    if isinstance(raw, _Normalized):
+        return raw
+    out = _Normalized()
     for k, v in raw.items():
         key = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
         out[key] = v if isinstance(v, bytes) else str(v).encode("utf-8")
     return out
+
+
+class _Normalized(dict[str, bytes]):
+    """A hash already decoded to ``str`` keys and ``bytes`` values (skips re-normalising)."""
 
 
 def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, bytes]) -> JobRecord:
@@ -171,11 +177,12 @@ def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, b
                 v.decode("utf-8")
             except UnicodeDecodeError:
                 bad(name, "not UTF-8 text", "")
+    dates: dict[str, datetime] = {}
     for name in _DATE_FIELDS:
         v = raw.get(name)
         if v:
             try:
-                parse_utc(v.decode("utf-8"))
+                dates[name] = parse_utc(v.decode("utf-8"))
             except (ValueError, UnicodeDecodeError):
                 bad(name, "not a UTC timestamp like 2026-01-01T00:00:00.000000Z", "")
     for name in _INT_FIELDS:
@@ -221,8 +228,7 @@ def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, b
         return int(v) if v else None
 
     def opt_date(name: str) -> datetime | None:
-        v = raw.get(name)
-        return parse_utc(v.decode("utf-8")) if v else None
+        return dates.get(name)
 
     def callback(prefix: str) -> CallbackSpec | None:
         name = _text(raw, f"{prefix}_callback_name")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import re
 from datetime import UTC, datetime
 
 UTC_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -20,8 +21,19 @@ def format_utc(dt: datetime) -> str:
     return dt.strftime(UTC_FORMAT)
 
 
+_FAST_UTC = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{6}))?Z$")
+
+
 def parse_utc(value: str) -> datetime:
-    """Parse UTC-ts exactly as RQ does (with or without microseconds); raises ValueError."""
+    """Parse UTC-ts exactly as RQ does (with or without microseconds); raises ValueError.
+
+    The canonical form takes a fast path; anything else goes through ``strptime``
+    with RQ's own two formats, so what is accepted is exactly what RQ accepts.
+    """
+    m = _FAST_UTC.match(value)
+    if m is not None:
+        y, mo, d, h, mi, s, us = m.groups()
+        return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int(us or 0), tzinfo=UTC)
     try:
         return datetime.strptime(value, UTC_FORMAT).replace(tzinfo=UTC)
     except ValueError:

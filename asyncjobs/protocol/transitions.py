@@ -50,6 +50,12 @@ def _base(ex: Execution, kind: str) -> dict[str, Any]:
     }
 
 
+def _job_flags(out: dict[str, Any], job: JobRecord) -> dict[str, Any]:
+    if job.dependency_ids:
+        out["dd"] = True  # its rq:job::<id>:dependencies set exists and must expire with it
+    return out
+
+
 def _entry(ex: Execution, type_: int, **kw: Any) -> list[str]:
     return result_entry(
         type_=type_,
@@ -77,7 +83,7 @@ def _requeue_or_schedule(
 def success(
     job: JobRecord, ex: Execution, return_value_b64: str | None, default_result_ttl: int
 ) -> dict[str, Any]:
-    out = _base(ex, "success")
+    out = _job_flags(_base(ex, "success"), job)
     ttl = job.effective_result_ttl(default_result_ttl)
     out["result_ttl"] = str(ttl)
     out["result"] = _entry(ex, ResultType.SUCCESSFUL, return_value=return_value_b64)
@@ -97,7 +103,7 @@ def failure(
     job: JobRecord, ex: Execution, exc_text: str, *, repairs: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Terminal failure (no retries left), or a job that could not even be run."""
-    out = _base(ex, "failure")
+    out = _job_flags(_base(ex, "failure"), job)
     if job.failure_ttl is not None:
         out["failure_ttl"] = str(job.failure_ttl)
     out["result"] = _entry(ex, ResultType.FAILED, exc_string=exc_text)
@@ -109,7 +115,7 @@ def failure(
 
 def stopped(job: JobRecord, ex: Execution) -> dict[str, Any]:
     """``send_stop_job_command``: status stopped, FAILED result, no ended_at, no dependents."""
-    out = _base(ex, "stopped")
+    out = _job_flags(_base(ex, "stopped"), job)
     out["ended_at"] = ""
     if job.failure_ttl is not None:
         out["failure_ttl"] = str(job.failure_ttl)
@@ -147,7 +153,7 @@ def value_retry(
     """The job *returned* ``Retry(max, interval)``: RETRIED (type 4) or MAX_RETRIES_EXCEEDED (type 5)."""
     count = job.number_of_retries or 0
     if count and count >= max_retries:
-        out = _base(ex, "max_retries")
+        out = _job_flags(_base(ex, "max_retries"), job)
         if job.failure_ttl is not None:
             out["failure_ttl"] = str(job.failure_ttl)
         out["result"] = _entry(ex, ResultType.MAX_RETRIES_EXCEEDED, return_value=retry_b64)

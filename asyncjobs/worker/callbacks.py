@@ -46,19 +46,18 @@ class Callbacks:
         timeout = float(spec.timeout) if spec.timeout and spec.timeout > 0 else None
         job = handle.job()
         conn = self.connection_factory()
-        if inspect.iscoroutinefunction(func):
-            try:
-                async with asyncio.timeout(timeout):
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                if inspect.iscoroutinefunction(func):
                     await func(job, conn, *args)
-            except TimeoutError:
-                raise JobTimeoutException(timeout_message(timeout or 0)) from None
-        else:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self.executor._pool, lambda: func(job, conn, *args))
-            try:
-                await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                raise JobTimeoutException(timeout_message(timeout or 0)) from None
+                else:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(self.executor._pool, lambda: func(job, conn, *args))
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise JobTimeoutException(timeout_message(timeout or 0)) from None
 
     async def success(self, record: JobRecord, handle: JobHandle, value: Any) -> None:
         if record.success_callback is not None:

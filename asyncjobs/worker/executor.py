@@ -54,10 +54,13 @@ class Executor:
     async def _run_async(self, coro: Any, timeout: float | None) -> Any:
         if timeout is None:
             return await coro
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await coro
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the job's own TimeoutError, not ours
             raise JobTimeoutException(timeout_message(timeout)) from None
 
     async def _run_sync(
@@ -70,11 +73,11 @@ class Executor:
     ) -> Any:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
-        thread_id: list[int] = []
-        finished = threading.Event()
+        # [thread id, finished]; written by the job's thread, read on the loop.
+        state: list[Any] = [None, False]
 
         def call() -> Any:
-            thread_id.append(threading.get_ident())
+            state[0] = threading.get_ident()
             push_rq_job(handle)
             try:
                 result = ctx.run(func, *args, **kwargs)
@@ -83,22 +86,24 @@ class Executor:
                     result = asyncio.run(_await(result))
                 return result
             finally:
+                state[1] = True
                 pop_rq_job()
-                finished.set()
 
         future = loop.run_in_executor(self._pool, call)
+        deadline = asyncio.timeout(timeout)
         try:
-            if timeout is None:
+            async with deadline:
                 return await future
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            if thread_id and not finished.is_set():
-                _raise_in_thread(thread_id[0], JobTimeoutException)
+            if not deadline.expired():
+                raise  # the job's own TimeoutError, not ours
+            if state[0] is not None and not state[1]:
+                _raise_in_thread(state[0], JobTimeoutException)
             raise JobTimeoutException(timeout_message(timeout or 0)) from None
         except asyncio.CancelledError:
             # Stop-job or cold shutdown: interrupt the thread as far as Python allows.
-            if thread_id and not finished.is_set():
-                _raise_in_thread(thread_id[0], SystemExit)
+            if state[0] is not None and not state[1]:
+                _raise_in_thread(state[0], SystemExit)
             raise
 
     def shutdown(self) -> None:

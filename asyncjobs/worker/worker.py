@@ -95,6 +95,9 @@ class Worker:
         self.failed = 0
         self._sync_redis: Any = None
         self._closing = False
+        self._rq_ser: Any = None
+        self._eid_prefix = uuid.uuid4().hex[:16]
+        self._eid_counter = 0
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
 
@@ -219,6 +222,12 @@ class Worker:
             free = min(free, self.config.max_jobs - self._started_jobs - self._reserved)
         return max(free, 0)
 
+    def _execution_ids(self, n: int) -> list[str]:
+        """32 lowercase hex characters like RQ's uuid4().hex: a random per-process prefix + a counter."""
+        start = self._eid_counter
+        self._eid_counter += n
+        return [f"{self._eid_prefix}{i:016x}" for i in range(start, start + n)]
+
     def _queue_order(self) -> list[str]:
         queues = list(self.config.queues)
         if self.config.dequeue_strategy == "round_robin":
@@ -241,9 +250,12 @@ class Worker:
             if free == 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                # Let the other jobs finishing in this loop iteration free their slots too,
+                # so one claim round trip fetches for all of them.
+                await asyncio.sleep(0)
                 continue
             try:
-                result = await self.store.claim(self._queue_order(), free, [uuid.uuid4().hex for _ in range(free)])
+                result = await self.store.claim(self._queue_order(), free, self._execution_ids(free))
             except REDIS_ERRORS as exc:
                 await backoff.wait(f"claim jobs: {exc}", self._stopping)
                 continue
@@ -317,7 +329,7 @@ class Worker:
                 if self._stopping.is_set():
                     await self._return_moved(queue, job_id)
                 else:
-                    result = await self.store.claim_moved(queue, job_id, uuid.uuid4().hex)
+                    result = await self.store.claim_moved(queue, job_id, self._execution_ids(1)[0])
                     for dropped in result.dropped:
                         log.warning("job %s was on a queue but its hash is gone; dropped", dropped)
                     for claimed in result.jobs:
@@ -465,17 +477,21 @@ class Worker:
         log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc)
         item.after_recorded = _webhooks(record, handle, "failed", ended, text)
         if self.config.disable_default_exception_handler:
+            # Stock: status failed, but no Result and no FailedJobRegistry entry.
             out = transitions.failure(record, ex, text)
             out.pop("result", None)
+            out["no_registry"] = True
             return out, (0, 1, elapsed)
         return transitions.failure(record, ex, text), (0, 1, elapsed)
 
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""
-        from rq.serializers import resolve_serializer as rq_resolve
+        if self._rq_ser is None:
+            from rq.serializers import resolve_serializer as rq_resolve
 
-        name = getattr(self.serializer, "name", None)
-        return rq_resolve(name if name in ("pickle", "json") else self.config.serializer)
+            name = getattr(self.serializer, "name", None)
+            self._rq_ser = rq_resolve(name if name in ("pickle", "json") else self.config.serializer)
+        return self._rq_ser
 
     def _sync_connection(self) -> Any:
         if self._sync_redis is None:

@@ -30,7 +30,14 @@ end
 local function start(q, jid, eid)
   local jk = 'rq:job:' .. jid
   local h = redis.call('HGETALL', jk)
-  if #h == 0 or redis.call('HEXISTS', jk, 'data') == 0 then
+  local has_data = false
+  for i = 1, #h, 2 do
+    if h[i] == 'data' then
+      has_data = true
+      break
+    end
+  end
+  if not has_data then
     table.insert(dropped, jid)
     return false
   end

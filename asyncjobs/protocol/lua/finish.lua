@@ -11,10 +11,12 @@ local worker, now, now_ts = p.worker, tonumber(p.now), p.now_ts
 local wkey = 'rq:worker:' .. worker
 local FOREVER = 31536000
 
-local function expire_job(jid, ttl)
-  redis.call('EXPIRE', 'rq:job:' .. jid, ttl)
-  redis.call('EXPIRE', 'rq:job:' .. jid .. ':dependents', ttl)
-  redis.call('EXPIRE', 'rq:job::' .. jid .. ':dependencies', ttl)
+-- EXPIRE the job and, when they can exist, its dependents / dependencies sets
+-- (an EXPIRE of a missing key is a no-op, so skipping those is equivalent).
+local function expire_job(j, ttl, has_dependents)
+  redis.call('EXPIRE', 'rq:job:' .. j.id, ttl)
+  if has_dependents then redis.call('EXPIRE', 'rq:job:' .. j.id .. ':dependents', ttl) end
+  if j.dd then redis.call('EXPIRE', 'rq:job::' .. j.id .. ':dependencies', ttl) end
 end
 
 local function delete_job(jid)
@@ -34,10 +36,11 @@ local function push(q, jid, at_front)
 end
 
 -- Queue.enqueue_dependents semantics (rq-protocol.md §3.8).
+-- Returns true if the parent had dependents.
 local function enqueue_dependents(parent, parent_status)
   local dkey = 'rq:job:' .. parent .. ':dependents'
   local children = redis.call('SMEMBERS', dkey)
-  if #children == 0 then return end
+  if #children == 0 then return false end
   local enqueued = {}
   for _, child in ipairs(children) do
     local ck = 'rq:job:' .. child
@@ -69,6 +72,7 @@ local function enqueue_dependents(parent, parent_status)
   elseif #enqueued > 0 then
     redis.call('SREM', dkey, unpack(enqueued))
   end
+  return true
 end
 
 local function add_result(jid, fields, ttl)
@@ -82,9 +86,10 @@ local function add_result(jid, fields, ttl)
   end
 end
 
-local function requeue_or_schedule(j, jk)
+local function requeue_or_schedule(j, jk, fields)
   local nx = j.next
-  local fields = {'status', nx.status}
+  table.insert(fields, 'status')
+  table.insert(fields, nx.status)
   for k, v in pairs(nx.fields or {}) do
     table.insert(fields, k)
     table.insert(fields, v)
@@ -101,10 +106,10 @@ local function requeue_or_schedule(j, jk)
   end
 end
 
-local function fail_registry(j)
+local function fail_registry(j, has_dependents)
   local ttl = j.failure_ttl and tonumber(j.failure_ttl) or FOREVER
   if ttl > 0 then
-    expire_job(j.id, ttl)
+    expire_job(j, ttl, has_dependents)
   end
   local score = ttl
   if ttl >= 0 then score = now + ttl end
@@ -116,48 +121,58 @@ for _, j in ipairs(p.jobs) do
   redis.call('DEL', 'rq:execution:' .. j.id .. ':' .. j.eid)
   redis.call('ZREM', 'rq:wip:' .. j.q, j.id .. ':' .. j.eid)
   redis.call('ZREM', 'rq:executions:' .. j.id, j.eid)
-  local status = redis.call('HGET', jk, 'status')
-  if redis.call('HEXISTS', jk, 'data') == 1 and status ~= 'canceled' then
-    if j.repairs then
-      for k, v in pairs(j.repairs) do redis.call('HSET', jk, k, v) end
-    end
+  local cur = redis.call('HMGET', jk, 'status', 'data')
+  -- A job deleted, or canceled with Job.cancel(), while it ran keeps what the user did.
+  if cur[2] and cur[1] ~= 'canceled' then
     local kind = j.kind
+    -- One HSET per job: repairs (malformed hashes), timestamps, then the new status.
+    local fields = {}
+    if j.repairs then
+      for k, v in pairs(j.repairs) do
+        table.insert(fields, k)
+        table.insert(fields, v)
+      end
+    end
     if kind == 'requeue' then
-      redis.call('HSET', jk, 'status', 'queued', 'started_at', '', 'ended_at', '')
+      for _, v in ipairs({'status', 'queued', 'started_at', '', 'ended_at', ''}) do table.insert(fields, v) end
+      redis.call('HSET', jk, unpack(fields))
       push(j.q, j.id, true)
     else
-      redis.call('HSET', jk, 'started_at', j.started_at, 'ended_at', j.ended_at, 'last_heartbeat', j.hb,
-        'worker_name', worker)
+      for _, v in ipairs({'started_at', j.started_at, 'ended_at', j.ended_at, 'last_heartbeat', j.hb,
+                          'worker_name', worker}) do
+        table.insert(fields, v)
+      end
       if kind == 'success' then
         local ttl = tonumber(j.result_ttl)
         if ttl == 0 then
           if j.deps then enqueue_dependents(j.id, 'finished') end
           delete_job(j.id)
         else
-          redis.call('HSET', jk, 'status', 'finished')
+          local has_dependents = j.deps and enqueue_dependents(j.id, 'finished')
           add_result(j.id, j.result, ttl)
           local score = '+inf'
           if ttl > 0 then score = now + ttl end
           redis.call('ZADD', 'rq:finished:' .. j.q, score, j.id)
-          if j.deps then enqueue_dependents(j.id, 'finished') end
           if j.next then
-            requeue_or_schedule(j, jk)
-          elseif ttl > 0 then
-            expire_job(j.id, ttl)
+            requeue_or_schedule(j, jk, fields)
+          else
+            table.insert(fields, 'status')
+            table.insert(fields, 'finished')
+            redis.call('HSET', jk, unpack(fields))
+            if ttl > 0 then expire_job(j, ttl, has_dependents) end
           end
         end
       elseif kind == 'failure' or kind == 'stopped' or kind == 'max_retries' then
-        if kind == 'stopped' then
-          redis.call('HSET', jk, 'status', 'stopped')
-        else
-          redis.call('HSET', jk, 'status', 'failed')
-        end
-        fail_registry(j)
+        table.insert(fields, 'status')
+        table.insert(fields, kind == 'stopped' and 'stopped' or 'failed')
+        redis.call('HSET', jk, unpack(fields))
+        local has_dependents = false
+        if j.deps then has_dependents = enqueue_dependents(j.id, 'failed') end
+        if not j.no_registry then fail_registry(j, has_dependents or not j.deps) end
         if j.result then add_result(j.id, j.result, j.failure_ttl) end
-        if j.deps then enqueue_dependents(j.id, 'failed') end
       elseif kind == 'retry' then
         if j.result then add_result(j.id, j.result, j.failure_ttl) end
-        requeue_or_schedule(j, jk)
+        requeue_or_schedule(j, jk, fields)
       end
     end
   end
