@@ -1,0 +1,81 @@
+"""CI smoke for the benchmark harness: a tiny run of every workload through the real code path.
+
+No timing assertions: only that exactly-once verification passed for every
+measurement, that it catches a lost or duplicated job, and that the outputs
+(JSONL, Markdown, PNG) were written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.harness import Bench, asyncjobs_available, token
+from testsupport.sinks import SinkProcess
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_tiny_run_of_every_workload(tmp_path: Path) -> None:
+    contenders = "rq-simple,asyncjobs-c10" if asyncjobs_available() else "rq-simple"
+    rc = main(["run", "-n", "20", "--repeat", "1", "--seconds", "0.2", "--contenders", contenders,
+               "--no-saq", "--no-paced", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1
+    records = [json.loads(line) for line in files[0].read_text().splitlines()]
+    prov = records[0]
+    assert prov["type"] == "provenance" and prov["redis_server"] and prov["rq"]
+    measurements = [r for r in records if r["type"] == "measurement"]
+    assert {m["workload"] for m in measurements} == {"noop", "noop_async", "sleep_async", "sleep_sync", "smtp", "sms"}
+    assert {m["contender"] for m in measurements} == set(contenders.split(","))
+    assert all(m["verified"] and not m["problems"] for m in measurements), [m["problems"] for m in measurements]
+    for m in measurements:
+        if m["workload"] in ("smtp", "sms"):
+            assert m["sink_counts"]["total"] == 20 and m["sink_counts"]["distinct"] == 20
+        assert m["redis_cmds_per_job"] > 0
+    assert {r["transport"] for r in records if r["type"] == "transport"} == {
+        "httpx-default", "httpx-aiohttp", "aiohttp-raw"}
+    assert "| rq-simple |" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ledger_check_reports_lost_and_duplicated_jobs(tmp_path: Path) -> None:
+    tokens = [token("t", i) for i in range(3)]
+    ledger = tmp_path / "ledger"
+    ledger.write_text(f"{tokens[0]}\n{tokens[0]}\n{tokens[1]}\n")
+    problems = Bench._check_ledger(Bench.__new__(Bench), ledger, tokens)
+    assert any("never ran" in p and tokens[2] in p for p in problems)
+    assert any("more than once" in p and tokens[0] in p for p in problems)
+
+
+def test_lost_job_fails_verification(tmp_path: Path) -> None:
+    """A job removed from the queue before the worker runs must make the measurement fail."""
+    from benchmarks.harness import Contender, workloads
+
+    class LosingBench(Bench):
+        def enqueue_rq(self, w, tokens):  # type: ignore[no-untyped-def]
+            super().enqueue_rq(w, tokens)
+            self.r.lpop("rq:queue:bench")  # the job hash stays, its id is gone: a lost job
+
+    with LosingBench() as bench:
+        rec = bench.measure(workloads()["noop"], Contender.parse("rq-simple"), 5)
+    assert not rec["verified"]
+    assert any("never ran" in p for p in rec["problems"])
+    assert any("FinishedJobRegistry holds 4" in p for p in rec["problems"])
+
+
+def test_sinks_count_duplicates() -> None:
+    import urllib.request
+
+    with SinkProcess("http", 0.0) as sink:
+        for body in (b"x bjt-a-1", b"x bjt-a-1", b"x bjt-a-2"):
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{sink.port}/sms", data=body),
+                                   timeout=5).read()
+        counts = sink.counts()
+        assert counts["total"] == 3 and counts["distinct"] == 2 and counts["duplicated"] == 1
+        sink.reset()
+        assert sink.counts()["total"] == 0
