@@ -14,7 +14,7 @@ import base64
 import json
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -127,7 +127,6 @@ class JobRecord:
     allow_dependency_failures: bool = False
     group_id: str | None = None
     raw_meta: bytes | None = None
-    extra: Mapping[str, bytes] = field(default_factory=dict)
 
     def effective_timeout(self) -> float | None:
         """Seconds the job may run, or None for no limit (RQ: ``timeout or 180``, -1 = none)."""
@@ -136,11 +135,6 @@ class JobRecord:
 
     def effective_result_ttl(self, default: int) -> int:
         return default if self.result_ttl is None else self.result_ttl
-
-
-def _text(raw: Mapping[str, bytes], name: str) -> str:
-    v = raw.get(name)
-    return v.decode("utf-8") if v else ""
 
 
 def normalize_hash(raw: Mapping[str, bytes] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> dict[str, bytes]:
@@ -157,129 +151,126 @@ class _Normalized(dict[str, bytes]):
     """A hash already decoded to ``str`` keys and ``bytes`` values (skips re-normalising)."""
 
 
+def _as_text(v: bytes) -> str:
+    return v.decode("utf-8")
+
+
+def _as_date(v: bytes) -> datetime:
+    return parse_utc(v.decode("utf-8"))
+
+
+def _as_int_list(v: bytes) -> tuple[int, ...]:
+    parsed = json.loads(v.decode("utf-8"))
+    if not isinstance(parsed, list):
+        raise ValueError("not a list")
+    return tuple(int(x) for x in parsed)
+
+
+def _as_str_list(v: bytes) -> tuple[str, ...]:
+    parsed = json.loads(v.decode("utf-8"))
+    if not isinstance(parsed, list):
+        raise ValueError("not a list")
+    return tuple(str(x) for x in parsed)
+
+
+def _as_status(v: bytes) -> str:
+    text = v.decode("utf-8")
+    if text not in JOB_STATUSES:
+        raise ValueError(text)
+    return text
+
+
+_DATE_REASON = "not a UTC timestamp like 2026-01-01T00:00:00.000000Z"
+# field -> (parser, reason if it fails, repair value, checked even when empty)
+_FIELDS: dict[str, tuple[Any, str, str, bool]] = {
+    **{f: (_as_text, "not UTF-8 text", "", False) for f in _TEXT_FIELDS},
+    **{f: (_as_date, _DATE_REASON, "", False) for f in _DATE_FIELDS},
+    **{f: (int, "not an integer", "", False) for f in _INT_FIELDS},
+    **{f: (int, "not an integer", str(DEFAULT_CALLBACK_TIMEOUT), True) for f in _CALLBACK_TIMEOUTS},
+    "enqueue_at_front": (int, "not 0 or 1", "0", True),
+    "allow_dependency_failures": (int, "not 0 or 1", "0", False),
+    "enqueue_at_front_on_retry": (int, "not 0 or 1", "0", False),
+    "retry_intervals": (_as_int_list, "not a JSON list", "[0]", False),
+    "repeat_intervals": (_as_int_list, "not a JSON list", "[0]", False),
+    "dependency_ids": (_as_str_list, "not a JSON list", "[]", False),
+    "status": (_as_status, f"not one of {sorted(JOB_STATUSES)}", "failed", False),
+}
+
+
 def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, bytes]) -> JobRecord:
-    """Decode a job hash as ``Job.fetch`` would; raise MalformedJobError if RQ could not."""
+    """Decode a job hash as ``Job.fetch`` would; raise MalformedJobError if RQ could not.
+
+    One pass over the hash's own fields: each known field is parsed with the rule
+    ``rq.job.Job.restore`` applies to it (empty strings mean "unset" except where
+    RQ parses them anyway), so exactly what RQ would reject is reported.
+    """
     raw = normalize_hash(raw_hash)
-    problems: list[FieldProblem] = []
-    repairs: dict[str, str] = {}
-
-    def bad(name: str, reason: str, repair: str) -> None:
-        problems.append(FieldProblem(name, raw.get(name, b""), reason))
-        repairs[name] = repair
-
     if "data" not in raw:
         raise MalformedJobError(job_id, [FieldProblem("data", b"", "missing (the job has no payload)")], {})
-
-    for name in _TEXT_FIELDS:
-        v = raw.get(name)
-        if v:
-            try:
-                v.decode("utf-8")
-            except UnicodeDecodeError:
-                bad(name, "not UTF-8 text", "")
-    dates: dict[str, datetime] = {}
-    for name in _DATE_FIELDS:
-        v = raw.get(name)
-        if v:
-            try:
-                dates[name] = parse_utc(v.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                bad(name, "not a UTC timestamp like 2026-01-01T00:00:00.000000Z", "")
-    for name in _INT_FIELDS:
-        v = raw.get(name)
-        if v:
-            try:
-                int(v)
-            except ValueError:
-                bad(name, "not an integer", "")
-    for name in _CALLBACK_TIMEOUTS:
-        if name in raw:
-            try:
-                int(raw[name])
-            except ValueError:
-                bad(name, "not an integer", str(DEFAULT_CALLBACK_TIMEOUT))
-    for name in _FLAG_FIELDS:
-        v = raw.get(name)
-        if (v or name == "enqueue_at_front") and name in raw:
-            try:
-                int(raw[name])
-            except ValueError:
-                bad(name, "not 0 or 1", "0")
-    for name in _JSON_FIELDS:
-        v = raw.get(name)
-        if v:
-            try:
-                parsed = json.loads(v.decode("utf-8"))
-                if not isinstance(parsed, list):
-                    raise ValueError("not a list")
-                if name != "dependency_ids":
-                    [int(x) for x in parsed]
-            except (ValueError, TypeError, UnicodeDecodeError):
-                bad(name, "not a JSON list", "[]" if name == "dependency_ids" else "[0]")
-    status = raw.get("status")
-    if status and status.decode("utf-8", "replace") not in JOB_STATUSES:
-        bad("status", f"not one of {sorted(JOB_STATUSES)}", "failed")
-
+    values: dict[str, Any] = {}
+    problems: list[FieldProblem] | None = None
+    repairs: dict[str, str] = {}
+    for name, v in raw.items():
+        rule = _FIELDS.get(name)
+        if rule is None or not (v or rule[3]):
+            continue
+        try:
+            values[name] = rule[0](v)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            if problems is None:
+                problems = []
+            problems.append(FieldProblem(name, v, rule[1]))
+            repairs[name] = rule[2]
     if problems:
         raise MalformedJobError(job_id, problems, repairs)
 
-    def opt_int(name: str) -> int | None:
-        v = raw.get(name)
-        return int(v) if v else None
-
-    def opt_date(name: str) -> datetime | None:
-        return dates.get(name)
+    get = values.get
 
     def callback(prefix: str) -> CallbackSpec | None:
-        name = _text(raw, f"{prefix}_callback_name")
+        name = get(f"{prefix}_callback_name")
         if not name:
             return None
-        t = raw.get(f"{prefix}_callback_timeout")
-        return CallbackSpec(name, int(t) if t is not None else DEFAULT_CALLBACK_TIMEOUT)
+        t = get(f"{prefix}_callback_timeout")
+        return CallbackSpec(name, t if t is not None else DEFAULT_CALLBACK_TIMEOUT)
 
     webhooks: tuple[Mapping[str, Any], ...] = ()
     if raw.get("webhooks"):
         try:
             loaded = json.loads(raw["webhooks"].decode("utf-8"))
             webhooks = tuple(w for w in loaded if isinstance(w, dict))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, TypeError):
             webhooks = ()  # RQ logs and ignores undecodable webhooks too
 
-    dep_ids: tuple[str, ...] = ()
-    if raw.get("dependency_ids"):
-        dep_ids = tuple(str(x) for x in json.loads(raw["dependency_ids"].decode("utf-8")))
-    elif raw.get("dependency_id"):
-        dep_ids = (raw["dependency_id"].decode("utf-8"),)
+    dep_ids: tuple[str, ...] = get("dependency_ids", ())
+    if not dep_ids and raw.get("dependency_id"):
+        dep_ids = (raw["dependency_id"].decode("utf-8", "replace"),)
 
-    known = set(_DATE_FIELDS + _INT_FIELDS + _TEXT_FIELDS + _CALLBACK_TIMEOUTS + _FLAG_FIELDS + _JSON_FIELDS)
-    known |= {"data", "status", "meta", "webhooks", "dependency_id"}
     return JobRecord(
         id=job_id,
         data=raw["data"],
-        origin=_text(raw, "origin"),
-        status=status.decode("utf-8") if status else None,
-        description=_text(raw, "description"),
-        created_at=opt_date("created_at"),
-        enqueued_at=opt_date("enqueued_at"),
-        timeout=opt_int("timeout"),
-        result_ttl=opt_int("result_ttl"),
-        failure_ttl=opt_int("failure_ttl"),
-        ttl=opt_int("ttl"),
-        retries_left=opt_int("retries_left"),
-        retry_intervals=tuple(int(x) for x in json.loads(raw["retry_intervals"])) if raw.get("retry_intervals") else (),
-        enqueue_at_front_on_retry=bool(int(raw["enqueue_at_front_on_retry"])) if raw.get("enqueue_at_front_on_retry") else False,
-        number_of_retries=opt_int("number_of_retries"),
-        repeats_left=opt_int("repeats_left"),
-        repeat_intervals=tuple(int(x) for x in json.loads(raw["repeat_intervals"])) if raw.get("repeat_intervals") else (),
+        origin=get("origin", ""),
+        status=get("status"),
+        description=get("description", ""),
+        created_at=get("created_at"),
+        enqueued_at=get("enqueued_at"),
+        timeout=get("timeout"),
+        result_ttl=get("result_ttl"),
+        failure_ttl=get("failure_ttl"),
+        ttl=get("ttl"),
+        retries_left=get("retries_left"),
+        retry_intervals=get("retry_intervals", ()),
+        enqueue_at_front_on_retry=bool(get("enqueue_at_front_on_retry", 0)),
+        number_of_retries=get("number_of_retries"),
+        repeats_left=get("repeats_left"),
+        repeat_intervals=get("repeat_intervals", ()),
         success_callback=callback("success"),
         failure_callback=callback("failure"),
         stopped_callback=callback("stopped"),
         webhooks=webhooks,
         dependency_ids=dep_ids,
-        allow_dependency_failures=bool(int(raw["allow_dependency_failures"])) if raw.get("allow_dependency_failures") else False,
-        group_id=_text(raw, "group_id") or None,
+        allow_dependency_failures=bool(get("allow_dependency_failures", 0)),
+        group_id=get("group_id") or None,
         raw_meta=raw.get("meta") or None,
-        extra={k: v for k, v in raw.items() if k not in known},
     )
 
 

@@ -52,8 +52,7 @@ class Callbacks:
                 if inspect.iscoroutinefunction(func):
                     await func(job, conn, *args)
                 else:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(self.executor._pool, lambda: func(job, conn, *args))
+                    await self.executor.run_in_thread(lambda: func(job, conn, *args))
         except TimeoutError:
             if not deadline.expired():
                 raise

@@ -74,6 +74,10 @@ def set_current(handle: JobHandle | None) -> contextvars.Token[JobHandle | None]
     return _current.set(handle)
 
 
+def reset_current(token: contextvars.Token[JobHandle | None]) -> None:
+    _current.reset(token)
+
+
 def _task_aware_ident() -> Any:
     try:
         task = asyncio.current_task()
