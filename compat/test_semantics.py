@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 from rq import Callback, Queue, Repeat, Retry
-from rq.command import send_shutdown_command, send_stop_job_command
+from rq.command import send_kill_horse_command, send_shutdown_command, send_stop_job_command
 from rq.job import Dependency, Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry
 from rq.results import Result
@@ -280,6 +280,31 @@ def test_send_stop_job_command(kind: WorkerKind, launcher: Launcher, sync_redis:
     )
     assert records(sync_redis, "held:finished") == []
     wait_for(lambda: q.connection.zcard("rq:wip:default") == 0, 10, message="wip empty")
+    proc.stop()
+    assert proc.wait(30) == 0, proc.output()
+
+
+def test_send_kill_horse_command(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis) -> None:
+    """Stock SIGKILLs the horse; asyncjobs (no horse) cancels the job in current_job. Both: failed, same text."""
+    q = Queue("default", connection=sync_redis)
+    name = unique_name("kill")
+    job = q.enqueue(jobs.async_hold, launcher.url, "k")
+    proc = launcher.start(kind, ["default"], "--name", name, stock_class=FORKING_WORKER, concurrency=1)
+    wait_held(sync_redis, 1, proc=proc)
+    wait_status(sync_redis, job.id, "started", proc=proc)
+    wait_for(lambda: (w := find_worker(sync_redis, name)) and w.get_current_job_id() == job.id, 10,
+             message="current_job set")
+    wait_subscribed(sync_redis, name)
+    send_kill_horse_command(sync_redis, name)
+    wait_status(sync_redis, job.id, "failed", proc=proc)
+    res = fetch(sync_redis, job.id).latest_result()
+    assert res is not None and res.type == Result.Type.FAILED
+    assert "Work-horse terminated unexpectedly" in res.exc_string
+    assert job.id in FailedJobRegistry(queue=q).get_job_ids()
+    assert records(sync_redis, "held:finished") == []
+    # The worker itself keeps running and takes the next job.
+    after = q.enqueue(jobs.add, 2, 3)
+    wait_status(sync_redis, after.id, "finished", proc=proc)
     proc.stop()
     assert proc.wait(30) == 0, proc.output()
 
