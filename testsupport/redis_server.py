@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from testsupport.processes import terminate
+
 
 def find_redis_server() -> str:
     found = shutil.which("redis-server")
@@ -85,13 +87,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def restart(self) -> None:

@@ -39,6 +39,7 @@ import urllib.request
 from collections import Counter
 from typing import Any, cast
 
+from testsupport.processes import terminate
 from testsupport.redis_server import free_port
 
 TOKEN_RE = re.compile(rb"bjt-[A-Za-z0-9_-]+")
@@ -350,13 +351,7 @@ class SinkProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def __enter__(self) -> SinkProcess:
