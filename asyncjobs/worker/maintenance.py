@@ -28,7 +28,6 @@ class Maintenance:
     def __init__(self, redis: Redis, config: WorkerConfig, serializer: Serializer) -> None:
         self.config = config
         self.serializer = serializer
-        self._kwargs = redis.connection_pool.connection_kwargs
         self._conn: Any = None
 
     def _connection(self) -> Any:

@@ -10,7 +10,6 @@ batched across the jobs in flight.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import signal
@@ -18,10 +17,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.exceptions
 from redis.asyncio import Redis
 
 from asyncjobs.protocol import keys, transitions
@@ -42,11 +40,11 @@ from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
+from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, wait_or
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 
 log = logging.getLogger("asyncjobs.worker")
 
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
 T = TypeVar("T")
 
 
@@ -63,16 +61,6 @@ class InFlight:
         return Running(c.queue, c.job_id, c.execution_id)
 
 
-@dataclass
-class _Pending:
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    running: list[Running] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)
-    ok: int = 0
-    failed: int = 0
-    working_time: float = 0.0
-
-
 class Worker:
     def __init__(self, config: WorkerConfig, *, redis: Redis | None = None) -> None:
         self.config = config
@@ -85,20 +73,15 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._cold = asyncio.Event()
-        self._pending = _Pending()
-        self._pending_ready = asyncio.Event()
-        self._finisher_idle = asyncio.Event()
         self._waiters: set[asyncio.Task[None]] = set()
         self._rr_offset = 0
         self._started_jobs = 0
         self.successful = 0
         self.failed = 0
         self._sync_redis: Any = None
-        self._closing = False
         self._rq_ser: Any = None
         self._eid_prefix = uuid.uuid4().hex[:16]
         self._eid_counter = 0
-        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
 
     # ------------------------------------------------------------------ public
@@ -151,6 +134,7 @@ class Worker:
         )
         self.redis = redis_conn
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
+        self.recorder = Recorder(self.store, lambda: ("busy" if self._inflight else "idle", self.current_job_id()))
         self.executor = Executor(self.config.threads or self.config.concurrency)
         self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers)
         install_rq_job_stack()
@@ -162,7 +146,7 @@ class Worker:
         )
         commands = CommandListener(redis_conn, self.name, self)
         background = [
-            asyncio.create_task(self._finisher(), name="asyncjobs-finisher"),
+            asyncio.create_task(self.recorder.run(), name="asyncjobs-recorder"),
             asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat"),
             asyncio.create_task(commands.run(self._closed), name="asyncjobs-commands"),
         ]
@@ -175,12 +159,9 @@ class Worker:
         finally:
             for task in self._waiters:
                 task.cancel()
-            await self._flush()
-            if self._side_tasks:  # webhooks in flight: give them their own timeouts to finish
-                await asyncio.wait(self._side_tasks, timeout=15)
-            self._closing = True
+            await self.recorder.flush(max(30.0, self.config.shutdown_timeout))
+            self.recorder.close()
             self._closed.set()
-            self._pending_ready.set()
             for task in background[1:]:
                 if task.get_name() != "asyncjobs-commands":
                     task.cancel()
@@ -240,7 +221,7 @@ class Worker:
 
     async def _work_loop(self) -> None:
         idle_since = time.monotonic()
-        backoff = _Backoff()
+        backoff = Backoff()
         suspended_logged = False
         while not self._stopping.is_set():
             if self.config.max_jobs is not None and self._started_jobs >= self.config.max_jobs:
@@ -270,7 +251,7 @@ class Worker:
                     log.info("workers are suspended (rq suspend): not fetching until `rq resume`")
                     suspended_logged = True
                     await self._safe(self.store.set_state("suspended"))
-                await _wait_or(self._stopping, 1.0)
+                await wait_or(self._stopping, 1.0)
                 continue
             if suspended_logged:
                 suspended_logged = False
@@ -312,7 +293,7 @@ class Worker:
             self._waiters.add(task)
             task.add_done_callback(self._waiters.discard)
         if not self._waiters:
-            await _wait_or(self._stopping, 0.05)
+            await wait_or(self._stopping, 0.05)
             return
         self._slot_freed.clear()
         stop = asyncio.create_task(self._stopping.wait())
@@ -336,7 +317,7 @@ class Worker:
                         self._launch(claimed)
         except REDIS_ERRORS as exc:
             log.warning("blocking dequeue on %r failed: %s", queue, exc)
-            await _wait_or(self._stopping, 1.0)
+            await wait_or(self._stopping, 1.0)
         finally:
             self._reserved -= 1
             self._slot_freed.set()
@@ -373,7 +354,9 @@ class Worker:
             ex = self._execution(claimed, claimed.started_at)
             outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
             counts = (0, 1, 0.0)
-        self._submit(outcome, counts, item.running, item.after_recorded)
+        self.successful += counts[0]
+        self.failed += counts[1]
+        self.recorder.submit(outcome, counts, item.running, item.after_recorded)
         self._inflight.pop(key, None)
         self._slot_freed.set()
 
@@ -500,79 +483,6 @@ class Worker:
             self._sync_redis = sync_redis.Redis.from_url(self.config.redis_url)
         return self._sync_redis
 
-    # ------------------------------------------------------------- recording
-    def _submit(
-        self,
-        outcome: dict[str, Any],
-        counts: tuple[int, int, float],
-        running: Running,
-        after: Callable[[], None] | None = None,
-    ) -> None:
-        p = self._pending
-        p.outcomes.append(outcome)
-        p.running.append(running)
-        if after is not None:
-            p.after.append(after)
-        p.ok += counts[0]
-        p.failed += counts[1]
-        p.working_time += counts[2]
-        self.successful += counts[0]
-        self.failed += counts[1]
-        self._finisher_idle.clear()
-        self._pending_ready.set()
-
-    async def _finisher(self) -> None:
-        backoff = _Backoff()
-        while not self._closing:
-            await self._pending_ready.wait()
-            self._pending_ready.clear()
-            while self._pending.outcomes and not self._closing:
-                batch, self._pending = self._pending, _Pending()
-                try:
-                    await self.store.finish(
-                        batch.outcomes, ok=batch.ok, failed=batch.failed, working_time=batch.working_time
-                    )
-                    for fn in batch.after:
-                        self._spawn_side_task(asyncio.to_thread(fn))
-                    await self.store.set_state(
-                        "busy" if self._inflight else "idle", current_job=self.current_job_id()
-                    )
-                    backoff.reset()
-                except REDIS_ERRORS as exc:
-                    # Keep the results: merge them back in front and retry.
-                    merged = batch
-                    merged.outcomes += self._pending.outcomes
-                    merged.running += self._pending.running
-                    merged.ok += self._pending.ok
-                    merged.failed += self._pending.failed
-                    merged.working_time += self._pending.working_time
-                    merged.after += self._pending.after
-                    self._pending = merged
-                    await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
-            self._finisher_idle.set()
-
-    def _spawn_side_task(self, aw: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(aw)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
-
-    async def _flush(self) -> None:
-        """Wait until every outcome is recorded (bounded, so a dead Redis cannot hang exit forever)."""
-        deadline = time.monotonic() + max(30.0, self.config.shutdown_timeout)
-        while self._pending.outcomes and time.monotonic() < deadline:
-            self._pending_ready.set()
-            self._finisher_idle.clear()
-            try:
-                await asyncio.wait_for(self._finisher_idle.wait(), timeout=1.0)
-            except TimeoutError:
-                continue
-        if self._pending.outcomes:
-            log.error(
-                "could not record %d result(s) before exit (Redis unreachable); those jobs stay in "
-                "StartedJobRegistry and RQ's maintenance will recover them",
-                len(self._pending.outcomes),
-            )
-
     async def _drain(self) -> None:
         """After the loop: wait for in-flight jobs (grace period), then cold-stop the rest."""
         if not self._inflight and not self._waiters:
@@ -597,10 +507,10 @@ class Worker:
     # ------------------------------------------------------------ heartbeats
     async def _heartbeater(self) -> None:
         interval = self.config.job_monitoring_interval
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             await asyncio.sleep(min(interval, 15.0))
-            running = [i.running for i in self._inflight.values()] + list(self._pending.running)
+            running = [i.running for i in self._inflight.values()] + list(self.recorder.pending.running)
             ttl = self.config.heartbeat_ttl if running else self.config.idle_worker_key_ttl
             try:
                 alive = await self.store.heartbeat(running, ttl)
@@ -612,7 +522,7 @@ class Worker:
                 await backoff.wait(f"heartbeat: {exc}", None)
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             try:
                 return await op()
@@ -646,27 +556,3 @@ def _webhooks(
 def _reason(exc: BaseException) -> str:
     name = getattr(exc, "reported_as", None) or f"{type(exc).__module__}.{type(exc).__qualname__}"
     return f"{name}: {exc}\n"
-
-
-class _Backoff:
-    """Exponential backoff with jitter for Redis outages (0.2 s doubling to 10 s)."""
-
-    def __init__(self) -> None:
-        self.delay = 0.2
-
-    def reset(self) -> None:
-        self.delay = 0.2
-
-    async def wait(self, what: str, stop: asyncio.Event | None) -> None:
-        delay = self.delay * (0.5 + random.random() / 2)
-        log.warning("Redis unavailable (%s); retrying in %.1fs", what, delay)
-        self.delay = min(self.delay * 2, 10.0)
-        if stop is None:
-            await asyncio.sleep(delay)
-        else:
-            await _wait_or(stop, delay)
-
-
-async def _wait_or(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)

@@ -1,0 +1,148 @@
+"""Recording outcomes: one ``finish`` script call for every outcome ready, kept across outages.
+
+Jobs hand their end-of-execution transition to :meth:`Recorder.submit`; a single
+task writes whatever has accumulated in one round trip (results, registries,
+TTLs, dependents and the worker's counters, see ``protocol/lua/finish.lua``).
+If Redis is unreachable the batch is kept in memory and retried with backoff,
+so results of jobs that finished during an outage are written when it ends.
+Work that must follow a stored outcome (webhooks) runs afterwards, off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+
+from asyncjobs.protocol.store import RedisStore, Running
+
+log = logging.getLogger("asyncjobs.worker")
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
+
+
+@dataclass
+class Batch:
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    running: list[Running] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+    ok: int = 0
+    failed: int = 0
+    working_time: float = 0.0
+
+    def extend(self, other: Batch) -> None:
+        self.outcomes += other.outcomes
+        self.running += other.running
+        self.after += other.after
+        self.ok += other.ok
+        self.failed += other.failed
+        self.working_time += other.working_time
+
+
+class Recorder:
+    def __init__(self, store: RedisStore, worker_state: Callable[[], tuple[str, str | None]]) -> None:
+        self.store = store
+        self.worker_state = worker_state  # -> (state, current_job) to write after each batch
+        self.pending = Batch()
+        self._ready = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._closing = False
+        self._side_tasks: set[asyncio.Future[Any]] = set()
+
+    def submit(
+        self,
+        outcome: dict[str, Any],
+        counts: tuple[int, int, float],
+        running: Running,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        p = self.pending
+        p.outcomes.append(outcome)
+        p.running.append(running)
+        if after is not None:
+            p.after.append(after)
+        p.ok += counts[0]
+        p.failed += counts[1]
+        p.working_time += counts[2]
+        self._idle.clear()
+        self._ready.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while not self._closing:
+            await self._ready.wait()
+            self._ready.clear()
+            while self.pending.outcomes and not self._closing:
+                batch, self.pending = self.pending, Batch()
+                try:
+                    await self.store.finish(
+                        batch.outcomes, ok=batch.ok, failed=batch.failed, working_time=batch.working_time
+                    )
+                    for fn in batch.after:
+                        self._spawn(asyncio.to_thread(fn))
+                    state, current = self.worker_state()
+                    await self.store.set_state(state, current_job=current)
+                    backoff.reset()
+                except REDIS_ERRORS as exc:
+                    # Keep the results: put them back in front of anything newer and retry.
+                    batch.extend(self.pending)
+                    self.pending = batch
+                    await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
+            self._idle.set()
+
+    def _spawn(self, aw: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(aw)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def flush(self, timeout: float) -> None:
+        """Wait until every outcome is recorded, then for side work (bounded: a dead Redis cannot hang exit)."""
+        deadline = time.monotonic() + timeout
+        while self.pending.outcomes and time.monotonic() < deadline:
+            self._ready.set()
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=1.0)
+        if self.pending.outcomes:
+            log.error(
+                "could not record %d result(s) before exit (Redis unreachable); those jobs stay in "
+                "StartedJobRegistry and RQ's maintenance will recover them",
+                len(self.pending.outcomes),
+            )
+        if self._side_tasks:  # webhooks in flight: give them their own timeouts to finish
+            await asyncio.wait(self._side_tasks, timeout=15)
+
+    def close(self) -> None:
+        self._closing = True
+        self._ready.set()
+
+
+class Backoff:
+    """Exponential backoff with jitter for Redis outages (0.2 s doubling to 10 s)."""
+
+    def __init__(self) -> None:
+        self.delay = 0.2
+
+    def reset(self) -> None:
+        self.delay = 0.2
+
+    async def wait(self, what: str, stop: asyncio.Event | None) -> None:
+        delay = self.delay * (0.5 + random.random() / 2)
+        log.warning("Redis unavailable (%s); retrying in %.1fs", what, delay)
+        self.delay = min(self.delay * 2, 10.0)
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            await wait_or(stop, delay)
+
+
+async def wait_or(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
