@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from asyncjobs.worker.rq_compat import AsyncWorker
+    from asyncjobs.cli.rq_compat import AsyncWorker
 
 __all__ = ["AsyncWorker", "__version__", "get_current_job"]
 
@@ -15,7 +15,7 @@ __all__ = ["AsyncWorker", "__version__", "get_current_job"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package (e.g. by producers) pulls in nothing heavy.
     if name == "AsyncWorker":
-        from asyncjobs.worker.rq_compat import AsyncWorker
+        from asyncjobs.cli.rq_compat import AsyncWorker
 
         return AsyncWorker
     if name == "get_current_job":

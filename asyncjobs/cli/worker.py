@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
 
@@ -79,45 +79,6 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         exception_handlers=tuple(args.exception_handler),
         disable_default_exception_handler=args.disable_default_exception_handler,
     )
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
-    from asyncjobs.protocol.serializers import SerializerError
-    from asyncjobs.protocol.store import WorkerNameTaken
-    from asyncjobs.worker.worker import Worker
-
-    try:
-        worker = Worker(config)
-    except SerializerError as exc:
-        log.error("%s", exc)
-        return 2
-
-    async def main() -> None:
-        worker.install_signal_handlers()
-        await worker.run()
-
-    try:
-        if use_uvloop:
-            try:
-                import uvloop
-            except ImportError:
-                log.warning("--uvloop given but uvloop is not installed; using asyncio's loop")
-            else:
-                uvloop.run(main())
-                return 0
-        asyncio.run(main())
-    except WorkerNameTaken as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,6 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-
 from asyncjobs.protocol.serializers import Serializer
 from asyncjobs.worker.config import WorkerConfig
 
@@ -25,7 +23,7 @@ log = logging.getLogger("asyncjobs.worker")
 
 
 class Maintenance:
-    def __init__(self, redis: Redis, config: WorkerConfig, serializer: Serializer) -> None:
+    def __init__(self, config: WorkerConfig, serializer: Serializer) -> None:
         self.config = config
         self.serializer = serializer
         self._conn: Any = None

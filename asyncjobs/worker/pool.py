@@ -22,7 +22,7 @@ log = logging.getLogger("asyncjobs.pool")
 
 
 def _child(config: WorkerConfig, use_uvloop: bool) -> None:
-    from asyncjobs.cli.worker import run_worker
+    from asyncjobs.worker.runner import run_worker
 
     os._exit(run_worker(config, use_uvloop=use_uvloop))
 

@@ -185,7 +185,7 @@ class Worker:
         tasks: list[asyncio.Task[None]] = []
         from asyncjobs.worker.maintenance import Maintenance
 
-        maint = Maintenance(self.redis, self.config, self._rq_serializer())
+        maint = Maintenance(self.config, self._rq_serializer())
         tasks.append(asyncio.create_task(maint.run(self._stopping, self.name), name="asyncjobs-maintenance"))
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler

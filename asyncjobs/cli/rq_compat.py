@@ -14,13 +14,13 @@ RQ's CLI has no such option.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
 from rq.worker import Worker as RQWorker
 
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.runner import run_worker, setup_logging
 
 
 def _redis_url(connection: Any) -> str:
@@ -51,14 +51,12 @@ class AsyncWorker(RQWorker):
         dequeue_strategy: str = "default",
         **_: Any,
     ) -> bool:
-        from asyncjobs.cli.worker import run_worker, setup_logging
-
         setup_logging(str(logging_level or "INFO"))
         handlers = tuple(
             f"{h.__module__}.{h.__qualname__}" for h in (self._exc_handlers or []) if hasattr(h, "__qualname__")
         )
-        serializer = self.serializer
-        spec = f"{type(serializer).__module__}.{type(serializer).__qualname__}" if not isinstance(serializer, type) else f"{serializer.__module__}.{serializer.__qualname__}"
+        ser = self.serializer if isinstance(self.serializer, type) else type(self.serializer)
+        spec = f"{ser.__module__}.{ser.__qualname__}"
         config = WorkerConfig(
             queues=tuple(q.name for q in self.queues),
             redis_url=_redis_url(self.connection),
@@ -84,4 +82,4 @@ class AsyncWorker(RQWorker):
         return f"AsyncWorker({self.name!r})"
 
 
-__all__ = ["AsyncWorker", "asyncio"]
+__all__ = ["AsyncWorker"]

@@ -1,0 +1,50 @@
+"""Run one worker process: logging set-up, event loop choice, signal handlers, exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from asyncjobs.worker.config import WorkerConfig
+
+log = logging.getLogger("asyncjobs")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
+    from asyncjobs.protocol.serializers import SerializerError
+    from asyncjobs.protocol.store import WorkerNameTaken
+    from asyncjobs.worker.worker import Worker
+
+    try:
+        worker = Worker(config)
+    except SerializerError as exc:
+        log.error("%s", exc)
+        return 2
+
+    async def main() -> None:
+        worker.install_signal_handlers()
+        await worker.run()
+
+    try:
+        if use_uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                log.warning("--uvloop given but uvloop is not installed; using asyncio's loop")
+            else:
+                uvloop.run(main())
+                return 0
+        asyncio.run(main())
+    except WorkerNameTaken as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
