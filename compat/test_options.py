@@ -153,3 +153,42 @@ def test_python_dash_m_asyncjobs(asyncjobs_kind: WorkerKind, redis_url: str, syn
     with WorkerProcess([sys.executable, "-m", "asyncjobs", "-u", redis_url, "--burst", "default"]) as proc:
         assert proc.wait(60) == 0, proc.output()
     assert fetch(sync_redis, job.id).return_value() == 6
+
+
+def test_processes_supervises_restarts_and_drains(
+    asyncjobs_kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis
+) -> None:
+    """--processes 2: two RQ identities; a child that dies is restarted; SIGTERM drains all of them."""
+    import os
+    import signal
+
+    from rq import Worker
+
+    name = unique_name("pool")
+    proc = launcher.start(asyncjobs_kind, ["default"], "--name", name, "--processes", "2", concurrency=5)
+
+    def children() -> dict[str, int]:
+        return {w.name: w.pid for w in Worker.all(connection=sync_redis) if w.name.startswith(name)}
+
+    first = wait_for(lambda: len(children()) == 2 and children(), 30, message=lambda: f"2 children\n{proc.output()}")
+    assert set(first) == {f"{name}-0", f"{name}-1"}
+    assert all(pid != proc.pid for pid in first.values())
+
+    # Every child serves the queue: 40 jobs all finish, each exactly once.
+    q = Queue("default", connection=sync_redis)
+    ids = [q.enqueue(jobs.record, launcher.url, "pool", str(i)).id for i in range(40)]
+    wait_for(lambda: all(fetch(sync_redis, i).get_status() == "finished" for i in ids), 30, message="40 jobs")
+    assert sorted(records(sync_redis, "pool"), key=int) == [str(i) for i in range(40)]
+
+    # A child killed outright is replaced by a new process under the same identity.
+    victim = first[f"{name}-0"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: (pid := children().get(f"{name}-0")) is not None and pid != victim,
+        60,
+        message=lambda: f"restarted child\n{proc.output()}",
+    )
+
+    proc.stop()  # SIGTERM to the supervisor: forwarded, children drain and deregister
+    assert proc.wait(60) == 0, proc.output()
+    assert children() == {}

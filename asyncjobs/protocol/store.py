@@ -68,6 +68,20 @@ class WorkerNameTaken(RuntimeError):
     pass
 
 
+_BURY = """
+local key = KEYS[1]
+if redis.call('HGET', key, 'pid') ~= ARGV[1] or redis.call('HEXISTS', key, 'death') == 1 then
+  return 0
+end
+redis.call('SREM', 'rq:workers', key)
+for i = 2, #KEYS do redis.call('SREM', KEYS[i], key) end
+redis.call('HSET', key, 'death', ARGV[2])
+redis.call('HDEL', key, 'current_job')
+redis.call('EXPIRE', key, 60)
+return 1
+"""
+
+
 class RedisStore:
     """RQ-format operations for one worker identity."""
 
@@ -193,6 +207,26 @@ class RedisStore:
             pipe.hdel(key, "current_job")
             pipe.expire(key, 60)
             await pipe.execute()
+
+    @staticmethod
+    async def bury(redis: Redis, worker_name: str, queues: Sequence[str], pid: int) -> bool:
+        """Register the death of worker ``worker_name`` whose process ``pid`` is known to be gone.
+
+        Only if its hash still names that pid and has no ``death``: what a stock
+        worker's own death registration writes (out of the sets, ``death``, TTL 60),
+        so the name can be taken again at once. Its running jobs stay in the
+        StartedJobRegistry for RQ's abandoned-job maintenance, as for any crash.
+        """
+        key = keys.worker(worker_name)
+        reply = await redis.eval(
+            _BURY,
+            1 + len(queues),
+            key,
+            *[keys.workers_of_queue(q) for q in queues],
+            str(pid),
+            format_utc(utcnow()),
+        )
+        return bool(reply)
 
     async def set_state(self, state: str, *, current_job: str | bool | None = False) -> None:
         """Set ``state``; ``current_job`` = id to set, None to clear, False to leave alone."""

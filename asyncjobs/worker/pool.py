@@ -8,6 +8,7 @@ every child drains gracefully; a second signal is forwarded too (cold stop).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing as mp
 import os
@@ -16,6 +17,9 @@ import time
 from dataclasses import replace
 from types import FrameType
 
+from redis.asyncio import Redis
+
+from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
 
 log = logging.getLogger("asyncjobs.pool")
@@ -27,10 +31,30 @@ def _child(config: WorkerConfig, use_uvloop: bool) -> None:
     os._exit(run_worker(config, use_uvloop=use_uvloop))
 
 
+def _bury(config: WorkerConfig, name: str, pid: int) -> None:
+    """Register the death of a child that died without doing so, so its name can be reused."""
+
+    async def go() -> None:
+        conn = Redis.from_url(config.redis_url)
+        try:
+            if await RedisStore.bury(conn, name, config.queues, pid):
+                log.info("registered the death of %s (pid %d)", name, pid)
+        finally:
+            await conn.aclose()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:  # Redis down: the key expires on its own (<= 90 s busy, 480 s idle)
+        log.warning("could not register the death of %s: %s", name, exc)
+
+
 def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) -> int:
     ctx = mp.get_context("fork")
     stopping = {"count": 0}
     children: dict[int, mp.process.BaseProcess] = {}
+    started_at: dict[int, float] = {}
+    delay: dict[int, float] = {}
+    restart_at: dict[int, float] = {}
 
     def child_config(i: int) -> WorkerConfig:
         return replace(config, name=f"{config.name}-{i}" if config.name else None)
@@ -39,6 +63,7 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
         proc = ctx.Process(target=_child, args=(child_config(i), use_uvloop), name=f"asyncjobs-worker-{i}")
         proc.start()
         children[i] = proc
+        started_at[i] = time.monotonic()
         log.info("started worker process %d (pid %s)", i, proc.pid)
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -51,7 +76,7 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
     signal.signal(signal.SIGINT, forward)
     for i in range(processes):
         start(i)
-    while children:
+    while children or (restart_at and not stopping["count"]):
         for i, proc in list(children.items()):
             if proc.is_alive():
                 continue
@@ -59,7 +84,22 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
             del children[i]
             if stopping["count"] or config.burst or proc.exitcode == 0:
                 continue
-            log.warning("worker process %d exited with %s; restarting", i, proc.exitcode)
-            start(i)
+            name = child_config(i).name
+            if name and proc.pid:
+                _bury(config, name, proc.pid)
+            # Back off when a child keeps dying young (bad config, Redis down); reset after 60 s of life.
+            lived = time.monotonic() - started_at[i]
+            delay[i] = 0.0 if lived > 60 else min(max(delay.get(i, 0.0) * 2, 0.5), 30.0)
+            log.warning(
+                "worker process %d (pid %s) exited with %s; restarting in %.1fs", i, proc.pid, proc.exitcode, delay[i]
+            )
+            restart_at[i] = time.monotonic() + delay[i]
+        for i, when in list(restart_at.items()):
+            if stopping["count"]:
+                restart_at.clear()
+                break
+            if time.monotonic() >= when:
+                del restart_at[i]
+                start(i)
         time.sleep(0.2)
     return 0
