@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
+from asyncjobs.redact import redact_url
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 
@@ -88,6 +89,13 @@ class Settings(BaseSettings):
     def _check_rate(cls, value: str) -> str:
         parse_rate(value)  # raises ValueError with an example of the right form
         return value.strip()
+
+    def __repr_args__(self) -> Any:
+        # URLs may carry a password (redis://:pw@host, postgresql+asyncpg://user:pw@host/db).
+        for name, value in super().__repr_args__():
+            if name in ("redis_url", "database_url") and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
 
     @field_validator("redis_url")
     @classmethod

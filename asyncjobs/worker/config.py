@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
+
+from asyncjobs.redact import redact_url
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class WorkerConfig:
     queues: tuple[str, ...]
     redis_url: str = "redis://localhost:6379/0"
@@ -30,7 +32,14 @@ class WorkerConfig:
     allowed_modules: tuple[str, ...] = ()
     exception_handlers: tuple[str, ...] = ()
     disable_default_exception_handler: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={redact_url(v) if name == 'redis_url' else v!r}"
+            for name in self.__dataclass_fields__
+            for v in [getattr(self, name)]
+        )
+        return f"WorkerConfig({fields})"
 
     def __post_init__(self) -> None:
         if not self.queues:
