@@ -33,6 +33,7 @@ class Batch:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     running: list[Running] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    recorded: list[Callable[[], None]] = field(default_factory=list)
     ok: int = 0
     failed: int = 0
     working_time: float = 0.0
@@ -41,6 +42,7 @@ class Batch:
         self.outcomes += other.outcomes
         self.running += other.running
         self.after += other.after
+        self.recorded += other.recorded
         self.ok += other.ok
         self.failed += other.failed
         self.working_time += other.working_time
@@ -62,12 +64,16 @@ class Recorder:
         counts: tuple[int, int, float],
         running: Running,
         after: Callable[[], None] | None = None,
+        recorded: Callable[[], None] | None = None,
     ) -> None:
+        """Queue an outcome; ``recorded`` runs on the loop once it is stored, ``after`` in a thread."""
         p = self.pending
         p.outcomes.append(outcome)
         p.running.append(running)
         if after is not None:
             p.after.append(after)
+        if recorded is not None:
+            p.recorded.append(recorded)
         p.ok += counts[0]
         p.failed += counts[1]
         p.working_time += counts[2]
@@ -85,6 +91,8 @@ class Recorder:
                     await self.store.finish(
                         batch.outcomes, ok=batch.ok, failed=batch.failed, working_time=batch.working_time
                     )
+                    for done in batch.recorded:
+                        done()
                     for fn in batch.after:
                         self._spawn(asyncio.to_thread(fn))
                     state, current = self.worker_state()

@@ -356,7 +356,11 @@ class Worker:
             counts = (0, 1, 0.0)
         self.successful += counts[0]
         self.failed += counts[1]
-        self.recorder.submit(outcome, counts, item.running, item.after_recorded)
+        # The slot stays taken until the outcome is stored: a parent's dependents (or a retry) are
+        # on their queue before this worker fetches again, as with a stock worker.
+        self.recorder.submit(outcome, counts, item.running, item.after_recorded, lambda: self._release(key))
+
+    def _release(self, key: str) -> None:
         self._inflight.pop(key, None)
         self._slot_freed.set()
 
@@ -490,16 +494,18 @@ class Worker:
         if self._stopping.is_set() and not self._cold.is_set():
             await self._safe(self.store.mark_shutdown_requested())
         deadline = time.monotonic() + self.config.shutdown_timeout
-        while self._inflight or self._waiters:
+        while True:
+            # Executions still running (finished ones only wait for the recorder, flushed later).
+            tasks = [i.task for i in self._inflight.values() if i.task and not i.task.done()]
+            tasks += list(self._waiters)
+            if not tasks:
+                break
             if not self._stopping.is_set():
                 deadline = time.monotonic() + self.config.shutdown_timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.request_cold_stop()
                 remaining = 30.0
-            tasks = [i.task for i in self._inflight.values() if i.task] + list(self._waiters)
-            if not tasks:
-                break
             cold = asyncio.create_task(self._cold.wait())
             await asyncio.wait({*tasks, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             cold.cancel()
@@ -510,7 +516,7 @@ class Worker:
         backoff = Backoff()
         while True:
             await asyncio.sleep(min(interval, 15.0))
-            running = [i.running for i in self._inflight.values()] + list(self.recorder.pending.running)
+            running = [i.running for i in self._inflight.values()]
             ttl = self.config.heartbeat_ttl if running else self.config.idle_worker_key_ttl
             try:
                 alive = await self.store.heartbeat(running, ttl)
