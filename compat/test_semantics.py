@@ -393,3 +393,19 @@ def test_job_id_unique_and_at_front(kind: WorkerKind, launcher: Launcher, sync_r
     launcher.burst(kind, ["default"], concurrency=1)
     assert records(sync_redis, "order") == ["front", "first"]
     assert Job.fetch("custom-1", connection=sync_redis).return_value() == "first"
+
+
+def test_burst_runs_a_dependency_chain_to_the_end(
+    kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis
+) -> None:
+    """Each finished parent's child is queued before the burst worker looks again, so one burst run does all."""
+    url = launcher.url
+    q = Queue("default", connection=sync_redis)
+    parent = q.enqueue(jobs.record, url, "chain", "0")
+    chain = [parent]
+    for i in range(1, 6):
+        chain.append(q.enqueue(jobs.record, url, "chain", str(i), depends_on=chain[-1]))
+    launcher.burst(kind, ["default"], concurrency=10)
+    assert records(sync_redis, "chain") == [str(i) for i in range(6)]
+    assert all(fetch(sync_redis, j.id).get_status() == "finished" for j in chain)
+    assert DeferredJobRegistry(queue=q).get_job_ids() == []
