@@ -32,6 +32,32 @@ def _script(name: str) -> str:
     return resources.files("asyncjobs.protocol").joinpath("lua", name).read_text("utf-8")
 
 
+def _exchange_script() -> str:
+    """finish.lua then claim.lua in one atomic call: outcomes are stored (dependents queued)
+    before anything is popped, in a single round trip. Each file becomes a function whose
+    ``ARGV`` parameter shadows the global, so both run unchanged."""
+    return (
+        "local function finish(ARGV)\n" + _script("finish.lua") + "\nend\n"
+        "local function claim(ARGV)\n" + _script("claim.lua") + "\nend\n"
+        "if ARGV[1] ~= '' then finish({ARGV[1]}) end\n"
+        "local rest = {}\n"
+        "for i = 2, #ARGV do rest[i - 1] = ARGV[i] end\n"
+        "return claim(rest)\n"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """End-of-execution transitions to store together, with the worker's counters and state."""
+
+    transitions: Sequence[Mapping[str, Any]]
+    ok: int = 0
+    failed: int = 0
+    working_time: float = 0.0
+    state: str | None = None  # worker state to write ("busy"/"idle"), with current_job below
+    current_job: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A job popped and marked started; ``raw`` is its hash before the start write."""
@@ -92,6 +118,7 @@ class RedisStore:
         self._claim: AsyncScript = redis.register_script(_script("claim.lua"))
         self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
         self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
+        self._exchange: AsyncScript = redis.register_script(_exchange_script())
 
     # -- timing helpers -------------------------------------------------
     def _start_args(self, now: datetime) -> list[str]:
@@ -105,9 +132,18 @@ class RedisStore:
     # -- dequeue ----------------------------------------------------------
     async def claim(self, queues: Sequence[str], count: int, execution_ids: Sequence[str]) -> ClaimResult:
         """Pop up to ``count`` ids in queue order and mark them started atomically."""
+        return await self.exchange(None, queues, count, execution_ids)
+
+    async def exchange(
+        self, outcomes: Outcomes | None, queues: Sequence[str], count: int, execution_ids: Sequence[str]
+    ) -> ClaimResult:
+        """Store ``outcomes`` (if any), then claim up to ``count`` jobs: one atomic round trip."""
         now = utcnow()
         args = [*self._start_args(now), str(count), "pop", str(len(queues)), *queues, *execution_ids[:count]]
-        reply = await self._claim(args=args)
+        if outcomes is None or not outcomes.transitions:
+            reply = await self._claim(args=args)
+        else:
+            reply = await self._exchange(args=[self._finish_payload(outcomes, now), *args])
         return self._parse_claim(reply, now)
 
     async def block_move(self, queue: str, timeout: float) -> str | None:
@@ -135,20 +171,24 @@ class RedisStore:
         return ClaimResult(jobs, [d.decode() for d in dropped], bool(suspended))
 
     # -- completion --------------------------------------------------------
-    async def finish(self, outcomes: Sequence[Mapping[str, Any]], *, ok: int, failed: int, working_time: float) -> None:
-        if not outcomes:
-            return
-        now = utcnow()
-        payload = {
+    async def finish(self, outcomes: Outcomes) -> None:
+        if outcomes.transitions:
+            await self._finish(args=[self._finish_payload(outcomes, utcnow())])
+
+    def _finish_payload(self, outcomes: Outcomes, now: datetime) -> str:
+        payload: dict[str, Any] = {
             "worker": self.worker_name,
             "now": str(epoch_int(now)),
             "now_ts": format_utc(now),
-            "ok": ok,
-            "failed": failed,
-            "working_time": f"{working_time:.6f}",
-            "jobs": list(outcomes),
+            "ok": outcomes.ok,
+            "failed": outcomes.failed,
+            "working_time": f"{outcomes.working_time:.6f}",
+            "jobs": list(outcomes.transitions),
         }
-        await self._finish(args=[json.dumps(payload)])
+        if outcomes.state is not None:
+            payload["state"] = outcomes.state
+            payload["current"] = outcomes.current_job or ""
+        return json.dumps(payload)
 
     async def heartbeat(self, running: Sequence[Running], worker_ttl: int) -> bool:
         """Refresh every running execution and the worker key; False if the worker key had expired."""

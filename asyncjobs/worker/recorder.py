@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.exceptions
 
-from asyncjobs.protocol.store import RedisStore, Running
+from asyncjobs.protocol.store import Outcomes, RedisStore, Running
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -49,10 +49,19 @@ class Batch:
 
 
 class Recorder:
+    """Buffers outcomes until they are stored.
+
+    While the work loop runs it is the only writer: it takes the buffered batch
+    and stores it in the same script call that claims the next jobs
+    (:meth:`RedisStore.exchange`).  Once the loop has exited (drain, shutdown)
+    the recorder writes on its own (``autonomous``).
+    """
+
     def __init__(self, store: RedisStore, worker_state: Callable[[], tuple[str, str | None]]) -> None:
         self.store = store
-        self.worker_state = worker_state  # -> (state, current_job) to write after each batch
+        self.worker_state = worker_state  # -> (state, current_job) to write with each batch
         self.pending = Batch()
+        self.autonomous = False
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._closing = False
@@ -80,30 +89,46 @@ class Recorder:
         self._idle.clear()
         self._ready.set()
 
+    def take(self) -> Batch:
+        batch, self.pending = self.pending, Batch()
+        return batch
+
+    def restore(self, batch: Batch) -> None:
+        """Put a batch that could not be stored back in front of anything newer."""
+        batch.extend(self.pending)
+        self.pending = batch
+
+    def outcomes(self, batch: Batch) -> Outcomes:
+        state, current = self.worker_state()
+        return Outcomes(batch.outcomes, batch.ok, batch.failed, batch.working_time, state, current)
+
+    def stored(self, batch: Batch) -> None:
+        """The batch is in Redis: free its slots, then start its side work (webhooks)."""
+        for done in batch.recorded:
+            done()
+        for fn in batch.after:
+            self._spawn(asyncio.to_thread(fn))
+
+    def go_autonomous(self) -> None:
+        self.autonomous = True
+        self._ready.set()
+
     async def run(self) -> None:
         backoff = Backoff()
         while not self._closing:
             await self._ready.wait()
             self._ready.clear()
-            while self.pending.outcomes and not self._closing:
-                batch, self.pending = self.pending, Batch()
+            while self.autonomous and self.pending.outcomes and not self._closing:
+                batch = self.take()
                 try:
-                    await self.store.finish(
-                        batch.outcomes, ok=batch.ok, failed=batch.failed, working_time=batch.working_time
-                    )
-                    for done in batch.recorded:
-                        done()
-                    for fn in batch.after:
-                        self._spawn(asyncio.to_thread(fn))
-                    state, current = self.worker_state()
-                    await self.store.set_state(state, current_job=current)
+                    await self.store.finish(self.outcomes(batch))
+                    self.stored(batch)
                     backoff.reset()
                 except REDIS_ERRORS as exc:
-                    # Keep the results: put them back in front of anything newer and retry.
-                    batch.extend(self.pending)
-                    self.pending = batch
+                    self.restore(batch)
                     await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
-            self._idle.set()
+            if not self.pending.outcomes:
+                self._idle.set()
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(aw)
@@ -112,6 +137,7 @@ class Recorder:
 
     async def flush(self, timeout: float) -> None:
         """Wait until every outcome is recorded, then for side work (bounded: a dead Redis cannot hang exit)."""
+        self.go_autonomous()
         deadline = time.monotonic() + timeout
         while self.pending.outcomes and time.monotonic() < deadline:
             self._ready.set()

@@ -124,9 +124,7 @@ class Worker:
         return found
 
     def current_job_id(self) -> str | None:
-        for item in self._inflight.values():
-            return item.claimed.job_id
-        return None
+        return self.worker_state()[1]
 
     async def run(self) -> None:
         redis_conn = self._redis or Redis.from_url(
@@ -134,7 +132,7 @@ class Worker:
         )
         self.redis = redis_conn
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
-        self.recorder = Recorder(self.store, lambda: ("busy" if self._inflight else "idle", self.current_job_id()))
+        self.recorder = Recorder(self.store, self.worker_state)
         self.executor = Executor(self.config.threads or self.config.concurrency)
         self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers)
         install_rq_job_stack()
@@ -155,6 +153,7 @@ class Worker:
         try:
             await self._retrying(lambda: self.store.set_state("idle"), "set state")
             await self._work_loop()
+            self.recorder.go_autonomous()  # from here on nobody claims: it stores outcomes itself
             await self._drain()
         finally:
             for task in self._waiters:
@@ -197,11 +196,19 @@ class Worker:
         return tasks
 
     # ------------------------------------------------------------ fetch loop
-    def _free(self) -> int:
-        free = self.config.concurrency - len(self._inflight) - self._reserved
+    def _free(self, finishing: int = 0) -> int:
+        """Slots to claim for; ``finishing`` outcomes are stored in the same call, freeing theirs."""
+        free = self.config.concurrency - len(self._inflight) - self._reserved + finishing
         if self.config.max_jobs is not None:
             free = min(free, self.config.max_jobs - self._started_jobs - self._reserved)
         return max(free, 0)
+
+    def worker_state(self) -> tuple[str, str | None]:
+        """(state, current_job) from the jobs still executing (not those only awaiting their record)."""
+        for item in self._inflight.values():
+            if item.task is not None and not item.task.done():
+                return "busy", item.claimed.job_id
+        return "idle", None
 
     def _execution_ids(self, n: int) -> list[str]:
         """32 lowercase hex characters like RQ's uuid4().hex: a random per-process prefix + a counter."""
@@ -227,19 +234,24 @@ class Worker:
             if self.config.max_jobs is not None and self._started_jobs >= self.config.max_jobs:
                 log.info("max jobs (%d) reached", self.config.max_jobs)
                 break
-            free = self._free()
-            if free == 0:
+            # Outcomes waiting to be stored free their slots in the same round trip that claims.
+            done = self.recorder.take()
+            free = self._free(len(done.outcomes))
+            if free == 0 and not done.outcomes:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
-                # Let the other jobs finishing in this loop iteration free their slots too,
-                # so one claim round trip fetches for all of them.
+                # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
                 await asyncio.sleep(0)
                 continue
             try:
-                result = await self.store.claim(self._queue_order(), free, self._execution_ids(free))
+                result = await self.store.exchange(
+                    self.recorder.outcomes(done), self._queue_order(), free, self._execution_ids(free)
+                )
             except REDIS_ERRORS as exc:
+                self.recorder.restore(done)
                 await backoff.wait(f"claim jobs: {exc}", self._stopping)
                 continue
+            self.recorder.stored(done)
             backoff.reset()
             for job_id in result.dropped:
                 log.warning("job %s was on a queue but its hash is gone (expired or deleted); dropped", job_id)
@@ -255,17 +267,18 @@ class Worker:
                 continue
             if suspended_logged:
                 suspended_logged = False
-                await self._safe(self.store.set_state("busy" if self._inflight else "idle"))
+                await self._safe(self.store.set_state(self.worker_state()[0]))
             if result.jobs:
                 for claimed in result.jobs:
                     self._launch(claimed)
                 idle_since = time.monotonic()
                 continue
-            if self._inflight or self._reserved:
+            if self._inflight or self._reserved or self.recorder.pending.outcomes:
                 if self.config.burst:
                     # Jobs in flight may still enqueue work (retries, dependents): wait for one to end.
                     self._slot_freed.clear()
-                    await self._slot_freed.wait()
+                    if not self.recorder.pending.outcomes:
+                        await self._slot_freed.wait()
                     continue
             elif self.config.burst:
                 break
@@ -359,6 +372,7 @@ class Worker:
         # The slot stays taken until the outcome is stored: a parent's dependents (or a retry) are
         # on their queue before this worker fetches again, as with a stock worker.
         self.recorder.submit(outcome, counts, item.running, item.after_recorded, lambda: self._release(key))
+        self._slot_freed.set()  # wake the loop: it stores this outcome with its next claim
 
     def _release(self, key: str) -> None:
         self._inflight.pop(key, None)

@@ -2,7 +2,7 @@
 -- repeat, give-back), each exactly as stock RQ 2.12 would leave it
 -- (rq-protocol.md §3.5-§3.8, §3.12, §8.6), plus dependents, atomically.
 --
--- ARGV[1]: JSON {worker, now (epoch-int str), now_ts, ok, failed, working_time, jobs: [...]}
+-- ARGV[1]: JSON {worker, now (epoch-int str), now_ts, ok, failed, working_time, state, current, jobs: [...]}
 -- Each job: {id, eid, q, kind, started_at, ended_at, hb, result (flat XADD fields),
 --            result_ttl, failure_ttl, stream_ttl, repairs {field: value},
 --            next {status 'queued'|'scheduled', at_front, score, fields {...}}, deps 'finished'|'failed'}
@@ -179,6 +179,14 @@ for _, j in ipairs(p.jobs) do
 end
 
 if redis.call('EXISTS', wkey) == 1 then
+  if p.state then
+    redis.call('HSET', wkey, 'state', p.state)
+    if p.current and p.current ~= '' then
+      redis.call('HSET', wkey, 'current_job', p.current)
+    else
+      redis.call('HDEL', wkey, 'current_job')
+    end
+  end
   if tonumber(p.ok) > 0 then redis.call('HINCRBY', wkey, 'successful_job_count', p.ok) end
   if tonumber(p.failed) > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', p.failed) end
   if tonumber(p.working_time) > 0 then redis.call('HINCRBYFLOAT', wkey, 'total_working_time', p.working_time) end
