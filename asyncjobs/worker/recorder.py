@@ -109,6 +109,29 @@ class Recorder:
         for fn in batch.after:
             self._spawn(asyncio.to_thread(fn))
 
+    async def store_one_by_one(self, batch: Batch) -> None:
+        """Fallback when Redis refuses a whole batch: store each outcome alone, so one bad
+        transition cannot block the others. One Redis still refuses is logged and left in
+        the StartedJobRegistry, where RQ's abandoned-job maintenance fails or retries it."""
+        for i, outcome in enumerate(batch.outcomes):
+            try:
+                await self.store.finish(Outcomes([outcome]))
+            except REDIS_ERRORS:
+                # Redis is gone as a whole: keep the rest for the next attempt.
+                # (``recorded`` callbacks are one per outcome, in order: they travel with them.)
+                rest = Batch(outcomes=batch.outcomes[i:], running=batch.running[i:], recorded=batch.recorded[i:])
+                self.restore(rest)
+                batch.outcomes, batch.recorded = batch.outcomes[:i], batch.recorded[:i]
+                break
+            except redis.exceptions.ResponseError as exc:
+                log.error(
+                    "could not record the outcome of job %s (%s); it stays in StartedJobRegistry "
+                    "for RQ's maintenance",
+                    outcome.get("id"),
+                    exc,
+                )
+        self.stored(batch)
+
     def go_autonomous(self) -> None:
         self.autonomous = True
         self._ready.set()
@@ -127,6 +150,10 @@ class Recorder:
                 except REDIS_ERRORS as exc:
                     self.restore(batch)
                     await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
+                except redis.exceptions.ResponseError as exc:
+                    log.error("Redis refused to record %d result(s) (%s)", len(batch.outcomes), exc)
+                    await self.store_one_by_one(batch)
+                    await backoff.wait(f"Redis error: {exc}", None)
             if not self.pending.outcomes:
                 self._idle.set()
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis.exceptions
 from redis.asyncio import Redis
 
 from asyncjobs.protocol import keys, transitions
@@ -251,6 +252,12 @@ class Worker:
                 self.recorder.restore(done)
                 await backoff.wait(f"claim jobs: {exc}", self._stopping)
                 continue
+            except redis.exceptions.ResponseError as exc:
+                # Redis refused the call (e.g. OOM): keep the worker alive, store what it can.
+                log.error("Redis refused to claim/record (%s)", exc)
+                await self.recorder.store_one_by_one(done)
+                await backoff.wait(f"Redis error: {exc}", self._stopping)
+                continue
             self.recorder.stored(done)
             backoff.reset()
             for job_id in result.dropped:
@@ -328,7 +335,7 @@ class Worker:
                         log.warning("job %s was on a queue but its hash is gone; dropped", dropped)
                     for claimed in result.jobs:
                         self._launch(claimed)
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.warning("blocking dequeue on %r failed: %s", queue, exc)
             await wait_or(self._stopping, 1.0)
         finally:
@@ -538,7 +545,7 @@ class Worker:
                     log.warning("worker key had expired (Redis restart or outage?): registering again")
                     await self.store.reregister(self._info)
                 backoff.reset()
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
                 await backoff.wait(f"heartbeat: {exc}", None)
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
@@ -546,7 +553,7 @@ class Worker:
         while True:
             try:
                 return await op()
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
                 if self._cold.is_set():
                     raise
                 await backoff.wait(f"{what}: {exc}", None)
@@ -554,7 +561,7 @@ class Worker:
     async def _safe(self, aw: Awaitable[Any]) -> None:
         try:
             await aw
-        except REDIS_ERRORS as exc:
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.warning("Redis unreachable: %s", exc)
 
 

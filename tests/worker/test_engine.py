@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis
 from rq import Queue
 from rq.job import Job
@@ -200,3 +201,31 @@ async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
     assert by_id[ok.id]["ended_at"]
     # The terminal state was already stored when each webhook arrived.
     assert sorted(statuses_seen) == ["failed", "finished"]
+
+
+async def test_redis_refusing_writes_does_not_kill_the_worker(
+    sync_redis: redis.Redis, redis_server: RedisServer, start_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis turned read-only (a replica; OOM behaves alike): the worker logs, backs off, carries on."""
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "ro")
+    worker, task = await start_worker(concurrency=2)
+    await eventually(lambda: status(sync_redis, held.id) == "started")
+    # A replica of a master that does not exist: keeps its data, refuses every write.
+    sync_redis.execute_command("REPLICAOF", "127.0.0.1", str(redis_server.port + 1 if redis_server else 1))
+    try:
+        jobs.gate("ro").set()  # the job ends; storing its outcome is refused
+        await eventually(lambda: "Redis refused" in caplog.text, what="the refusal seen and handled")
+        await eventually(lambda: worker.recorder.pending.outcomes == [], what="refused outcome set aside")
+        assert f"could not record the outcome of job {held.id}" in caplog.text
+        assert not task.done()
+    finally:
+        sync_redis.execute_command("REPLICAOF", "NO", "ONE")
+    # Nothing vanished: the job is still in the StartedJobRegistry, where RQ's maintenance finds it.
+    assert any(m.startswith(held.id.encode()) for m in sync_redis.zrange("rq:wip:default", 0, -1))
+    # ... and the worker itself goes on working.
+    after = q.enqueue(f"{J}.add", 3, 4)
+    await eventually(lambda: status(sync_redis, after.id) == "finished", what="job after the episode")
+    assert not task.done()

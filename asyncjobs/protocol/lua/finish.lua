@@ -69,8 +69,10 @@ local function enqueue_dependents(parent, parent_status)
   end
   if #enqueued == #children then
     redis.call('DEL', dkey)
-  elseif #enqueued > 0 then
-    redis.call('SREM', dkey, unpack(enqueued))
+  else
+    for i = 1, #enqueued, 1000 do  -- unpack() has a stack limit: chunk large fan-outs
+      redis.call('SREM', dkey, unpack(enqueued, i, math.min(i + 999, #enqueued)))
+    end
   end
   return true
 end
