@@ -229,3 +229,23 @@ async def test_redis_refusing_writes_does_not_kill_the_worker(
     after = q.enqueue(f"{J}.add", 3, 4)
     await eventually(lambda: status(sync_redis, after.id) == "finished", what="job after the episode")
     assert not task.done()
+
+
+async def test_job_canceled_while_running_stays_canceled(sync_redis: redis.Redis, start_worker) -> None:
+    """Documented difference: stock overwrites `canceled` with `finished`; asyncjobs keeps the user's cancel."""
+    from rq.registry import CanceledJobRegistry, FinishedJobRegistry
+
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "cancel")
+    _worker, _task = await start_worker(concurrency=2)
+    await eventually(lambda: status(sync_redis, held.id) == "started")
+    Job.fetch(held.id, connection=sync_redis).cancel()
+    jobs.gate("cancel").set()
+    after = q.enqueue(f"{J}.add", 1, 1)  # the outcome is stored before this one is claimed
+    await eventually(lambda: status(sync_redis, after.id) == "finished")
+    assert status(sync_redis, held.id) == "canceled"
+    assert held.id in CanceledJobRegistry(queue=q).get_job_ids()
+    assert held.id not in FinishedJobRegistry(queue=q).get_job_ids()
+    assert sync_redis.zcard("rq:wip:default") == 0
