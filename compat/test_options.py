@@ -192,3 +192,23 @@ def test_processes_supervises_restarts_and_drains(
     proc.stop()  # SIGTERM to the supervisor: forwarded, children drain and deregister
     assert proc.wait(60) == 0, proc.output()
     assert children() == {}
+
+
+def test_processes_children_exit_when_the_supervisor_is_killed(
+    asyncjobs_kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis
+) -> None:
+    """SIGKILL of the supervisor leaves no orphan: each child notices, drains and deregisters."""
+    import psutil
+    from rq import Worker
+
+    name = unique_name("orphan")
+    proc = launcher.start(asyncjobs_kind, ["default"], "--name", name, "--processes", "2", concurrency=2)
+
+    def children() -> dict[str, int]:
+        return {w.name: w.pid for w in Worker.all(connection=sync_redis) if w.name.startswith(name)}
+
+    pids = wait_for(lambda: len(children()) == 2 and children(), 30, message=lambda: f"2 children\n{proc.output()}")
+    proc.kill()
+    wait_for(lambda: children() == {}, 30, message="children deregistered")
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in pids.values()), 30, message="children exited")

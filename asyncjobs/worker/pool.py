@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from dataclasses import replace
 from types import FrameType
@@ -25,9 +26,18 @@ from asyncjobs.worker.config import WorkerConfig
 log = logging.getLogger("asyncjobs.pool")
 
 
-def _child(config: WorkerConfig, use_uvloop: bool) -> None:
+def _watch_parent(parent: int) -> None:
+    """If the supervisor dies (even by SIGKILL), drain and exit instead of running orphaned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.warning("supervisor %d is gone: shutting down", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(config: WorkerConfig, use_uvloop: bool, parent: int) -> None:
     from asyncjobs.worker.runner import run_worker
 
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
     os._exit(run_worker(config, use_uvloop=use_uvloop))
 
 
@@ -60,7 +70,9 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
         return replace(config, name=f"{config.name}-{i}" if config.name else None)
 
     def start(i: int) -> None:
-        proc = ctx.Process(target=_child, args=(child_config(i), use_uvloop), name=f"asyncjobs-worker-{i}")
+        proc = ctx.Process(
+            target=_child, args=(child_config(i), use_uvloop, os.getpid()), name=f"asyncjobs-worker-{i}"
+        )
         proc.start()
         children[i] = proc
         started_at[i] = time.monotonic()
