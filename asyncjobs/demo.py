@@ -45,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from asyncjobs.devserver import PrivateRedis, RedisServerError, find_redis_server
+from asyncjobs.devserver import PrivateRedis, RedisServerError, find_redis_server, terminate
 from asyncjobs.redact import redact_url
 
 __all__ = ["DemoError", "PrivateRedis", "choose_redis", "main", "run_demo"]
@@ -628,23 +628,13 @@ def _run_worker(cmd: list[str], cwd: Path, log_path: Path) -> int:
         try:
             return proc.wait(timeout=WORKER_TIMEOUT)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            terminate(proc)
             raise DemoError(
                 f"the worker did not drain the queues within {WORKER_TIMEOUT:.0f}s; see {log_path}"
             ) from None
         except BaseException:  # Ctrl-C: stop the worker we started before cleaning up
-            _stop(proc)
+            terminate(proc)
             raise
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
