@@ -17,6 +17,10 @@ State machine of a row::
   was enqueued for recently, with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
   on SQLite (one writer at a time) the ``UPDATE`` re-checks the condition, so
   two processors never dispatch the same row in the same period either.
+* :func:`in_flight` lists claimable rows dispatched a little while ago (their
+  job should be in the queue); :func:`redispatch` gives those whose job turned
+  out not to exist a new job id (a producer whose enqueue failed, or that
+  exited before enqueueing, left them behind).
 
 All functions take an explicit ``now`` (timezone-aware UTC) for testability;
 it defaults to the Python clock, so keep the hosts' clocks in sync (NTP).
@@ -46,11 +50,13 @@ __all__ = [
     "dispatch_due",
     "drop_all",
     "get_notification",
+    "in_flight",
     "insert_notification",
     "mark_failed",
     "mark_sent",
     "new_job_id",
     "record_retry",
+    "redispatch",
     "release_dispatch",
 ]
 
@@ -303,6 +309,70 @@ async def dispatch_due(
     stmt = (
         update(T)
         .where(T.id.in_(ids), due)
+        .values(dispatched_at=now, job_id=job_id, updated_at=now)
+        .returning(T.id, T.channel, T.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(stmt)).all()
+    return sorted(
+        (Dispatched(id=int(r.id), channel=r.channel, job_id=r.job_id) for r in rows), key=lambda d: d.id
+    )
+
+
+async def in_flight(
+    session: AsyncSession,
+    *,
+    limit: int,
+    dispatched_before: dt.datetime,
+    visibility_timeout: float,
+    redispatch_after: float,
+    after_id: int = 0,
+    now: dt.datetime | None = None,
+) -> list[Dispatched]:
+    """Claimable rows dispatched before ``dispatched_before`` but inside the re-dispatch period.
+
+    Their job should be waiting in the queue; the caller checks that it exists
+    and calls :func:`redispatch` for those whose job does not.  Ordered by id,
+    starting after ``after_id``, so successive calls can walk all of them.
+    """
+    if limit < 1:
+        raise ValueError(f"batch limit must be >= 1, got {limit}")
+    now = now or utcnow()
+    stmt = (
+        select(T.id, T.channel, T.job_id)
+        .where(
+            _claimable(now, visibility_timeout),
+            T.job_id.is_not(None),
+            T.dispatched_at <= dispatched_before,
+            T.dispatched_at > now - dt.timedelta(seconds=redispatch_after),
+            T.id > after_id,
+        )
+        .order_by(T.id)
+        .limit(limit)
+    )
+    return [Dispatched(id=int(r.id), channel=r.channel, job_id=r.job_id) for r in await session.execute(stmt)]
+
+
+async def redispatch(
+    session: AsyncSession,
+    stale: Sequence[Dispatched],
+    *,
+    visibility_timeout: float,
+    now: dt.datetime | None = None,
+) -> list[Dispatched]:
+    """Mark rows found by :func:`in_flight` as dispatched now, with a new job id.
+
+    Only rows still claimable and still carrying the job id that was checked are
+    changed, so of two processors only one re-dispatches a row.
+    """
+    if not stale:
+        return []
+    now = now or utcnow()
+    batch = secrets.token_hex(6)
+    job_id = literal("outbox-", String) + cast(T.id, String) + literal(f"-{batch}", String)
+    stmt = (
+        update(T)
+        .where(T.job_id.in_([d.job_id for d in stale]), _claimable(now, visibility_timeout))
         .values(dispatched_at=now, job_id=job_id, updated_at=now)
         .returning(T.id, T.channel, T.job_id)
         .execution_options(synchronize_session=False)
