@@ -428,12 +428,17 @@ async def enqueue_2fa_notification(
 ) -> int:
     """Write a 2FA-code notification in ``session``'s transaction; enqueue it after COMMIT.
 
-    Returns the outbox row id.  With an ``idempotency_key`` that was used before,
+    The code is never sent more than ``expires_minutes`` after this call (the row
+    ends ``expired`` instead) and is removed from the row once it is sent,
+    failed or expired.  Returns the outbox row id.  With an ``idempotency_key`` that was used before,
     nothing new is written or enqueued and the existing row's id is returned.
     """
     _check_recipient(channel, recipient)
     if not code or any(c in code for c in "\r\n"):
-        raise ValueError(f"2FA code {code!r} must be a non-empty single-line string")
+        problem = "is empty" if not code else "contains a line break"
+        raise ValueError(f"the 2FA code {problem}; pass the code as a non-empty single-line string")
+    if isinstance(expires_minutes, bool) or not isinstance(expires_minutes, int) or expires_minutes < 1:
+        raise ValueError(f"expires_minutes={expires_minutes!r}: pass a whole number of minutes >= 1")
     return await _add(
         session,
         kind="2fa_code",
@@ -481,17 +486,20 @@ async def _deliver_via_runtime(claimed: repo.ClaimedNotification, message: Rende
     from asyncjobs import runtime
 
     if isinstance(message, RenderedEmail):
-        from asyncjobs.delivery.email import EmailMessage, build_mime
+        from asyncjobs.delivery.email import EmailMessage, build_mime, validate_email_address
 
         settings = _settings()
+        sender = validate_email_address(settings.smtp_from_email, what="SMTP_FROM_EMAIL")
         prepared = build_mime(
             EmailMessage(
                 to=(claimed.recipient,),
                 subject=message.subject,
                 body=message.text,
                 html_body=message.html,
-                from_email=settings.smtp_from_email,
+                from_email=sender,
                 from_name=settings.smtp_from_name or None,
+                # the same Message-ID on every attempt: receivers can drop a re-send as a duplicate
+                headers=(("Message-ID", claimed.message_id(sender.rpartition("@")[2])),),
             )
         )
         await runtime.get_rate_limiter("smtp").acquire()

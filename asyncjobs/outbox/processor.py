@@ -16,11 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import utcnow
-from asyncjobs.outbox.templates import RenderedMessage, TemplateError, render
+from asyncjobs.outbox.templates import RenderedMessage, TemplateError, expires_at, render
 
 __all__ = [
     "Classify",
@@ -75,6 +76,8 @@ class Outcome(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"
     FAILED = "failed"
+    #: Not sent: its content (a 2FA code) expired before it could be sent.
+    EXPIRED = "expired"
     #: Not claimable: already sent/failed, claimed by someone else, not due yet, or no such row.
     SKIPPED = "skipped"
     #: Delivered (or failed) but our claim had expired and was taken over meanwhile.
@@ -142,6 +145,30 @@ async def handle_notification(
             )
             return Outcome.LOST_CLAIM
         return outcome
+
+    try:
+        deadline = expires_at(claimed.kind, claimed.payload, claimed.created_at or utcnow())
+    except TemplateError as exc:
+        error = _describe(exc)
+        log.error("outbox notification %s failed permanently: %s", claimed.id, error)
+        return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=error))
+    if deadline is not None and utcnow() >= deadline:
+        reason = (
+            f"not sent: the {claimed.kind} expired at {deadline.isoformat(timespec='seconds')} before it could "
+            f"be sent (attempt {claimed.attempts}; previous error: {claimed.last_error or 'none'})"
+        )
+        log.warning("outbox notification %s expired: %s", claimed.id, reason)
+        try:
+            return await finish(Outcome.EXPIRED, lambda s: repo.mark_expired(s, claimed, reason=reason))
+        except IntegrityError:
+            log.warning(
+                "outbox notification %s: the table's status CHECK constraint predates 'expired'; recorded as "
+                "failed instead. Add 'expired' to ck_outbox_notifications_status (see "
+                "asyncjobs.outbox.models)", claimed.id,
+            )
+            return await finish(
+                Outcome.EXPIRED, lambda s: repo.mark_failed(s, claimed, error=f"expired: {reason}")
+            )
 
     if claimed.attempts > policy.max_attempts:
         reason = (
