@@ -10,8 +10,12 @@ Usage (inside the application's own transaction)::
     # after COMMIT a job `process_outbox_notification(id)` is on the `sms` queue;
     # on ROLLBACK nothing was written and nothing is enqueued.
 
-If Redis is unreachable at commit time nothing is raised: a warning is logged,
-the row stays ``pending`` and ``asyncjobs-outbox run`` enqueues it later.
+The commit enqueues all of the transaction's jobs in one pipelined round trip,
+off the event loop, waiting at most :data:`ENQUEUE_TIMEOUT` seconds.  If Redis
+is unreachable nothing is raised: a warning is logged, the rows stay
+``pending`` and ``asyncjobs-outbox run`` enqueues them once they are
+:data:`DEFAULT_MISSING_JOB_GRACE` seconds old and their job is still missing
+(also when the producing process exited right after its commit).
 
 This is a composition module: it reads settings (``DATABASE_URL``,
 ``REDIS_URL``, ``OUTBOX_*``, ``SMTP_FROM_*``) and wires the outbox core
@@ -22,19 +26,24 @@ This is a composition module: it reads settings (``DATABASE_URL``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import sqlalchemy.util
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import event
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory
@@ -48,9 +57,11 @@ __all__ = [
     "dispose_engines",
     "enqueue_2fa_notification",
     "enqueue_notification_job",
+    "enqueue_notification_jobs",
     "enqueue_user_invitation",
     "get_engine",
     "get_session_factory",
+    "missing_notification_jobs",
     "process_outbox_notification",
     "retry_policy_from_settings",
     "use_delivery",
@@ -58,16 +69,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+#: Await a coroutine from sync code running inside SQLAlchemy's greenlet (``await_`` since 2.1).
+_await_in_greenlet: Callable[[Awaitable[Any]], Any] = (
+    getattr(sqlalchemy.util, "await_", None) or sqlalchemy.util.await_only
+)
+
 #: Dotted path of the job every outbox row is processed by.
 JOB_FUNCTION = "asyncjobs.notifications.process_outbox_notification"
 QUEUE_FOR_CHANNEL = {"email": "emails", "sms": "sms"}
-#: Redis timeouts used when enqueueing from inside an application's commit (seconds).
-ENQUEUE_SOCKET_TIMEOUT = 0.5
+#: A row dispatched this long ago whose job is not in Redis is enqueued again by the processor (seconds).
+DEFAULT_MISSING_JOB_GRACE = 10.0
 #: How long RQ keeps a finished job's result (the outcome string).
 RESULT_TTL = 3600
 
 _INFO_KEY = "asyncjobs.outbox.pending_enqueues"
 _HOOKED_KEY = "asyncjobs.outbox.hooked"
+_CANCEL_KEY = "asyncjobs.outbox.deferred_cancel"
 
 
 # -- Database: one engine per process and event loop ------------------------------------------
@@ -135,110 +153,229 @@ async def dispose_engines() -> None:
 
 # -- Enqueueing after commit ----------------------------------------------------------------------
 
+#: Longest a commit waits for its jobs to reach Redis (seconds, all of the transaction's jobs together);
+#: the processor's enqueue and job check use the same bound.  The event loop keeps running meanwhile.
+ENQUEUE_TIMEOUT = 2.0
+
 _redis_conns: dict[tuple[int, str], redis.Redis] = {}
+_redis_lock = threading.Lock()
 
 
 def _redis(url: str) -> redis.Redis:
+    """A synchronous client used from worker threads only (its pool is thread-safe)."""
     key = (os.getpid(), url)
-    conn = _redis_conns.get(key)
-    if conn is None:
-        conn = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=ENQUEUE_SOCKET_TIMEOUT,
-            socket_timeout=ENQUEUE_SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
-        _redis_conns[key] = conn
-    return conn
+    with _redis_lock:
+        conn = _redis_conns.get(key)
+        if conn is None:
+            conn = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=ENQUEUE_TIMEOUT,
+                socket_timeout=ENQUEUE_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
+            _redis_conns[key] = conn
+        return conn
+
+
+def _queue_name(channel: str) -> str:
+    queue_name = QUEUE_FOR_CHANNEL.get(channel)
+    if queue_name is None:
+        raise ValueError(f"no queue for outbox channel {channel!r}; use one of {sorted(QUEUE_FOR_CHANNEL)}")
+    return queue_name
+
+
+def _check_deadline(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"{what} did not start within {ENQUEUE_TIMEOUT:g}s (thread pool busy)")
+
+
+def _enqueue_jobs_sync(conn: redis.Redis, items: Sequence[repo.Dispatched], deadline: float | None) -> None:
+    """Write every item's job with RQ's own serialization, in one MULTI/EXEC pipeline."""
+    from rq import Queue
+
+    by_queue: dict[str, list[repo.Dispatched]] = {}
+    for item in items:
+        by_queue.setdefault(_queue_name(item.channel), []).append(item)
+    _check_deadline(deadline, "enqueueing outbox jobs")
+    with conn.pipeline() as pipe:
+        for name, group in by_queue.items():
+            Queue(name, connection=conn).enqueue_many(
+                [
+                    Queue.prepare_data(
+                        JOB_FUNCTION,
+                        (item.id,),
+                        job_id=item.job_id,
+                        result_ttl=RESULT_TTL,
+                        description=f"outbox notification {item.id}",
+                    )
+                    for item in group
+                ],
+                pipeline=pipe,
+            )
+        pipe.execute()
+
+
+def _missing_jobs_sync(conn: redis.Redis, job_ids: Sequence[str], deadline: float | None) -> set[str]:
+    from rq.job import Job
+
+    _check_deadline(deadline, "checking outbox jobs")
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(Job.key_for(job_id))
+        found = pipe.execute()
+    return {job_id for job_id, n in zip(job_ids, found, strict=True) if not n}
+
+
+async def _off_loop(fn: Callable[[float], _T]) -> _T:
+    """Run blocking Redis I/O ``fn(deadline)`` in a thread; the caller waits at most ``ENQUEUE_TIMEOUT``."""
+    timeout = ENQUEUE_TIMEOUT
+    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(None, fn, deadline), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"Redis did not answer within {timeout:g}s") from None
+
+
+async def enqueue_notification_jobs(items: Sequence[repo.Dispatched], *, redis_url: str | None = None) -> None:
+    """Enqueue ``process_outbox_notification(id)`` for every item, on its channel's queue, all at once.
+
+    One pipelined MULTI/EXEC round trip written by RQ's ``Queue.enqueue_many``
+    (stock RQ format), run off the event loop; waits at most
+    :data:`ENQUEUE_TIMEOUT` seconds in total and raises on failure.
+    """
+    if not items:
+        return
+    for item in items:
+        _queue_name(item.channel)  # an unknown channel fails here, before any I/O
+    url = redis_url or str(_settings().redis_url)
+    await _off_loop(functools.partial(_enqueue_jobs_sync, _redis(url), list(items)))
+
+
+async def missing_notification_jobs(job_ids: Sequence[str], *, redis_url: str | None = None) -> set[str]:
+    """The ids among ``job_ids`` whose RQ job hash does not exist (one pipelined EXISTS round trip)."""
+    if not job_ids:
+        return set()
+    url = redis_url or str(_settings().redis_url)
+    return await _off_loop(functools.partial(_missing_jobs_sync, _redis(url), list(job_ids)))
 
 
 def enqueue_notification_job(
     notification_id: int, channel: str, job_id: str, *, redis_url: str | None = None
 ) -> None:
-    """Enqueue ``process_outbox_notification(notification_id)`` on the channel's queue (stock RQ).
+    """Enqueue one ``process_outbox_notification(notification_id)`` (stock RQ), synchronously.
 
-    Synchronous, with short socket timeouts and no retries; raises on failure.
+    Blocks the calling thread (up to the Redis timeouts, no retries); raises on
+    failure.  From async code use :func:`enqueue_notification_jobs`.
     """
-    from rq import Queue
-
-    queue_name = QUEUE_FOR_CHANNEL.get(channel)
-    if queue_name is None:
-        raise ValueError(f"no queue for outbox channel {channel!r}; use one of {sorted(QUEUE_FOR_CHANNEL)}")
+    _queue_name(channel)
     url = redis_url or str(_settings().redis_url)
-    Queue(queue_name, connection=_redis(url)).enqueue(
-        JOB_FUNCTION,
-        notification_id,
-        job_id=job_id,
-        result_ttl=RESULT_TTL,
-        description=f"outbox notification {notification_id}",
-    )
+    _enqueue_jobs_sync(_redis(url), [repo.Dispatched(notification_id, channel, job_id)], None)
 
 
-@dataclass(frozen=True)
-class _PendingEnqueue:
-    id: int
-    channel: str
-    job_id: str
+async def _enqueue_committed(items: list[repo.Dispatched]) -> None:
+    """After COMMIT: enqueue the transaction's jobs; never raises (the processor recovers the rows)."""
+    try:
+        await enqueue_notification_jobs(items)
+    except Exception as exc:
+        log.warning(
+            "could not enqueue %d outbox notification(s) after commit (%s: %s); they stay pending and "
+            "`asyncjobs-outbox run` enqueues them once they are %gs old: %s",
+            len(items), type(exc).__name__, exc, DEFAULT_MISSING_JOB_GRACE,
+            ", ".join(str(i.id) for i in items),
+        )
 
 
 _background: set[asyncio.Task[None]] = set()
 
 
-def _after_commit(sync_session: Session) -> None:
-    pending: list[_PendingEnqueue] = sync_session.info.pop(_INFO_KEY, [])
-    failed: list[_PendingEnqueue] = []
-    for item in pending:
-        try:
-            enqueue_notification_job(item.id, item.channel, item.job_id)
-        except Exception as exc:
-            failed.append(item)
-            log.warning(
-                "could not enqueue outbox notification %s after commit (%s: %s); it stays pending and "
-                "`asyncjobs-outbox run` will enqueue it", item.id, type(exc).__name__, exc,
-            )
-    if failed:
-        _release_in_background(sync_session, failed)
-
-
-def _release_in_background(sync_session: Session, failed: list[_PendingEnqueue]) -> None:
-    """Best effort: mark the rows as not dispatched so the processor's next tick picks them up."""
-    engine = sync_session.info.get("asyncjobs.outbox.engine")
-    if not isinstance(engine, AsyncEngine):
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # pragma: no cover - sync usage
-        return
-
-    async def release() -> None:
-        try:
-            factory = make_session_factory(engine)
-            async with factory() as session, session.begin():
-                await repo.release_dispatch(
-                    session, [repo.Dispatched(id=f.id, channel=f.channel, job_id=f.job_id) for f in failed]
-                )
-        except Exception as exc:
-            log.info("could not flag outbox notifications for the processor (%s); they are picked up "
-                     "after the re-dispatch period instead", exc)
-
-    task = loop.create_task(release())
+def _in_background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
-def _after_rollback(sync_session: Session) -> None:
-    sync_session.info.pop(_INFO_KEY, None)
+async def _enqueue_during_commit(sync_session: Session, items: list[repo.Dispatched]) -> None:
+    """Run inside ``await session.commit()``: the caller waits for the enqueue (bounded), the loop does not.
+
+    If the caller is cancelled meanwhile, the commit still finishes cleanly (the
+    session's transaction is closed and its connection returned), the enqueue
+    goes on in the background, and the same cancellation reaches the caller
+    right after the commit, at its next ``await``.
+    """
+    enqueue = _in_background(_enqueue_committed(items))
+    try:
+        await asyncio.shield(enqueue)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always inside a task here
+            raise
+        # A CancelledError out of this hook would leave the session holding the committed transaction
+        # and its connection: put the cancellation aside until the transaction has ended.
+        task.uncancel()
+        sync_session.info[_CANCEL_KEY] = (task, exc.args[0] if exc.args else None)
 
 
-def _enqueue_after_commit(session: AsyncSession, item: _PendingEnqueue) -> None:
+@dataclass(frozen=True)
+class _Pending:
+    item: repo.Dispatched
+    #: The innermost SAVEPOINT the row was written in (None: the transaction itself).
+    savepoint: SessionTransaction | None
+
+
+def _within(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while savepoint is not None:
+        if savepoint is ended:
+            return True
+        savepoint = savepoint.parent
+    return False
+
+
+def _after_commit(sync_session: Session) -> None:
+    if sync_session.in_nested_transaction():
+        return  # a SAVEPOINT was released: nothing is committed until the transaction itself is
+    pending: list[_Pending] = sync_session.info.pop(_INFO_KEY, [])
+    if not pending:
+        return
+    items = [p.item for p in pending]
+    try:
+        # Inside AsyncSession.commit(): wait for the enqueue as part of the caller's `await`, without
+        # blocking the event loop (SQLAlchemy runs this hook in its greenlet; the coroutine runs on the loop).
+        _await_in_greenlet(_enqueue_during_commit(sync_session, items))
+    except MissingGreenlet:
+        # A sync Session used outside AsyncSession: never block a running loop; without one, block.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(_enqueue_committed(items))
+        else:
+            _in_background(_enqueue_committed(items))
+
+
+def _after_soft_rollback(sync_session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:  # a SAVEPOINT rolled back: forget only the rows written inside it
+        pending: list[_Pending] = sync_session.info.get(_INFO_KEY, [])
+        pending[:] = [p for p in pending if not _within(p.savepoint, previous_transaction)]
+
+
+def _after_transaction_end(sync_session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        sync_session.info.pop(_INFO_KEY, None)  # rolled back or closed without COMMIT (COMMIT took them)
+        deferred: tuple[asyncio.Task[Any], Any] | None = sync_session.info.pop(_CANCEL_KEY, None)
+        if deferred is not None:
+            task, message = deferred
+            task.cancel(message)  # delivered at the caller's next await, after the commit returned
+
+
+def _enqueue_after_commit(session: AsyncSession, item: repo.Dispatched) -> None:
     sync = session.sync_session
     if not sync.info.get(_HOOKED_KEY):
         event.listen(sync, "after_commit", _after_commit)
-        event.listen(sync, "after_rollback", _after_rollback)
+        event.listen(sync, "after_soft_rollback", _after_soft_rollback)
+        event.listen(sync, "after_transaction_end", _after_transaction_end)
         sync.info[_HOOKED_KEY] = True
-    if isinstance(session.bind, AsyncEngine):
-        sync.info["asyncjobs.outbox.engine"] = session.bind
-    sync.info.setdefault(_INFO_KEY, []).append(item)
+    sync.info.setdefault(_INFO_KEY, []).append(_Pending(item, sync.get_nested_transaction()))
 
 
 async def _add(
@@ -262,7 +399,7 @@ async def _add(
         dispatched=True,
     )
     if result.created:
-        _enqueue_after_commit(session, _PendingEnqueue(result.id, channel, job_id))
+        _enqueue_after_commit(session, repo.Dispatched(result.id, channel, job_id))
     return result.id
 
 
@@ -291,12 +428,17 @@ async def enqueue_2fa_notification(
 ) -> int:
     """Write a 2FA-code notification in ``session``'s transaction; enqueue it after COMMIT.
 
-    Returns the outbox row id.  With an ``idempotency_key`` that was used before,
+    The code is never sent more than ``expires_minutes`` after this call (the row
+    ends ``expired`` instead) and is removed from the row once it is sent,
+    failed or expired.  Returns the outbox row id.  With an ``idempotency_key`` that was used before,
     nothing new is written or enqueued and the existing row's id is returned.
     """
     _check_recipient(channel, recipient)
     if not code or any(c in code for c in "\r\n"):
-        raise ValueError(f"2FA code {code!r} must be a non-empty single-line string")
+        problem = "is empty" if not code else "contains a line break"
+        raise ValueError(f"the 2FA code {problem}; pass the code as a non-empty single-line string")
+    if isinstance(expires_minutes, bool) or not isinstance(expires_minutes, int) or expires_minutes < 1:
+        raise ValueError(f"expires_minutes={expires_minutes!r}: pass a whole number of minutes >= 1")
     return await _add(
         session,
         kind="2fa_code",
@@ -344,17 +486,20 @@ async def _deliver_via_runtime(claimed: repo.ClaimedNotification, message: Rende
     from asyncjobs import runtime
 
     if isinstance(message, RenderedEmail):
-        from asyncjobs.delivery.email import EmailMessage, build_mime
+        from asyncjobs.delivery.email import EmailMessage, build_mime, validate_email_address
 
         settings = _settings()
+        sender = validate_email_address(settings.smtp_from_email, what="SMTP_FROM_EMAIL")
         prepared = build_mime(
             EmailMessage(
                 to=(claimed.recipient,),
                 subject=message.subject,
                 body=message.text,
                 html_body=message.html,
-                from_email=settings.smtp_from_email,
+                from_email=sender,
                 from_name=settings.smtp_from_name or None,
+                # the same Message-ID on every attempt: receivers can drop a re-send as a duplicate
+                headers=(("Message-ID", claimed.message_id(sender.rpartition("@")[2])),),
             )
         )
         await runtime.get_rate_limiter("smtp").acquire()
@@ -399,16 +544,24 @@ def build_processor(
     batch_size: int | None = None,
     poll_interval: float | None = None,
     redispatch_after: float | None = None,
+    missing_job_grace: float | None = None,
     session_factory: async_sessionmaker[AsyncSession] | None = None,
 ) -> OutboxProcessor:
-    """An :class:`OutboxProcessor` wired from settings (used by ``asyncjobs-outbox run``)."""
+    """An :class:`OutboxProcessor` wired from settings (used by ``asyncjobs-outbox run``).
+
+    In queue mode it also re-enqueues rows whose job is missing from Redis
+    ``missing_job_grace`` seconds (default :data:`DEFAULT_MISSING_JOB_GRACE`) after their dispatch.
+    """
     s = _settings()
     factory = session_factory or get_session_factory()
     policy = retry_policy_from_settings()
     redis_url = str(s.redis_url)
 
-    async def enqueue(d: repo.Dispatched) -> None:
-        await asyncio.to_thread(enqueue_notification_job, d.id, d.channel, d.job_id, redis_url=redis_url)
+    async def enqueue(batch: Sequence[repo.Dispatched]) -> None:
+        await enqueue_notification_jobs(batch, redis_url=redis_url)
+
+    async def missing_jobs(job_ids: Sequence[str]) -> set[str]:
+        return await missing_notification_jobs(job_ids, redis_url=redis_url)
 
     handle: Callable[[int], Any] | None = None
     if deliver_directly:
@@ -422,8 +575,10 @@ def build_processor(
         factory,
         enqueue=None if deliver_directly else enqueue,
         handle=handle,
+        missing_jobs=None if deliver_directly else missing_jobs,
         batch_size=batch_size or s.outbox_batch_size,
         poll_interval=poll_interval or s.outbox_poll_interval,
         visibility_timeout=policy.visibility_timeout,
         redispatch_after=redispatch_after,
+        missing_job_grace=DEFAULT_MISSING_JOB_GRACE if missing_job_grace is None else missing_job_grace,
     )

@@ -9,7 +9,9 @@ fault injection:
 * ``mail_replies[n] = "421 ..."`` -- reply to the n-th MAIL FROM (1-based);
 * ``data_replies[n] = "451 ..."`` -- reply to the n-th DATA (message not recorded);
 * ``drop_data = {n}`` -- drop the connection after receiving the n-th DATA,
-  before replying (message not recorded).
+  before replying (message not recorded);
+* ``accept_then_drop = {n}`` -- record the n-th DATA's message, then drop the
+  connection before replying (the server has the message; the client cannot know).
 
 It counts connections and records every accepted message.
 """
@@ -62,6 +64,7 @@ class _State:
     mail_replies: dict[int, str] = field(default_factory=dict)
     data_replies: dict[int, str] = field(default_factory=dict)
     drop_data: set[int] = field(default_factory=set)
+    accept_then_drop: set[int] = field(default_factory=set)
     auth_logins: list[str] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -100,6 +103,7 @@ class _Handler:
             self.state.data_count += 1
             n = self.state.data_count
             drop = n in self.state.drop_data
+            accept_then_drop = n in self.state.accept_then_drop
             reply = self.state.data_replies.get(n)
         if drop:
             assert server.transport is not None
@@ -117,6 +121,10 @@ class _Handler:
                 )
             )
             self.state.cond.notify_all()
+        if accept_then_drop:
+            assert server.transport is not None
+            server.transport.abort()
+            await asyncio.Event().wait()  # cancelled by connection_lost
         return "250 Message accepted for delivery"
 
 

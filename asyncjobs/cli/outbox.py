@@ -2,7 +2,8 @@
 
     asyncjobs-outbox create-tables [--database-url URL]
     asyncjobs-outbox run [--once] [--deliver-directly] [--batch-size N] [--interval SECONDS]
-                         [--redispatch-after SECONDS] [--database-url URL]
+                         [--redispatch-after SECONDS] [--missing-job-grace SECONDS]
+                         [--database-url URL]
 
 Settings come from the environment / ``.env`` (``DATABASE_URL``, ``REDIS_URL``,
 ``OUTBOX_*``); options override them.  ``run`` stops gracefully on SIGTERM or
@@ -38,6 +39,13 @@ def _positive_float(value: str) -> float:
     return x
 
 
+def _non_negative_float(value: str) -> float:
+    x = float(value)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {value}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncjobs-outbox", description="Transactional outbox tools.")
     parser.add_argument("--log-level", default=os.environ.get("ASYNCJOBS_LOG_LEVEL", "INFO"),
@@ -58,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--redispatch-after", type=_positive_float,
                      help="re-enqueue a row still pending this long after its last dispatch "
                           "(default OUTBOX_VISIBILITY_TIMEOUT)")
+    run.add_argument("--missing-job-grace", type=_non_negative_float,
+                     help="re-enqueue a row whose job is not in Redis this long after its dispatch "
+                          "(default 10; queue mode only)")
     return parser
 
 
@@ -92,6 +103,7 @@ async def _run(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             poll_interval=args.interval,
             redispatch_after=args.redispatch_after,
+            missing_job_grace=args.missing_job_grace,
         )
         await processor.run(stop, once=args.once)
     finally:

@@ -1,4 +1,9 @@
-"""Transactional outbox: notifications that are never lost and never sent twice.
+"""Transactional outbox: notifications written with the application's data, delivered at least once.
+
+Duplicate jobs are harmless (one claim per attempt); a message reaches its
+recipient twice only when the provider took it but the row could not record
+that (a crash, a lost reply, a stalled worker), and every attempt at an email carries the same
+Message-ID (:meth:`ClaimedNotification.message_id`) so receivers can tell.
 
 * :mod:`asyncjobs.outbox.models` -- the ``outbox_notifications`` table (own metadata, Alembic-ready).
 * :mod:`asyncjobs.outbox.repository` -- insert, atomic claim, completion, batch dispatch.

@@ -9,6 +9,14 @@ application can include it in its own Alembic migrations::
 
 Works on PostgreSQL (asyncpg) and SQLite (aiosqlite).  Timestamps are always
 timezone-aware UTC in Python; on SQLite they are stored as naive UTC.
+
+The ``expired`` status is newer than the table: a table created before it has a
+``ck_outbox_notifications_status`` CHECK constraint without it.  Replace that
+constraint (PostgreSQL: ``ALTER TABLE outbox_notifications DROP CONSTRAINT
+ck_outbox_notifications_status, ADD CONSTRAINT ck_outbox_notifications_status
+CHECK (status IN ('pending', 'processing', 'sent', 'failed', 'expired'))``;
+SQLite: an Alembic ``batch_alter_table`` rebuild).  Until then an expired 2FA
+code is recorded as ``failed`` with an ``expired: ...`` reason.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "CHANNELS",
+    "FINAL_STATUSES",
     "KINDS",
     "STATUSES",
     "OutboxBase",
@@ -47,8 +56,10 @@ __all__ = [
 #: Notification kinds the templates know how to render.
 KINDS: Final = ("2fa_code", "user_invitation")
 CHANNELS: Final = ("email", "sms")
-#: pending -> processing -> sent | failed (or back to pending with a retry time).
-STATUSES: Final = ("pending", "processing", "sent", "failed")
+#: pending -> processing -> sent | failed | expired (or back to pending with a retry time).
+STATUSES: Final = ("pending", "processing", "sent", "failed", "expired")
+#: Final states: the row is never claimed again and its one-time secrets are gone from ``payload``.
+FINAL_STATUSES: Final = ("sent", "failed", "expired")
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(column_0_label)s",

@@ -2,7 +2,8 @@
 
 Nothing here knows SMTP, SMS providers, Redis or settings: the composition
 layer (:mod:`asyncjobs.notifications`) injects a ``deliver`` coroutine
-function, an ``enqueue`` coroutine function and plain configuration values.
+function, ``enqueue`` and ``missing_jobs`` coroutine functions and plain
+configuration values.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import contextlib
 import datetime as dt
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import utcnow
-from asyncjobs.outbox.templates import RenderedMessage, TemplateError, render
+from asyncjobs.outbox.templates import RenderedMessage, TemplateError, expires_at, render
 
 __all__ = [
     "Classify",
     "Deliver",
     "Enqueue",
     "ErrorVerdict",
+    "MissingJobs",
     "OutboxProcessor",
     "Outcome",
     "RetryPolicy",
@@ -73,6 +76,8 @@ class Outcome(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"
     FAILED = "failed"
+    #: Not sent: its content (a 2FA code) expired before it could be sent.
+    EXPIRED = "expired"
     #: Not claimable: already sent/failed, claimed by someone else, not due yet, or no such row.
     SKIPPED = "skipped"
     #: Delivered (or failed) but our claim had expired and was taken over meanwhile.
@@ -87,7 +92,10 @@ class ErrorVerdict:
 
 Deliver = Callable[[repo.ClaimedNotification, RenderedMessage], Awaitable[None]]
 Classify = Callable[[Exception], ErrorVerdict]
-Enqueue = Callable[[repo.Dispatched], Awaitable[None]]
+#: Enqueue one job per row, all of them or none (raise): one round trip per batch.
+Enqueue = Callable[[Sequence[repo.Dispatched]], Awaitable[None]]
+#: Which of these job ids have no job in the queue's store (e.g. Redis)?
+MissingJobs = Callable[[Sequence[str]], Awaitable[Collection[str]]]
 
 
 def default_classify(exc: Exception) -> ErrorVerdict:
@@ -138,6 +146,30 @@ async def handle_notification(
             return Outcome.LOST_CLAIM
         return outcome
 
+    try:
+        deadline = expires_at(claimed.kind, claimed.payload, claimed.created_at or utcnow())
+    except TemplateError as exc:
+        error = _describe(exc)
+        log.error("outbox notification %s failed permanently: %s", claimed.id, error)
+        return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=error))
+    if deadline is not None and utcnow() >= deadline:
+        reason = (
+            f"not sent: the {claimed.kind} expired at {deadline.isoformat(timespec='seconds')} before it could "
+            f"be sent (attempt {claimed.attempts}; previous error: {claimed.last_error or 'none'})"
+        )
+        log.warning("outbox notification %s expired: %s", claimed.id, reason)
+        try:
+            return await finish(Outcome.EXPIRED, lambda s: repo.mark_expired(s, claimed, reason=reason))
+        except IntegrityError:
+            log.warning(
+                "outbox notification %s: the table's status CHECK constraint predates 'expired'; recorded as "
+                "failed instead. Add 'expired' to ck_outbox_notifications_status (see "
+                "asyncjobs.outbox.models)", claimed.id,
+            )
+            return await finish(
+                Outcome.EXPIRED, lambda s: repo.mark_failed(s, claimed, error=f"expired: {reason}")
+            )
+
     if claimed.attempts > policy.max_attempts:
         reason = (
             f"gave up after {policy.max_attempts} attempts; the last attempt's worker stopped without "
@@ -178,10 +210,19 @@ async def handle_notification(
 class OutboxProcessor:
     """Polls for due rows in bounded batches and enqueues (or directly delivers) them.
 
+    Due rows are those nobody dispatched yet, rows released after a failed
+    enqueue, rows due for a retry, stale claims, and rows dispatched longer
+    than ``redispatch_after`` ago.  With ``missing_jobs`` the processor also
+    looks at the rows dispatched more than ``missing_job_grace`` seconds ago
+    and dispatches again those whose job does not exist: a producer whose
+    enqueue failed, or that exited right after its commit, leaves such rows
+    behind.  It checks a bounded chunk of them per poll (one ``missing_jobs``
+    call per chunk); ``run(once=True)`` goes through all of them.
+
     Several processors may run side by side: PostgreSQL batches are taken with
-    ``FOR UPDATE SKIP LOCKED`` and the per-row claim makes duplicate jobs harmless.
-    The constructor does no I/O; call :meth:`run` (until ``stop`` is set) or
-    :meth:`run_once`.
+    ``FOR UPDATE SKIP LOCKED``, re-dispatch re-checks the job id it looked at,
+    and the per-row claim makes duplicate jobs harmless.  The constructor does
+    no I/O; call :meth:`run` (until ``stop`` is set) or :meth:`run_once`.
     """
 
     def __init__(
@@ -190,10 +231,12 @@ class OutboxProcessor:
         *,
         enqueue: Enqueue | None = None,
         handle: Callable[[int], Awaitable[object]] | None = None,
+        missing_jobs: MissingJobs | None = None,
         batch_size: int = 100,
         poll_interval: float = 5.0,
         visibility_timeout: float = 300.0,
         redispatch_after: float | None = None,
+        missing_job_grace: float = 10.0,
         concurrency: int = 10,
     ) -> None:
         if (enqueue is None) == (handle is None):
@@ -205,19 +248,74 @@ class OutboxProcessor:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if missing_job_grace < 0:
+            raise ValueError(f"missing_job_grace must be >= 0 seconds, got {missing_job_grace}")
         self.session_factory = session_factory
         self.enqueue = enqueue
         self.handle = handle
+        self.missing_jobs = missing_jobs
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.visibility_timeout = visibility_timeout
         #: A row dispatched this long ago and still claimable is dispatched again.
         self.redispatch_after = visibility_timeout if redispatch_after is None else redispatch_after
+        #: A row dispatched this long ago whose job does not exist is dispatched again.
+        self.missing_job_grace = missing_job_grace
         self.concurrency = concurrency
         self.dispatched_total = 0
+        #: Where the walk over in-flight rows continues (row id), and whether it has more to see.
+        self._in_flight_cursor = 0
+        self._in_flight_unseen = False
+
+    async def _redispatch_missing(self, limit: int) -> list[repo.Dispatched]:
+        """Check the next ``limit`` in-flight rows; re-dispatch those whose job does not exist."""
+        self._in_flight_unseen = False
+        if self.missing_jobs is None or limit < 1 or self.missing_job_grace >= self.redispatch_after:
+            return []
+        now = utcnow()
+        async with self.session_factory() as session:
+            chunk = await repo.in_flight(
+                session,
+                limit=limit,
+                dispatched_before=now - dt.timedelta(seconds=self.missing_job_grace),
+                visibility_timeout=self.visibility_timeout,
+                redispatch_after=self.redispatch_after,
+                after_id=self._in_flight_cursor,
+                now=now,
+            )
+        if len(chunk) < limit:  # the walk reached the end: start over next time
+            self._in_flight_cursor = 0
+        else:
+            self._in_flight_cursor = chunk[-1].id
+            self._in_flight_unseen = True
+        if not chunk:
+            return []
+        try:
+            missing = set(await self.missing_jobs([d.job_id for d in chunk]))
+        except Exception as exc:
+            self._in_flight_unseen = False
+            log.warning("outbox: could not check whether %d dispatched notification(s) still have their job "
+                        "(%s); retrying next tick", len(chunk), _describe(exc))
+            return []
+        stale = [d for d in chunk if d.job_id in missing]
+        if not stale:
+            return []
+        async with self.session_factory() as session, session.begin():
+            redone = await repo.redispatch(session, stale, visibility_timeout=self.visibility_timeout)
+        if redone:
+            log.warning(
+                "outbox: %d notification(s) dispatched more than %gs ago have no job (the producer's enqueue "
+                "failed or its process exited first); dispatching them again: %s", len(redone),
+                self.missing_job_grace, ", ".join(str(d.id) for d in redone),
+            )
+        return redone
 
     async def run_once(self) -> int:
-        """One bounded tick: dispatch up to ``batch_size`` due rows; return how many were dispatched."""
+        """One bounded tick: dispatch up to ``batch_size`` due rows; return how many were dispatched.
+
+        With ``missing_jobs``, up to the rest of the batch is filled with
+        in-flight rows whose job turned out not to exist.
+        """
         async with self.session_factory() as session, session.begin():
             batch = await repo.dispatch_due(
                 session,
@@ -225,25 +323,23 @@ class OutboxProcessor:
                 visibility_timeout=self.visibility_timeout,
                 redispatch_after=self.redispatch_after,
             )
+        batch += await self._redispatch_missing(self.batch_size - len(batch))
         if not batch:
             return 0
         if self.enqueue is not None:
-            done = 0
-            for d in batch:
-                try:
-                    await self.enqueue(d)
-                except Exception as exc:
-                    rest = batch[done:]
-                    log.warning("outbox: enqueue of notification %s failed (%s); %d row(s) stay pending "
-                                "and are retried next tick", d.id, _describe(exc), len(rest))
-                    with contextlib.suppress(Exception):
-                        async with self.session_factory() as session, session.begin():
-                            await repo.release_dispatch(session, rest)
-                    break
-                done += 1
-            log.info("outbox: enqueued %d of %d due notification(s)", done, len(batch))
-            self.dispatched_total += done
-            return done
+            try:
+                await self.enqueue(batch)
+            except Exception as exc:
+                log.warning("outbox: enqueue of %d notification(s) failed (%s); they stay pending and are "
+                            "retried next tick", len(batch), _describe(exc))
+                with contextlib.suppress(Exception):
+                    async with self.session_factory() as session, session.begin():
+                        await repo.release_dispatch(session, batch)
+                self._in_flight_unseen = False
+                return 0
+            log.info("outbox: enqueued %d due notification(s)", len(batch))
+            self.dispatched_total += len(batch)
+            return len(batch)
         handle = self.handle
         assert handle is not None
         sem = asyncio.Semaphore(self.concurrency)
@@ -263,7 +359,10 @@ class OutboxProcessor:
         return len(batch)
 
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
-        """Tick until ``stop`` is set (the current batch is always finished first)."""
+        """Tick until ``stop`` is set (the current batch is always finished first).
+
+        ``once``: tick until nothing is due and every in-flight row was checked, then return.
+        """
         log.info(
             "outbox processor started (%s, batch size %d, poll interval %gs, visibility timeout %gs)",
             "enqueue" if self.enqueue is not None else "deliver directly",
@@ -275,13 +374,13 @@ class OutboxProcessor:
             except Exception:
                 log.exception("outbox processor tick failed; retrying in %gs", self.poll_interval)
                 count = 0
+                self._in_flight_unseen = False
             if once:
-                if count < self.batch_size:
+                if count < self.batch_size and not self._in_flight_unseen:
                     break
                 continue
             if count >= self.batch_size:
-                continue  # more is due: go again without waiting
+                continue  # more is due: go again without waiting (in-flight rows: one chunk per poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
         log.info("outbox processor stopped after dispatching %d notification(s)", self.dispatched_total)
-

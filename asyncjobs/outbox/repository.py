@@ -4,8 +4,12 @@ State machine of a row::
 
     pending --claim--> processing --mark_sent--> sent
        ^                  |  \\--mark_failed--> failed
+       |                  |   \\-mark_expired-> expired
        '--record_retry----'
     processing (claim older than the visibility timeout) --claim--> processing
+
+Reaching a final state (sent, failed, expired) removes the payload's one-time
+secrets (the 2FA code): they are needed only to send.
 
 * :func:`insert_notification` runs inside the caller's session/transaction.
 * :func:`claim` is one ``UPDATE ... WHERE <claimable> RETURNING``: of two
@@ -17,6 +21,10 @@ State machine of a row::
   was enqueued for recently, with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
   on SQLite (one writer at a time) the ``UPDATE`` re-checks the condition, so
   two processors never dispatch the same row in the same period either.
+* :func:`in_flight` lists claimable rows dispatched a little while ago (their
+  job should be in the queue); :func:`redispatch` gives those whose job turned
+  out not to exist a new job id (a producer whose enqueue failed, or that
+  exited before enqueueing, left them behind).
 
 All functions take an explicit ``now`` (timezone-aware UTC) for testability;
 it defaults to the Python clock, so keep the hosts' clocks in sync (NTP).
@@ -25,6 +33,7 @@ it defaults to the Python clock, so keep the hosts' clocks in sync (NTP).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
@@ -35,6 +44,7 @@ from sqlalchemy import ColumnElement, String, and_, cast, func, insert, literal,
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from asyncjobs.outbox.models import CHANNELS, OutboxNotification, metadata, utcnow
+from asyncjobs.outbox.templates import without_secrets
 
 __all__ = [
     "ClaimedNotification",
@@ -46,11 +56,14 @@ __all__ = [
     "dispatch_due",
     "drop_all",
     "get_notification",
+    "in_flight",
     "insert_notification",
+    "mark_expired",
     "mark_failed",
     "mark_sent",
     "new_job_id",
     "record_retry",
+    "redispatch",
     "release_dispatch",
 ]
 
@@ -86,6 +99,17 @@ class ClaimedNotification:
     attempts: int
     claim_token: str
     last_error: str | None = None
+    created_at: dt.datetime | None = None
+    idempotency_key: str = field(default="", repr=False)
+
+    def message_id(self, domain: str) -> str:
+        """One RFC 5322 Message-ID for every attempt at this notification: ``<outbox.ID.HASH@domain>``.
+
+        Receivers can drop a re-send after a crash as a duplicate.  The hash of the
+        row's idempotency key keeps ids apart across databases whose row ids overlap.
+        """
+        digest = hashlib.sha256(f"{self.id}:{self.idempotency_key}".encode()).hexdigest()[:16]
+        return f"<outbox.{self.id}.{digest}@{domain}>"
 
 
 @dataclass(frozen=True)
@@ -201,7 +225,10 @@ async def claim(
             claimed_at=now,
             updated_at=now,
         )
-        .returning(T.id, T.kind, T.channel, T.recipient, T.payload, T.attempts, T.last_error)
+        .returning(
+            T.id, T.kind, T.channel, T.recipient, T.payload, T.attempts, T.last_error, T.created_at,
+            T.idempotency_key,
+        )
         .execution_options(synchronize_session=False)
     )
     row = (await session.execute(stmt)).one_or_none()
@@ -216,6 +243,8 @@ async def claim(
         attempts=int(row.attempts),
         claim_token=token,
         last_error=row.last_error,
+        created_at=row.created_at,
+        idempotency_key=row.idempotency_key,
     )
 
 
@@ -234,12 +263,17 @@ def _truncate(error: str) -> str:
     return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 3] + "..."
 
 
+async def _finish_final(session: AsyncSession, claimed: ClaimedNotification, **values: Any) -> bool:
+    """Finish in a final state, dropping the payload's one-time secrets."""
+    return await _finish(session, claimed, payload=without_secrets(claimed.kind, claimed.payload), **values)
+
+
 async def mark_sent(
     session: AsyncSession, claimed: ClaimedNotification, *, now: dt.datetime | None = None
 ) -> bool:
     """Record delivery; False if the claim was lost (another worker took the row over)."""
     now = now or utcnow()
-    return await _finish(session, claimed, status="sent", sent_at=now, updated_at=now, last_error=None)
+    return await _finish_final(session, claimed, status="sent", sent_at=now, updated_at=now, last_error=None)
 
 
 async def record_retry(
@@ -268,7 +302,19 @@ async def mark_failed(
 ) -> bool:
     """Give up for good, keeping the reason in ``last_error``."""
     now = now or utcnow()
-    return await _finish(session, claimed, status="failed", last_error=_truncate(error), updated_at=now)
+    return await _finish_final(session, claimed, status="failed", last_error=_truncate(error), updated_at=now)
+
+
+async def mark_expired(
+    session: AsyncSession, claimed: ClaimedNotification, *, reason: str, now: dt.datetime | None = None
+) -> bool:
+    """Not sent because its content (a 2FA code) expired first; the reason goes to ``last_error``.
+
+    Raises :class:`sqlalchemy.exc.IntegrityError` on a table whose status CHECK
+    constraint predates ``expired`` (see :mod:`asyncjobs.outbox.models`).
+    """
+    now = now or utcnow()
+    return await _finish_final(session, claimed, status="expired", last_error=_truncate(reason), updated_at=now)
 
 
 async def dispatch_due(
@@ -303,6 +349,70 @@ async def dispatch_due(
     stmt = (
         update(T)
         .where(T.id.in_(ids), due)
+        .values(dispatched_at=now, job_id=job_id, updated_at=now)
+        .returning(T.id, T.channel, T.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    rows = (await session.execute(stmt)).all()
+    return sorted(
+        (Dispatched(id=int(r.id), channel=r.channel, job_id=r.job_id) for r in rows), key=lambda d: d.id
+    )
+
+
+async def in_flight(
+    session: AsyncSession,
+    *,
+    limit: int,
+    dispatched_before: dt.datetime,
+    visibility_timeout: float,
+    redispatch_after: float,
+    after_id: int = 0,
+    now: dt.datetime | None = None,
+) -> list[Dispatched]:
+    """Claimable rows dispatched before ``dispatched_before`` but inside the re-dispatch period.
+
+    Their job should be waiting in the queue; the caller checks that it exists
+    and calls :func:`redispatch` for those whose job does not.  Ordered by id,
+    starting after ``after_id``, so successive calls can walk all of them.
+    """
+    if limit < 1:
+        raise ValueError(f"batch limit must be >= 1, got {limit}")
+    now = now or utcnow()
+    stmt = (
+        select(T.id, T.channel, T.job_id)
+        .where(
+            _claimable(now, visibility_timeout),
+            T.job_id.is_not(None),
+            T.dispatched_at <= dispatched_before,
+            T.dispatched_at > now - dt.timedelta(seconds=redispatch_after),
+            T.id > after_id,
+        )
+        .order_by(T.id)
+        .limit(limit)
+    )
+    return [Dispatched(id=int(r.id), channel=r.channel, job_id=r.job_id) for r in await session.execute(stmt)]
+
+
+async def redispatch(
+    session: AsyncSession,
+    stale: Sequence[Dispatched],
+    *,
+    visibility_timeout: float,
+    now: dt.datetime | None = None,
+) -> list[Dispatched]:
+    """Mark rows found by :func:`in_flight` as dispatched now, with a new job id.
+
+    Only rows still claimable and still carrying the job id that was checked are
+    changed, so of two processors only one re-dispatches a row.
+    """
+    if not stale:
+        return []
+    now = now or utcnow()
+    batch = secrets.token_hex(6)
+    job_id = literal("outbox-", String) + cast(T.id, String) + literal(f"-{batch}", String)
+    stmt = (
+        update(T)
+        .where(T.job_id.in_([d.job_id for d in stale]), _claimable(now, visibility_timeout))
         .values(dispatched_at=now, job_id=job_id, updated_at=now)
         .returning(T.id, T.channel, T.job_id)
         .execution_options(synchronize_session=False)

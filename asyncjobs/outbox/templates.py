@@ -8,6 +8,7 @@ be ``http(s)`` URLs (no ``javascript:`` links).
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,11 +22,18 @@ __all__ = [
     "RenderedSms",
     "TemplateError",
     "check_accept_url",
+    "expires_at",
     "render",
     "render_2fa_email",
     "render_2fa_sms",
     "render_user_invitation_email",
+    "without_secrets",
 ]
+
+#: Payload keys that are one-time secrets, per kind: gone from the row once it reaches a final state.
+SECRET_PAYLOAD_KEYS: dict[str, tuple[str, ...]] = {"2fa_code": ("code",)}
+#: Lifetime of a 2FA code when the payload does not say (minutes).
+DEFAULT_2FA_MINUTES = 10
 
 
 class TemplateError(ValueError):
@@ -156,11 +164,37 @@ def _get(payload: Mapping[str, Any], key: str, kind: str) -> Any:
         ) from None
 
 
+def _minutes(payload: Mapping[str, Any]) -> int:
+    value = payload.get("expires_minutes", DEFAULT_2FA_MINUTES)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TemplateError(
+            f"2fa_code notification payload has expires_minutes={value!r}; it must be a whole number of "
+            "minutes >= 1 (write rows with asyncjobs.notifications helpers)"
+        )
+    return value
+
+
+def expires_at(kind: str, payload: Mapping[str, Any], created_at: dt.datetime) -> dt.datetime | None:
+    """When the notification's content stops being worth sending (None: never).
+
+    A 2FA code expires ``expires_minutes`` after the row was written.
+    """
+    if kind == "2fa_code":
+        return created_at + dt.timedelta(minutes=_minutes(payload))
+    return None
+
+
+def without_secrets(kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` minus its one-time secrets (the 2FA code), for rows in a final state."""
+    secret = SECRET_PAYLOAD_KEYS.get(kind, ())
+    return {k: v for k, v in payload.items() if k not in secret}
+
+
 def render(kind: str, channel: str, recipient: str, payload: Mapping[str, Any]) -> RenderedMessage:
     """Render a stored notification; raises :class:`TemplateError` for combinations we cannot render."""
     if kind == "2fa_code":
         code = str(_get(payload, "code", kind))
-        minutes = int(payload.get("expires_minutes", 10))
+        minutes = _minutes(payload)
         if channel == "email":
             return render_2fa_email(code, minutes=minutes)
         if channel == "sms":

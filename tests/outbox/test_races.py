@@ -1,4 +1,4 @@
-"""Exactly-once delivery to a real SMTP sink under races, duplicate jobs and a killed worker."""
+"""One delivery per notification to a real SMTP sink under races, duplicate jobs and a worker killed before DATA."""
 
 from __future__ import annotations
 
