@@ -3,11 +3,13 @@
 RQ's CLI builds the worker object with its options and calls ``work()``; this
 class keeps RQ's constructor (so every option is parsed and validated by RQ)
 and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
-``--burst``, ``--name``, ``--url``/connection, ``--serializer``,
+``--burst``, ``--name``, the connection exactly as RQ's CLI built it (``--url``,
+``-c`` settings with ``REDIS_URL``/``SENTINEL``/``REDIS_HOST``..., ``REDIS_*`` env), ``--serializer``,
 ``--results-ttl``, ``--worker-ttl``, ``--job-monitoring-interval``,
 ``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
 ``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
-``--disable-default-exception-handler``, ``--logging-level``.  Concurrency comes
+``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (``json`` or a format
+string), ``--date-format``.  Concurrency comes
 from the ``ASYNCJOBS_CONCURRENCY`` environment variable (default 10), since
 RQ's CLI has no such option.
 """
@@ -20,20 +22,8 @@ from typing import Any
 from rq.worker import Worker as RQWorker
 
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.connection import RedisTarget
 from asyncjobs.worker.runner import run_worker, setup_logging
-
-
-def _redis_url(connection: Any) -> str:
-    kw = connection.connection_pool.connection_kwargs
-    if kw.get("path"):
-        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
-    scheme = "rediss" if connection.connection_pool.connection_class.__name__.startswith("SSL") else "redis"
-    auth = ""
-    if kw.get("password"):
-        from urllib.parse import quote
-
-        auth = f"{quote(kw.get('username') or '')}:{quote(kw['password'])}@"
-    return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 class AsyncWorker(RQWorker):
@@ -51,7 +41,12 @@ class AsyncWorker(RQWorker):
         dequeue_strategy: str = "default",
         **_: Any,
     ) -> bool:
-        setup_logging(str(logging_level or "INFO"))
+        from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+
+        # rq's --log-format/--date-format: ours unless changed (``--log-format json`` gives JSON lines).
+        fmt = "text" if not log_format or log_format == DEFAULT_LOGGING_FORMAT else log_format
+        datefmt = None if not date_format or date_format == DEFAULT_LOGGING_DATE_FORMAT else date_format
+        setup_logging(str(logging_level or "INFO"), fmt, datefmt)
         handlers = tuple(
             f"{h.__module__}.{h.__qualname__}" for h in (self._exc_handlers or []) if hasattr(h, "__qualname__")
         )
@@ -59,7 +54,8 @@ class AsyncWorker(RQWorker):
         spec = f"{ser.__module__}.{ser.__qualname__}"
         config = WorkerConfig(
             queues=tuple(q.name for q in self.queues),
-            redis_url=_redis_url(self.connection),
+            # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
+            redis=RedisTarget.from_client(self.connection),
             name=self.name,
             concurrency=int(os.environ.get("ASYNCJOBS_CONCURRENCY", "10")),
             burst=burst,

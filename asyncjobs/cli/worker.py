@@ -1,31 +1,71 @@
-"""``asyncjobs-worker``: the command-line entry point (a drop-in for ``rq worker``)."""
+"""``asyncjobs-worker``: the command-line entry point (a drop-in for ``rq worker``).
+
+Forms (the first argument decides; nothing else is ever a subcommand):
+
+* ``asyncjobs-worker [options] [QUEUE ...]``: run a worker, as ``rq worker``;
+* ``asyncjobs-worker info [options] [QUEUE ...]``: live workers, jobs in flight, queue sizes;
+* ``asyncjobs-worker check [options] [--name NAME] [QUEUE ...]``: exit 0 if such a worker is
+  registered and heart-beating, else 1 with the reason (for container health checks).
+
+A queue literally named ``info`` or ``check`` is run with ``--queues info`` or
+``asyncjobs-worker -- info``: only a bare first argument is taken as a subcommand.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import logging.config
 import os
+import re
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
 
+SUBCOMMANDS = ("info", "check")
+_DIGITS = re.compile(r"^\d+$")
+
+
+class _ConfigOrConcurrency(argparse.Action):
+    """``-c``: a settings module like ``rq worker -c`` (``-c myapp.settings``); a bare number keeps
+    its old meaning, ``--concurrency`` (``-c 50``). A module name never starts with a digit, so the
+    two cannot be confused."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        text = str(values)
+        if _DIGITS.match(text):
+            namespace.concurrency = int(text)
+        else:
+            namespace.config = text
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncjobs-worker",
-        description="Run RQ jobs concurrently on one asyncio event loop (a drop-in for `rq worker`).",
+        description="Run RQ jobs concurrently on one asyncio event loop (a drop-in for `rq worker`). "
+        "Also: `asyncjobs-worker info` and `asyncjobs-worker check` (see --help of each).",
     )
     p.add_argument("queue_names", nargs="*", metavar="QUEUE", help="queues to listen on, highest priority first")
     p.add_argument("--queues", "-Q", default="", help="comma-separated queues (alternative to positional names)")
-    p.add_argument("--url", "-u", default=None, help="Redis URL (default: $REDIS_URL or redis://localhost:6379/0)")
-    p.add_argument("--concurrency", "-c", type=int, default=10, help="jobs in flight at once (default 10)")
+    add_connection_args(p)
+    p.add_argument("-c", dest="config_or_concurrency", action=_ConfigOrConcurrency, metavar="MODULE|N",
+                   help="settings module as `rq worker -c` (e.g. -c myapp.rq_settings); a number is --concurrency")
+    p.add_argument("--concurrency", type=int, default=10, help="jobs in flight at once (default 10)")
     p.add_argument("--threads", type=int, default=None, help="thread pool size for sync jobs (default: concurrency)")
     p.add_argument("--burst", "-b", action="store_true", help="exit when the queues are empty")
-    p.add_argument("--name", "-n", default=None, help="worker name (default: random hex)")
+    p.add_argument("--name", "-n", default=None,
+                   help="worker name (default: -c NAME, else asyncjobs-c<concurrency>-<random hex>)")
     p.add_argument("--serializer", "-S", default="pickle", help="pickle, json, or a dotted path (like rq worker -S)")
     p.add_argument("--results-ttl", type=int, default=500, help="default result TTL in seconds (default 500)")
     p.add_argument("--worker-ttl", type=int, default=420, help="worker key TTL in seconds (default 420)")
@@ -37,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="order in which queues are tried",
     )
     p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (default: .)")
-    p.add_argument("--logging-level", "-l", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--logging-level", "--logging_level", "-l", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-format", default="text",
+                   help="text (default), json (one JSON object per line), or a logging format string as rq's")
+    p.add_argument("--date-format", default=None, help="strftime format of log timestamps")
+    p.add_argument("--pid", default=None, metavar="FILE", help="write the process id to FILE (as `rq worker --pid`)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="grace period for in-flight jobs after SIGTERM before they are put back (default 30 s)")
     p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
@@ -51,17 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    module = args.config or os.environ.get("RQ_CONFIG") or None
+    return read_settings_module(module) if module else None
+
+
+def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None = None) -> WorkerConfig:
+    """Flags first, then the ``-c`` settings module (QUEUES, NAME, connection), then the environment."""
     queues: list[str] = list(args.queue_names)
     if args.queues:
         queues += [q.strip() for q in args.queues.split(",") if q.strip()]
+    if not queues and settings and settings.get("QUEUES"):
+        configured = settings["QUEUES"]
+        queues = [configured] if isinstance(configured, str) else [str(q) for q in configured]
     if not queues:
         queues = ["default"]
-    url = args.url or os.environ.get("REDIS_URL") or "redis://localhost:6379/0"
+    target = resolve_target(args, settings)
+    name = args.name or (settings or {}).get("NAME") or f"asyncjobs-c{args.concurrency}-{uuid.uuid4().hex[:12]}"
     return WorkerConfig(
         queues=tuple(dict.fromkeys(queues)),
-        redis_url=url,
-        name=args.name,
+        redis_url=target.url or "redis://localhost:6379/0",
+        redis=target,
+        name=str(name),
         concurrency=args.concurrency,
         threads=args.threads,
         burst=args.burst,
@@ -81,21 +136,123 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """Write our pid like ``rq worker --pid``; remove the file at exit if it still names us."""
+    if not path:
+        yield
+        return
+    full = os.path.expanduser(path)
+    with open(full, "w", encoding="ascii") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            with open(full, encoding="ascii") as fh:
+                mine = fh.read().strip() == str(os.getpid())
+            if mine:
+                os.unlink(full)
+
+
+def _setup_logging(args: argparse.Namespace, settings: dict[str, Any] | None) -> None:
+    dict_config = (settings or {}).get("DICT_CONFIG")
+    if dict_config:
+        logging.config.dictConfig(dict_config)
+    setup_logging(args.logging_level, args.log_format, args.date_format)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
-    setup_logging(args.logging_level)
     for path in reversed(args.path or ["."]):
         sys.path.insert(0, os.path.abspath(path))
     try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        log.error("%s", exc)
+        settings = _settings(args)
+        _setup_logging(args, settings)
+        config = config_from_args(args, settings)
+    except (ValueError, TypeError) as exc:
+        print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
         return 2
-    if args.processes > 1:
-        from asyncjobs.worker.pool import run_pool
+    log.info("connecting to %s", config.connection.describe())
+    with _pid_file(args.pid):
+        if args.processes > 1:
+            from asyncjobs.worker.pool import run_pool
 
-        return run_pool(config, args.processes, use_uvloop=args.uvloop)
-    return run_worker(config, use_uvloop=args.uvloop)
+            return run_pool(config, args.processes, use_uvloop=args.uvloop)
+        return run_worker(config, use_uvloop=args.uvloop)
+
+
+# ------------------------------------------------------------------------------ info / check
+
+
+def _sub_parser(command: str) -> argparse.ArgumentParser:
+    if command == "info":
+        p = argparse.ArgumentParser(
+            prog="asyncjobs-worker info",
+            description="Live workers (asyncjobs and stock), their jobs in flight, and queue sizes. Read-only.",
+        )
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+        p.add_argument("--max-jobs", type=int, default=10, help="jobs in flight listed per worker (default 10)")
+    else:
+        p = argparse.ArgumentParser(
+            prog="asyncjobs-worker check",
+            description="Exit 0 when a live worker with this name, or serving exactly these queues, is "
+            "registered and heart-beating; else exit 1 and say why. By default only workers on this host "
+            "count (a container's HEALTHCHECK checks its own worker).",
+        )
+        p.add_argument("--name", "-n", default=None,
+                       help="worker name (also matches NAME-<i>, the children of --processes)")
+        p.add_argument("--any-host", action="store_true", help="accept a worker on any host")
+        p.add_argument("--max-heartbeat-age", type=float, default=60.0,
+                       help="seconds since the last heartbeat (asyncjobs beats every <= 15 s; default 60)")
+    p.add_argument("queue_names", nargs="*", metavar="QUEUE", help="only these queues")
+    p.add_argument("--queues", "-Q", default="", help="comma-separated queues")
+    add_connection_args(p, config_short=False)
+    p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (for -c)")
+    return p
+
+
+def run_subcommand(command: str, argv: Sequence[str]) -> int:
+    from redis.exceptions import RedisError
+
+    from asyncjobs.cli import info as info_mod
+
+    args = _sub_parser(command).parse_args(argv)
+    for path in reversed(args.path or ["."]):
+        sys.path.insert(0, os.path.abspath(path))
+    queues = list(args.queue_names) + [q.strip() for q in args.queues.split(",") if q.strip()]
+    try:
+        settings = _settings(args)
+        target = resolve_target(args, settings)
+    except (ValueError, TypeError) as exc:
+        print(f"asyncjobs-worker {command}: error: {exc}", file=sys.stderr)
+        return 2
+    conn = target.sync_client(socket_timeout=10, socket_connect_timeout=5)
+    try:
+        snap = info_mod.collect(conn, queues or None)
+    except (RedisError, OSError) as exc:
+        print(f"asyncjobs-worker {command}: Redis unreachable at {target.describe()}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if command == "info":
+        if args.json:
+            print(json.dumps(snap.as_dict(), indent=2))
+        else:
+            print(info_mod.format_snapshot(snap, max_jobs=args.max_jobs))
+        return 0
+    ok, reason = info_mod.check(
+        snap,
+        name=args.name,
+        queues=queues,
+        hostname=None if args.any_host else info_mod.this_host(),
+        max_heartbeat_age=args.max_heartbeat_age,
+    )
+    print(reason, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -88,6 +88,17 @@ class WorkerInfo:
     name: str
     queues: tuple[str, ...]
     ttl: int = 480
+    concurrency: int | None = None  # jobs in flight at once; shown by `asyncjobs-worker info`
+
+
+def registered_version(concurrency: int | None = None) -> str:
+    """The worker hash's ``version``: RQ's, with asyncjobs (and its concurrency) as a PEP 440 local
+    label, e.g. ``2.12.0+asyncjobs.0.1.0.c50``. Stock readers store it as text (``Worker.refresh``)
+    and rq-dashboard shows it as "RQ <version>"; anything parsing it as a version still gets 2.12.0."""
+    from asyncjobs import __version__
+
+    label = f"asyncjobs.{__version__}" + (f".c{concurrency}" if concurrency else "")
+    return f"{RQ_VERSION}+{label}"
 
 
 class WorkerNameTaken(RuntimeError):
@@ -216,13 +227,15 @@ class RedisStore:
             "pid": str(os.getpid()),
             "hostname": socket.gethostname(),
             "ip_address": ip,
-            "version": RQ_VERSION,
+            "version": registered_version(info.concurrency),
             "python_version": sys.version,
             "state": "started",
             "successful_job_count": "0",
             "failed_job_count": "0",
             "total_working_time": "0",
         }
+        if info.concurrency:
+            mapping["concurrency"] = str(info.concurrency)  # an extra field: stock readers ignore it
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from asyncjobs.redact import redact_url
+from asyncjobs.worker.connection import RedisTarget
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
 
@@ -32,12 +33,20 @@ class WorkerConfig:
     allowed_modules: tuple[str, ...] = ()
     exception_handlers: tuple[str, ...] = ()
     disable_default_exception_handler: bool = False
+    # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
+    redis: RedisTarget | None = None
+
+    @property
+    def connection(self) -> RedisTarget:
+        """How every part of the worker connects to Redis (one factory for all clients)."""
+        return self.redis if self.redis is not None else RedisTarget(url=self.redis_url)
 
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{name}={redact_url(v) if name == 'redis_url' else v!r}"
             for name in self.__dataclass_fields__
             for v in [getattr(self, name)]
+            if not (name == "redis_url" and self.redis is not None)
         )
         return f"WorkerConfig({fields})"
 

@@ -30,9 +30,7 @@ class Maintenance:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            import redis as sync_redis
-
-            self._conn = sync_redis.Redis.from_url(self.config.redis_url)
+            self._conn = self.config.connection.sync_client()
         return self._conn
 
     def run_once(self, worker_name: str) -> None:

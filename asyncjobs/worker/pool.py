@@ -18,8 +18,6 @@ import time
 from dataclasses import replace
 from types import FrameType
 
-from redis.asyncio import Redis
-
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
 
@@ -45,7 +43,7 @@ def _bury(config: WorkerConfig, name: str, pid: int) -> None:
     """Register the death of a child that died without doing so, so its name can be reused."""
 
     async def go() -> None:
-        conn = Redis.from_url(config.redis_url)
+        conn = config.connection.async_client()
         try:
             if await RedisStore.bury(conn, name, config.queues, pid):
                 log.info("registered the death of %s (pid %d)", name, pid)

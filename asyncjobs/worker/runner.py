@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.logs import setup_logging
+
+__all__ = ["run_worker", "setup_logging"]
 
 log = logging.getLogger("asyncjobs")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:

@@ -13,12 +13,16 @@ import contextlib
 import logging
 from typing import Any
 
+from asyncjobs.worker.connection import RedisTarget
+
 log = logging.getLogger("asyncjobs.worker")
 
 
 class Scheduler:
-    def __init__(self, redis_url: str, queues: tuple[str, ...], serializer: Any = None, interval: float = 1.0) -> None:
-        self.redis_url = redis_url
+    def __init__(
+        self, target: RedisTarget | str, queues: tuple[str, ...], serializer: Any = None, interval: float = 1.0
+    ) -> None:
+        self.target = RedisTarget(url=target) if isinstance(target, str) else target
         self.queues = queues
         self.serializer = serializer
         self.interval = interval
@@ -27,10 +31,9 @@ class Scheduler:
 
     def _get(self) -> Any:
         if self._scheduler is None:
-            import redis as sync_redis
             from rq.scheduler import RQScheduler
 
-            conn = sync_redis.Redis.from_url(self.redis_url)
+            conn = self.target.sync_client()
             self._scheduler = RQScheduler(list(self.queues), connection=conn, serializer=self.serializer)
             self._scheduler._connection = conn
         return self._scheduler

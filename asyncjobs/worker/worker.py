@@ -128,8 +128,8 @@ class Worker:
         return self.worker_state()[1]
 
     async def run(self) -> None:
-        redis_conn = self._redis or Redis.from_url(
-            self.config.redis_url, socket_keepalive=True, health_check_interval=30
+        redis_conn = self._redis or self.config.connection.async_client(
+            socket_keepalive=True, health_check_interval=30
         )
         self.redis = redis_conn
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
@@ -190,7 +190,7 @@ class Worker:
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
 
-            sched = Scheduler(self.config.redis_url, self.config.queues, self._rq_serializer())
+            sched = Scheduler(self.config.connection, self.config.queues, self._rq_serializer())
             if self.config.burst:
                 await self._retrying(lambda: asyncio.to_thread(sched.tick_once), "scheduler tick")
             tasks.append(asyncio.create_task(sched.run(self._stopping), name="asyncjobs-scheduler"))
@@ -503,9 +503,7 @@ class Worker:
 
     def _sync_connection(self) -> Any:
         if self._sync_redis is None:
-            import redis as sync_redis
-
-            self._sync_redis = sync_redis.Redis.from_url(self.config.redis_url)
+            self._sync_redis = self.config.connection.sync_client()
         return self._sync_redis
 
     async def _drain(self) -> None:

@@ -1,0 +1,299 @@
+"""``asyncjobs-worker info`` and ``asyncjobs-worker check``: what runs, read from RQ's own keys.
+
+Read-only (unlike ``rq info``, nothing is cleaned up): per live worker its name,
+host, pid, queues, concurrency, totals, last heartbeat and the jobs it has in
+flight, found from the StartedJobRegistry members ``<job_id>:<execution_id>``
+of its queues whose execution hash names it (so a stock worker shows its one
+job and an asyncjobs worker all of them); per queue the counts of queued,
+started, failed, scheduled and deferred jobs and the age of the oldest queued
+job.  Job functions come from the job's ``description`` (plain text written by
+the producer); the payload is never unpickled here.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncjobs.protocol import keys
+
+__all__ = [
+    "JobInFlight",
+    "QueueInfo",
+    "Snapshot",
+    "WorkerView",
+    "check",
+    "collect",
+    "format_snapshot",
+]
+
+ASYNCJOBS_MARK = "asyncjobs"
+
+
+@dataclass
+class JobInFlight:
+    job_id: str
+    execution_id: str
+    queue: str
+    func: str
+    running_s: float | None
+
+
+@dataclass
+class WorkerView:
+    name: str
+    hostname: str
+    pid: int | None
+    queues: list[str]
+    state: str
+    version: str
+    kind: str  # "asyncjobs" or "rq"
+    concurrency: int | None
+    successful: int
+    failed: int
+    working_s: float
+    birth: str | None
+    last_heartbeat: str | None
+    heartbeat_age_s: float | None
+    dead: bool
+    jobs: list[JobInFlight] = field(default_factory=list)
+
+
+@dataclass
+class QueueInfo:
+    name: str
+    queued: int
+    started: int
+    failed: int
+    scheduled: int
+    deferred: int
+    oldest_queued_age_s: float | None
+
+
+@dataclass
+class Snapshot:
+    at: str
+    workers: list[WorkerView]
+    queues: list[QueueInfo]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(float(_text(value)))
+    except ValueError:
+        return default
+
+
+def _parse_ts(value: str) -> float | None:
+    """RQ's UTC timestamps (``2026-11-29T00:52:10.122117Z``, older ``...Z`` without micros)."""
+    text = value.strip()
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def _func(description: str) -> str:
+    """``compat.jobs.add(1, 2)`` -> ``compat.jobs.add`` (the description is what the producer stored)."""
+    head = description.split("(", 1)[0].strip()
+    return head or "?"
+
+
+def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = None) -> Snapshot:
+    """Read workers and queues with a synchronous ``redis.Redis`` (pipelined, read-only)."""
+    now = time.time() if now is None else now
+    if queues:
+        queue_names = list(dict.fromkeys(queues))
+    else:
+        queue_names = sorted(_text(k).removeprefix("rq:queue:") for k in conn.smembers(keys.QUEUES))
+    worker_keys = sorted(_text(k) for k in conn.smembers(keys.WORKERS))
+
+    pipe = conn.pipeline(transaction=False)
+    for wk in worker_keys:
+        pipe.hgetall(wk)
+    raw_workers = pipe.execute() if worker_keys else []
+    workers: list[WorkerView] = []
+    for wk, raw in zip(worker_keys, raw_workers, strict=True):
+        if not raw:
+            continue  # expired key left in the set: not live (RQ drops these on read too)
+        data = {_text(k): _text(v) for k, v in raw.items()}
+        hb = _parse_ts(data.get("last_heartbeat", ""))
+        version = data.get("version", "")
+        conc = data.get("concurrency")
+        wqueues = [q for q in data.get("queues", "").split(",") if q]
+        if queues and not set(wqueues) & set(queue_names):
+            continue
+        workers.append(
+            WorkerView(
+                name=wk.removeprefix("rq:worker:"),
+                hostname=data.get("hostname", ""),
+                pid=_int(data["pid"]) if data.get("pid") else None,
+                queues=wqueues,
+                state=data.get("state", "?"),
+                version=version,
+                kind=ASYNCJOBS_MARK if ASYNCJOBS_MARK in version else "rq",
+                concurrency=_int(conc) if conc else (1 if ASYNCJOBS_MARK not in version else None),
+                successful=_int(data.get("successful_job_count")),
+                failed=_int(data.get("failed_job_count")),
+                working_s=float(data.get("total_working_time") or 0),
+                birth=data.get("birth"),
+                last_heartbeat=data.get("last_heartbeat"),
+                heartbeat_age_s=None if hb is None else max(0.0, now - hb),
+                dead="death" in data,
+            )
+        )
+
+    # Jobs in flight: StartedJobRegistry members of the workers' queues -> execution hash -> worker_name.
+    by_name = {w.name: w for w in workers}
+    wip_queues = sorted({q for w in workers for q in w.queues})
+    pipe = conn.pipeline(transaction=False)
+    for q in wip_queues:
+        pipe.zrange(keys.started(q), 0, -1)
+    members_per_queue = pipe.execute() if wip_queues else []
+    pairs: list[tuple[str, str, str]] = []
+    for q, members in zip(wip_queues, members_per_queue, strict=True):
+        for m in members:
+            jid, sep, eid = _text(m).rpartition(":")
+            if sep:
+                pairs.append((q, jid, eid))
+    pipe = conn.pipeline(transaction=False)
+    for _q, jid, eid in pairs:
+        pipe.hmget(keys.execution(jid, eid), "worker_name", "created_at")
+        pipe.hget(keys.job(jid), "description")
+    replies = pipe.execute() if pairs else []
+    for i, (q, jid, eid) in enumerate(pairs):
+        (worker_name, created), description = replies[2 * i], replies[2 * i + 1]
+        owner = by_name.get(_text(worker_name))
+        if owner is None:
+            continue
+        started = float(_text(created)) if created else None
+        owner.jobs.append(
+            JobInFlight(jid, eid, q, _func(_text(description)), None if started is None else max(0.0, now - started))
+        )
+    for w in workers:
+        w.jobs.sort(key=lambda j: -(j.running_s or 0))
+
+    pipe = conn.pipeline(transaction=False)
+    for q in queue_names:
+        pipe.llen(keys.queue(q))
+        pipe.zcard(keys.started(q))
+        pipe.zcard(keys.failed(q))
+        pipe.zcard(keys.scheduled(q))
+        pipe.zcard(keys.deferred(q))
+        pipe.lindex(keys.queue(q), 0)
+    counts = pipe.execute() if queue_names else []
+    heads = [counts[6 * i + 5] for i in range(len(queue_names))]
+    pipe = conn.pipeline(transaction=False)
+    for head in heads:
+        pipe.hget(keys.job(_text(head)), "enqueued_at") if head else pipe.echo("")
+    enqueued = pipe.execute() if heads else []
+    qinfos = []
+    for i, q in enumerate(queue_names):
+        c = counts[6 * i: 6 * i + 5]
+        ts = _parse_ts(_text(enqueued[i])) if heads[i] else None
+        qinfos.append(QueueInfo(q, c[0], c[1], c[2], c[3], c[4], None if ts is None else max(0.0, now - ts)))
+    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return Snapshot(stamp, workers, qinfos)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def format_snapshot(snap: Snapshot, *, max_jobs: int = 10) -> str:
+    lines = [f"Workers ({len(snap.workers)}) at {snap.at}"]
+    for w in snap.workers:
+        conc = "?" if w.concurrency is None else str(w.concurrency)
+        lines.append(
+            f"  {w.name}  {w.kind}  host={w.hostname} pid={w.pid}  queues={','.join(w.queues)}  "
+            f"state={w.state}{' (dead)' if w.dead else ''}"
+        )
+        lines.append(
+            f"    in flight {len(w.jobs)}/{conc}  finished {w.successful}  failed {w.failed}  "
+            f"working {w.working_s:.1f}s  last heartbeat {_age(w.heartbeat_age_s)} ago  version {w.version}"
+        )
+        for j in w.jobs[:max_jobs]:
+            lines.append(f"      {j.job_id}  {j.queue}  {j.func}  running {_age(j.running_s)}")
+        if len(w.jobs) > max_jobs:
+            lines.append(f"      ... and {len(w.jobs) - max_jobs} more")
+    lines.append("")
+    lines.append(f"Queues ({len(snap.queues)})")
+    header = f"  {'queue':<20} {'queued':>7} {'started':>8} {'failed':>7} {'scheduled':>9} {'deferred':>8}  oldest queued"
+    lines.append(header)
+    for q in snap.queues:
+        lines.append(
+            f"  {q.name:<20} {q.queued:>7} {q.started:>8} {q.failed:>7} {q.scheduled:>9} {q.deferred:>8}  "
+            f"{_age(q.oldest_queued_age_s)}"
+        )
+    return "\n".join(lines)
+
+
+def check(
+    snap: Snapshot,
+    *,
+    name: str | None = None,
+    queues: Iterable[str] = (),
+    hostname: str | None = None,
+    max_heartbeat_age: float = 60.0,
+) -> tuple[bool, str]:
+    """Is a live worker with this name (or ``name-<i>`` under ``--processes``), or serving exactly
+    this queue set, registered and heart-beating?  (ok, reason)."""
+    wanted = set(queues)
+    where = f" on host {hostname}" if hostname else ""
+
+    def matches(w: WorkerView) -> bool:
+        if hostname and w.hostname != hostname:
+            return False
+        if name is not None:
+            head, _, tail = w.name.rpartition("-")
+            if w.name != name and not (head == name and tail.isdigit()):
+                return False
+        return not wanted or set(w.queues) == wanted
+
+    what = " ".join(
+        part
+        for part in (f"named {name!r}" if name else "", f"for queues {','.join(sorted(wanted))}" if wanted else "")
+        if part
+    ) or "at all"
+    found = [w for w in snap.workers if matches(w)]
+    if not found:
+        others = ", ".join(f"{w.name}@{w.hostname}" for w in snap.workers) or "none"
+        return False, f"no worker {what} is registered{where} (registered: {others})"
+    alive = [w for w in found if not w.dead and w.heartbeat_age_s is not None and w.heartbeat_age_s <= max_heartbeat_age]
+    if not alive:
+        worst = found[0]
+        if worst.dead:
+            return False, f"worker {worst.name} registered its death"
+        return False, (
+            f"worker {worst.name} last heart-beat {_age(worst.heartbeat_age_s)} ago "
+            f"(more than {max_heartbeat_age:g}s): its event loop is stuck or it lost Redis"
+        )
+    names = ", ".join(f"{w.name} (heartbeat {_age(w.heartbeat_age_s)} ago)" for w in alive)
+    return True, f"ok: {names}"
+
+
+def this_host() -> str:
+    return socket.gethostname()

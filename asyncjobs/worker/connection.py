@@ -1,0 +1,199 @@
+"""One way to reach Redis: a URL, explicit connection values, or Sentinel; TLS and ACL on top.
+
+:class:`RedisTarget` holds plain values (no clients, no sockets) and builds the
+clients the worker needs: ``async_client()`` (``redis.asyncio``) for the event
+loop and ``sync_client()`` (``redis``) for RQ's own code (job handles,
+callbacks, maintenance, the scheduler).  Every place the worker connects goes
+through it, so Sentinel, ``rediss://`` and ACL users work everywhere at once.
+
+Three ways to say where Redis is, as ``rq worker`` has them:
+
+* ``url``: ``redis://``, ``rediss://`` (TLS) or ``unix://``;
+* ``sentinels`` + ``master_name``: ask Sentinel for the current master, and ask
+  again whenever a connection fails or the server says it is now a replica
+  (redis-py's Sentinel pools do that);
+* neither: explicit connection values in ``options`` (``host``, ``port``,
+  ``db``, ``unix_socket_path`` ...), like RQ's ``REDIS_HOST``/``REDIS_PORT``.
+
+``options`` are keyword arguments of ``redis.Redis`` (``username``,
+``password``, ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_certfile``,
+``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``,
+``socket_timeout`` ...) and apply on top of the URL.  ``repr()`` and
+:meth:`describe` never show a password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asyncjobs.redact import redact_url
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+__all__ = ["PLAIN_OPTIONS", "RedisTarget", "parse_sentinels"]
+
+# Connection values that mean the same to redis.Redis and redis.asyncio.Redis.
+PLAIN_OPTIONS = frozenset(
+    {
+        "host", "port", "db", "username", "password", "unix_socket_path",
+        "socket_timeout", "socket_connect_timeout", "socket_keepalive", "health_check_interval",
+        "client_name", "protocol", "retry_on_timeout",
+        "ssl", "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password",
+        "ssl_cert_reqs", "ssl_check_hostname", "ssl_ciphers", "ssl_min_version",
+    }
+)
+_SECRET = frozenset({"password", "ssl_password"})
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``"h1:26379,h2:26379"`` -> ``(("h1", 26379), ("h2", 26379))``; a clear error for anything else."""
+    out: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"invalid Sentinel address {item!r}: use host:port, e.g. --sentinel 10.0.0.1:26379,10.0.0.2:26379"
+            )
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError(f"no Sentinel address in {text!r}: use host:port[,host:port...]")
+    return tuple(out)
+
+
+@dataclass(frozen=True, repr=False)
+class RedisTarget:
+    """Where Redis is and how to talk to it (plain values); builds sync and asyncio clients."""
+
+    url: str | None = "redis://localhost:6379/0"
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = "mymaster"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    sentinel_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.options) - PLAIN_OPTIONS
+        if unknown:
+            raise ValueError(
+                f"unknown Redis connection option(s) {sorted(unknown)}: use keyword arguments of redis.Redis "
+                f"({', '.join(sorted(PLAIN_OPTIONS))})"
+            )
+        if self.sentinels and not self.master_name:
+            raise ValueError("Sentinel needs the master's name: --sentinel-master NAME (SENTINEL['MASTER_NAME'])")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"invalid Redis URL {redact_url(self.url)!r}: it must start with redis://, rediss:// or unix://"
+            )
+
+    # ---------------------------------------------------------------- description
+    @property
+    def is_sentinel(self) -> bool:
+        return bool(self.sentinels)
+
+    def describe(self) -> str:
+        """Where this connects, for logs and errors (passwords masked)."""
+        tls = " (TLS)" if self.options.get("ssl") else ""
+        user = f" as {self.options['username']}" if self.options.get("username") else ""
+        if self.sentinels:
+            where = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            db = self.options.get("db", 0)
+            return f"Sentinel master {self.master_name!r} via {where} db {db}{user}{tls}"
+        if self.url is not None:
+            return f"{redact_url(self.url)}{user}{tls}"
+        if self.options.get("unix_socket_path"):
+            return f"unix://{self.options['unix_socket_path']}?db={self.options.get('db', 0)}{user}"
+        return (
+            f"redis://{self.options.get('host', 'localhost')}:{self.options.get('port', 6379)}/"
+            f"{self.options.get('db', 0)}{user}{tls}"
+        )
+
+    def __repr__(self) -> str:
+        opts = {k: ("***" if k in _SECRET and v else v) for k, v in self.options.items()}
+        sopts = {k: ("***" if k in _SECRET and v else v) for k, v in self.sentinel_options.items()}
+        return (
+            f"RedisTarget(url={redact_url(self.url) if self.url else None!r}, sentinels={self.sentinels!r}, "
+            f"master_name={self.master_name!r}, options={opts!r}, sentinel_options={sopts!r})"
+        )
+
+    # ---------------------------------------------------------------- clients
+    def _kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        kw = dict(self.options)
+        kw.update(overrides)
+        if self.url is not None and self.url.startswith("rediss://"):
+            kw.pop("ssl", None)  # the scheme already says so; from_url rejects ssl=...
+        return kw
+
+    def async_client(self, **overrides: Any) -> redis.asyncio.Redis:
+        """A new ``redis.asyncio.Redis`` (the caller closes it with ``aclose()``)."""
+        import redis.asyncio as aredis
+
+        kw = self._kwargs(overrides)
+        if self.sentinels:
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinel_kw = {k: v for k, v in kw.items() if k in ("socket_timeout", "socket_connect_timeout")}
+            sentinel_kw.update(self.sentinel_options)
+            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call]
+            client: aredis.Redis = manager.master_for(self.master_name)
+            return client
+        if self.url is not None:
+            return aredis.Redis.from_url(self.url, **kw)
+        return aredis.Redis(**kw)
+
+    def sync_client(self, **overrides: Any) -> redis.Redis:
+        """A new synchronous ``redis.Redis`` (for RQ's own classes; the caller closes it)."""
+        import redis as sync_redis
+
+        kw = self._kwargs(overrides)
+        if self.sentinels:
+            from redis.sentinel import Sentinel
+
+            sentinel_kw = {k: v for k, v in kw.items() if k in ("socket_timeout", "socket_connect_timeout")}
+            sentinel_kw.update(self.sentinel_options)
+            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call]
+            sync_client: sync_redis.Redis = manager.master_for(self.master_name)  # type: ignore[no-untyped-call]
+            return sync_client
+        if self.url is not None:
+            return sync_redis.Redis.from_url(self.url, **kw)
+        return sync_redis.Redis(**kw)
+
+    # ---------------------------------------------------------------- from RQ
+    @classmethod
+    def from_client(cls, client: Any) -> RedisTarget:
+        """The same target as an existing ``redis.Redis`` (e.g. the one ``rq worker`` built from its
+        ``--url``, ``-c`` settings module or Sentinel settings), read from its connection pool."""
+        pool = client.connection_pool
+        conn_class = getattr(pool, "connection_class", None)
+        is_ssl = conn_class is not None and any(c.__name__.endswith("SSLConnection") for c in conn_class.__mro__)
+        options = _plain(pool.connection_kwargs)
+        if is_ssl:
+            options["ssl"] = True
+        manager = getattr(pool, "sentinel_manager", None)
+        if manager is not None:
+            sentinels = tuple(
+                (str(s.connection_pool.connection_kwargs.get("host", "localhost")),
+                 int(s.connection_pool.connection_kwargs.get("port", 26379)))
+                for s in manager.sentinels
+            )
+            options.pop("host", None)
+            options.pop("port", None)
+            return cls(
+                url=None,
+                sentinels=sentinels,
+                master_name=str(pool.service_name),
+                options=options,
+                sentinel_options=_plain(getattr(manager, "sentinel_kwargs", None) or {}),
+            )
+        if "path" in pool.connection_kwargs:
+            options["unix_socket_path"] = pool.connection_kwargs["path"]
+        return cls(url=None, options=options)
+
+
+def _plain(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in PLAIN_OPTIONS and v is not None}
