@@ -1,0 +1,122 @@
+"""Log output: ``--log-format json`` (every line parses, ``extra=`` fields become keys),
+``--date-format``, ``--pid FILE``, and ``DICT_CONFIG`` from a ``-c`` settings module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from asyncjobs.worker.logs import JsonFormatter, make_formatter
+from tests.ops import jobs
+from testsupport.workers import WorkerProcess, asyncjobs_worker_command, run_asyncjobs_worker, wait_for
+
+JOB_FIELDS = {"job_id": "j-1", "queue": "emails", "func": "app.tasks.send", "status": "finished",
+              "duration_ms": 12.5, "worker": "w-1"}
+
+
+def _record(msg: str = "job %s done", *args: object, exc: bool = False, **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("asyncjobs.worker.test")
+    exc_info = None
+    if exc:
+        try:
+            raise RuntimeError("kaput\nsecond line")
+        except RuntimeError:
+            exc_info = sys.exc_info()
+    return logger.makeRecord(logger.name, logging.INFO, __file__, 1, msg, args or ("j-1",), exc_info, extra=extra)
+
+
+def test_json_line_carries_extra_fields_as_keys() -> None:
+    line = JsonFormatter().format(_record(**JOB_FIELDS))
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "job j-1 done"
+    assert data["level"] == "INFO" and data["logger"] == "asyncjobs.worker.test" and data["pid"] == os.getpid()
+    assert {k: data[k] for k in JOB_FIELDS} == JOB_FIELDS
+    assert data["time"].endswith("Z")
+
+
+def test_json_line_with_traceback_and_odd_values_is_one_parseable_line() -> None:
+    line = JsonFormatter(datefmt="%Y").format(
+        _record("multi\nline %s", "msg", exc=True, level="clash", payload=b"\xffbytes", obj=object())
+    )
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "multi\nline msg"
+    assert "RuntimeError: kaput" in data["exc_info"]
+    assert data["extra_level"] == "clash" and data["level"] == "INFO"  # an extra named like a fixed key does not overwrite it
+    assert data["payload"] == "\ufffdbytes"
+    assert data["obj"].startswith("<object object")
+    assert data["time"].isdigit() and len(data["time"]) == 4  # --date-format applies
+
+
+def test_text_and_format_string_and_bad_format() -> None:
+    assert make_formatter("text").format(_record()).endswith("INFO asyncjobs.worker.test: job j-1 done")
+    assert make_formatter("%(levelname)s|%(message)s").format(_record()) == "INFO|job j-1 done"
+    with pytest.raises(ValueError, match="'yaml'"):
+        make_formatter("yaml")
+    with pytest.raises(ValueError, match="nosuchfield"):
+        make_formatter("%(nosuchfield)s")
+
+
+def test_worker_json_logs_every_line_parses(redis_url: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+    q = Queue("jsonlogs", connection=sync_redis)
+    q.enqueue(jobs.ledger, str(tmp_path / "ledger"), "ok")
+    q.enqueue("compat.jobs.boom", "kaboom first line\nkaboom second line")
+    with run_asyncjobs_worker(redis_url, "jsonlogs", "--burst", "--log-format", "json") as worker:
+        assert worker.wait(60) == 0, worker.output()
+        lines = [ln for ln in worker.output().splitlines() if ln.strip()]
+    assert len(lines) >= 4
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
+    errors = [p["message"] for p in parsed if p["level"] == "ERROR"]
+    assert any("kaboom" in m for m in errors), errors
+
+
+def test_bad_log_format_is_a_clear_error(redis_url: str) -> None:
+    with run_asyncjobs_worker(redis_url, "q", "--burst", "--log-format", "xml") as worker:
+        assert worker.wait(30) == 2
+        assert "invalid --log-format 'xml'" in worker.output()
+
+
+def test_pid_file_written_and_removed(redis_url: str, tmp_path: Path) -> None:
+    pid_file = tmp_path / "worker.pid"
+    with run_asyncjobs_worker(redis_url, "q", "--pid", str(pid_file)) as worker:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() == str(worker.pid), 30,
+                 message=lambda: f"pid file with {worker.pid}; output:\n{worker.output()}")
+        wait_for(lambda: " started: " in worker.output(), 30, message="worker started (signal handlers in place)")
+        worker.stop()
+        assert worker.wait(30) == 0, worker.output()
+    assert not pid_file.exists()
+
+
+def test_dict_config_from_settings_module(redis_url: str, tmp_path: Path) -> None:
+    log_file = tmp_path / "worker.log"
+    (tmp_path / "logsettings.py").write_text(textwrap.dedent(f"""
+        REDIS_URL = {redis_url!r}
+        DICT_CONFIG = {{
+            "version": 1,
+            "formatters": {{"f": {{"format": "DICT|%(name)s|%(message)s"}}}},
+            "handlers": {{"file": {{"class": "logging.FileHandler", "filename": {str(log_file)!r},
+                                   "formatter": "f"}}}},
+            "root": {{"handlers": ["file"], "level": "INFO"}},
+        }}
+    """))
+    argv = [*asyncjobs_worker_command(), "-c", "logsettings", "--burst", "dictq"]
+    with WorkerProcess(argv, env={"PYTHONPATH": f"{tmp_path}:{Path.cwd()}"}) as worker:
+        assert worker.wait(60) == 0, worker.output()
+        assert "started" not in worker.output()  # went to the configured handler instead
+    text = log_file.read_text()
+    assert "DICT|asyncjobs.worker|worker " in text and "started" in text
