@@ -8,10 +8,10 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--results-ttl``, ``--worker-ttl``, ``--job-monitoring-interval``,
 ``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
 ``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
-``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (``json`` or a format
-string), ``--date-format``.  Concurrency comes
-from the ``ASYNCJOBS_CONCURRENCY`` environment variable (default 10), since
-RQ's CLI has no such option.
+``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (a format string),
+``--date-format``.  Concurrency comes from the ``ASYNCJOBS_CONCURRENCY``
+environment variable (default 10) and JSON log lines from
+``ASYNCJOBS_LOG_FORMAT=json``, since RQ's CLI has no such options.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ class AsyncWorker(RQWorker):
     ) -> bool:
         from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 
-        # rq's --log-format/--date-format: ours unless changed (``--log-format json`` gives JSON lines).
-        fmt = "text" if not log_format or log_format == DEFAULT_LOGGING_FORMAT else log_format
+        # rq's --log-format/--date-format (format strings) when changed; RQ's CLI only takes format
+        # strings, so JSON lines are asked for with ASYNCJOBS_LOG_FORMAT=json.
+        fmt = os.environ.get("ASYNCJOBS_LOG_FORMAT") or (
+            "text" if not log_format or log_format == DEFAULT_LOGGING_FORMAT else log_format
+        )
         datefmt = None if not date_format or date_format == DEFAULT_LOGGING_DATE_FORMAT else date_format
         setup_logging(str(logging_level or "INFO"), fmt, datefmt)
         handlers = tuple(

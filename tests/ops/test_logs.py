@@ -16,7 +16,13 @@ from rq import Queue
 
 from asyncjobs.worker.logs import JsonFormatter, make_formatter
 from tests.ops import jobs
-from testsupport.workers import WorkerProcess, asyncjobs_worker_command, run_asyncjobs_worker, wait_for
+from testsupport.workers import (
+    WorkerProcess,
+    asyncjobs_worker_command,
+    run_asyncjobs_worker,
+    run_rq_worker_with_asyncjobs_class,
+    wait_for,
+)
 
 JOB_FIELDS = {"job_id": "j-1", "queue": "emails", "func": "app.tasks.send", "status": "finished",
               "duration_ms": 12.5, "worker": "w-1"}
@@ -120,3 +126,14 @@ def test_dict_config_from_settings_module(redis_url: str, tmp_path: Path) -> Non
         assert "started" not in worker.output()  # went to the configured handler instead
     text = log_file.read_text()
     assert "DICT|asyncjobs.worker|worker " in text and "started" in text
+
+
+def test_rq_worker_with_asyncjobs_class_json_logs(redis_url: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+    Queue("rqjson", connection=sync_redis).enqueue(jobs.ledger, str(tmp_path / "ledger"), "ok")
+    with run_rq_worker_with_asyncjobs_class(redis_url, "rqjson", "--burst",
+                                            env={"ASYNCJOBS_LOG_FORMAT": "json"}) as worker:
+        assert worker.wait(60) == 0, worker.output()
+        lines = [ln for ln in worker.output().splitlines() if ln.strip()]
+    ours = [json.loads(ln) for ln in lines]  # every line parses
+    assert any(p["logger"] == "asyncjobs.worker" and "started" in p["message"] for p in ours)
+    assert (tmp_path / "ledger").read_text().split() == ["ok"]
