@@ -143,8 +143,6 @@ def test_info_lists_jobs_in_flight_and_queue_counts(busy: dict[str, Any], redis_
     assert f"{STOCK_NAME}  rq" in text.stdout and "in flight 1/1" in text.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="Worker.run must pass concurrency=config.concurrency to WorkerInfo "
-                   "(asyncjobs/worker/worker.py, owned by the job-execution rewrite)")
 def test_registration_carries_concurrency(busy: dict[str, Any], sync_redis: redis.Redis) -> None:
     data = sync_redis.hgetall(f"rq:worker:{AJ}")
     assert data.get(b"concurrency") == b"5"

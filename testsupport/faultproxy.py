@@ -103,6 +103,10 @@ class FaultProxy:
         with self._lock:
             self._one_shots.append(_OneShot(pattern, "drop"))
 
+    def connections(self) -> int:
+        """Client connections currently open through the proxy."""
+        return len(self._conns)
+
     def armed(self) -> int:
         """One-shot faults not yet triggered by a matching request."""
         with self._lock:

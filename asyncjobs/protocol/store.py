@@ -24,6 +24,7 @@ from redis.commands.core import AsyncScript
 from asyncjobs.protocol import keys
 from asyncjobs.protocol.codec import normalize_hash
 from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc, utcnow
+from asyncjobs.protocol.transitions import Transition
 
 RQ_VERSION = "2.12.0"
 
@@ -32,35 +33,75 @@ def _script(name: str) -> str:
     return resources.files("asyncjobs.protocol").joinpath("lua", name).read_text("utf-8")
 
 
+#: How long a claim's record outlives its call (a replay after a longer outage claims afresh;
+#: the jobs of the lost call are by then RQ's abandoned-job maintenance's).
+CLAIM_RECORD_TTL = 3600
+
+
 def _exchange_script() -> str:
-    """finish.lua then claim.lua in one atomic call: outcomes are stored (dependents queued)
-    before anything is popped, in a single round trip. Each file becomes a function whose
-    ``ARGV`` parameter shadows the global, so both run unchanged."""
+    """finish.lua then claim.lua in one atomic call, idempotent per claim token.
+
+    ARGV[1] is the finish payload ('' for none), ARGV[2] the claim's token key ('' when nothing
+    is claimed), ARGV[3] the space-separated token keys of calls whose reply arrived (deleted
+    here), ARGV[4...] claim.lua's arguments.  Outcomes are applied at most once by finish.lua
+    itself; the claim runs at most once per token: a replay (redis-py's retry, a re-send after
+    an outage, a request that reached Redis after its sender gave up) returns the jobs the
+    first run claimed that are still this execution's, and claims nothing new.  Each file
+    becomes a function whose ``ARGV`` parameter shadows the global, so both run unchanged.
+    """
     return (
         "local function finish(ARGV)\n" + _script("finish.lua") + "\nend\n"
-        "local function claim(ARGV)\n" + _script("claim.lua") + "\nend\n"
+        "local function claim(ARGV, record)\n" + _script("claim.lua") + "\nend\n"
         "if ARGV[1] ~= '' then finish({ARGV[1]}) end\n"
+        "for key in string.gmatch(ARGV[3], '%S+') do redis.call('DEL', key) end\n"
+        "local tk = ARGV[2]\n"
+        "if tk == '' then return {0, {}, {}, {}} end\n"
+        "if redis.call('EXISTS', tk) == 1 then\n"
+        "  local claimed = {}\n"
+        "  for _, e in ipairs(redis.call('LRANGE', tk, 1, -1)) do\n"
+        "    local q, jid, eid = string.match(e, '^(.-)\\t(.-)\\t(.*)$')\n"
+        "    local jk = 'rq:job:' .. jid\n"
+        "    if redis.call('ZSCORE', 'rq:wip:' .. q, jid .. ':' .. eid)\n"
+        "        and redis.call('TYPE', jk)['ok'] == 'hash' then\n"
+        "      table.insert(claimed, {q, jid, eid, redis.call('HGETALL', jk)})\n"
+        "    end\n"
+        "  end\n"
+        "  return {tonumber(redis.call('LINDEX', tk, 0)), claimed, {}, {}}\n"
+        "end\n"
+        "redis.call('RPUSH', tk, '0')\n"
+        f"redis.call('EXPIRE', tk, {CLAIM_RECORD_TTL})\n"
         "local rest = {}\n"
-        "for i = 2, #ARGV do rest[i - 1] = ARGV[i] end\n"
-        "return claim(rest)\n"
+        "for i = 4, #ARGV do rest[i - 3] = ARGV[i] end\n"
+        "local reply = claim(rest, function(q, jid, eid)\n"
+        "  redis.call('RPUSH', tk, q .. '\\t' .. jid .. '\\t' .. eid)\n"
+        "end)\n"
+        "if reply[1] == 1 then redis.call('LSET', tk, 0, '1') end\n"
+        "return reply\n"
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Outcomes:
-    """End-of-execution transitions to store together, with the worker's counters and state."""
+    """End-of-execution transitions to store together, with the worker's state to write."""
 
-    transitions: Sequence[Mapping[str, Any]]
-    ok: int = 0
-    failed: int = 0
-    working_time: float = 0.0
+    transitions: Sequence[Transition]
     state: str | None = None  # worker state to write ("busy"/"idle"), with current_job below
     current_job: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One claim, identified by its token: re-sending the same request never claims twice."""
+
+    token: str  # Redis key of the claim's record; "" when nothing is claimed
+    queues: tuple[str, ...]
+    count: int
+    execution_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Claimed:
-    """A job popped and marked started; ``raw`` is its hash before the start write."""
+    """A job popped and marked started; ``raw`` is its hash as read by the claim."""
 
     queue: str
     job_id: str
@@ -72,7 +113,8 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     jobs: list[Claimed] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # ids whose hash is gone (or has no data)
+    poisoned: list[tuple[str, str]] = field(default_factory=list)  # (id, Redis type) of non-hash keys
     suspended: bool = False
 
 
@@ -126,10 +168,11 @@ class RedisStore:
         self.redis = redis
         self.worker_name = worker_name
         self.heartbeat_ttl = heartbeat_ttl
-        self._claim: AsyncScript = redis.register_script(_script("claim.lua"))
         self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
         self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
         self._exchange: AsyncScript = redis.register_script(_exchange_script())
+        self._claims = 0
+        self._answered: list[str] = []  # tokens of claims whose reply arrived: deleted by the next call
 
     # -- timing helpers -------------------------------------------------
     def _start_args(self, now: datetime) -> list[str]:
@@ -141,48 +184,68 @@ class RedisStore:
         ]
 
     # -- dequeue ----------------------------------------------------------
-    async def claim(self, queues: Sequence[str], count: int, execution_ids: Sequence[str]) -> ClaimResult:
-        """Pop up to ``count`` ids in queue order and mark them started atomically."""
-        return await self.exchange(None, queues, count, execution_ids)
+    def claim_request(self, queues: Sequence[str], count: int, execution_ids: Sequence[str]) -> ClaimRequest:
+        """A new claim of up to ``count`` jobs, to pass to :meth:`exchange` (and again, unchanged,
+        if its reply was lost)."""
+        token = ""
+        if count > 0:
+            self._claims += 1
+            token = f"rq:asyncjobs:claim:{self.worker_name}:{self._claims}"
+        return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]))
 
-    async def exchange(
-        self, outcomes: Outcomes | None, queues: Sequence[str], count: int, execution_ids: Sequence[str]
-    ) -> ClaimResult:
-        """Store ``outcomes`` (if any), then claim up to ``count`` jobs: one atomic round trip."""
+    async def exchange(self, outcomes: Outcomes | None, request: ClaimRequest) -> ClaimResult:
+        """Store ``outcomes`` (if any), then claim: one atomic round trip.
+
+        Safe to repeat with the same ``request`` when the outcome of a call is unknown (a
+        timeout, a dropped connection): outcomes already stored are skipped and the jobs the
+        first call claimed are returned again instead of new ones.
+        """
         now = utcnow()
-        args = [*self._start_args(now), str(count), "pop", str(len(queues)), *queues, *execution_ids[:count]]
-        if outcomes is None or not outcomes.transitions:
-            reply = await self._claim(args=args)
-        else:
-            reply = await self._exchange(args=[self._finish_payload(outcomes, now), *args])
+        payload = self._finish_payload(outcomes, now) if outcomes is not None and outcomes.transitions else ""
+        if not payload and not request.count:
+            return ClaimResult()
+        answered, self._answered = self._answered, []
+        args = [
+            payload, request.token, " ".join(answered),
+            *self._start_args(now), str(request.count), str(len(request.queues)), *request.queues,
+            *request.execution_ids,
+        ]
+        try:
+            reply = await self._exchange(args=args)
+        except BaseException:
+            self._answered = answered + self._answered  # not known to be deleted: try again next time
+            raise
+        if request.token:
+            self._answered.append(request.token)
         return self._parse_claim(reply, now)
 
-    async def block_move(self, queue: str, timeout: float) -> str | None:
-        """BLMOVE one id into the queue's intermediate list (stock's single-queue dequeue)."""
-        value = await self.redis.blmove(
-            keys.queue(queue), keys.intermediate(queue), timeout, "LEFT", "RIGHT"  # type: ignore[arg-type]
-        )
-        if value is None:
-            return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+    async def wait_for_job(self, queue: str, timeout: float) -> bool:
+        """Block until ``queue`` has a job (or ``timeout`` passes), without taking it.
 
-    async def claim_moved(self, queue: str, job_id: str, execution_id: str) -> ClaimResult:
-        now = utcnow()
-        args = [*self._start_args(now), "1", "moved", "1", queue, job_id, execution_id]
-        reply = await self._claim(args=args)
-        return self._parse_claim(reply, now)
+        ``BLMOVE q q LEFT LEFT`` pops the head and pushes it back in one step: the list is
+        unchanged, so a lost reply, a retry or a cancelled wait can never strand an id.
+        """
+        key = keys.queue(queue)
+        value = await self.redis.blmove(key, key, timeout, "LEFT", "LEFT")  # type: ignore[arg-type]
+        return value is not None
 
     @staticmethod
     def _parse_claim(reply: Any, now: datetime) -> ClaimResult:
-        suspended, claimed, dropped = reply
+        suspended, claimed, dropped, poisoned = reply
         jobs: list[Claimed] = []
         for q, jid, eid, flat in claimed:
             pairs = dict(zip(flat[0::2], flat[1::2], strict=True))
             jobs.append(Claimed(q.decode(), jid.decode(), eid.decode(), normalize_hash(pairs), now))
-        return ClaimResult(jobs, [d.decode() for d in dropped], bool(suspended))
+        return ClaimResult(
+            jobs,
+            [d.decode() for d in dropped],
+            [(i.decode(), t.decode()) for i, t in poisoned],
+            bool(suspended),
+        )
 
     # -- completion --------------------------------------------------------
     async def finish(self, outcomes: Outcomes) -> None:
+        """Store outcomes alone (no claim); applying the same outcome twice is a no-op."""
         if outcomes.transitions:
             await self._finish(args=[self._finish_payload(outcomes, utcnow())])
 
@@ -191,10 +254,7 @@ class RedisStore:
             "worker": self.worker_name,
             "now": str(epoch_int(now)),
             "now_ts": format_utc(now),
-            "ok": outcomes.ok,
-            "failed": outcomes.failed,
-            "working_time": f"{outcomes.working_time:.6f}",
-            "jobs": list(outcomes.transitions),
+            "jobs": [t.to_wire() for t in outcomes.transitions],
         }
         if outcomes.state is not None:
             payload["state"] = outcomes.state
@@ -295,21 +355,8 @@ class RedisStore:
                 pipe.hset(key, "current_job", str(current_job))
             await pipe.execute()
 
-    async def set_current_job(self, job_id: str | None) -> None:
-        key = keys.worker(self.worker_name)
-        if job_id is None:
-            await self.redis.hdel(key, "current_job")
-        else:
-            await self.redis.hset(key, "current_job", job_id)
-
     async def mark_shutdown_requested(self) -> None:
         await self.redis.hset(keys.worker(self.worker_name), "shutdown_requested_date", format_utc(utcnow()))
-
-    async def is_suspended(self) -> bool:
-        return bool(await self.redis.exists(keys.SUSPENDED))
-
-    async def save_meta(self, job_id: str, raw_meta: bytes) -> None:
-        await self.redis.hset(keys.job(job_id), "meta", raw_meta)
 
     async def _ip_address(self) -> str:
         try:

@@ -1,10 +1,12 @@
 """Run one job's function: ``async def`` on the loop, sync in a bounded thread pool.
 
-Timeouts: an async job is cancelled at its deadline.  A sync job cannot be
-killed; at its deadline it is reported failed with RQ's timeout message, and
-``JobTimeoutException`` is raised asynchronously inside its thread, which stops
-pure-Python code at its next bytecode (a call blocked in C finishes first, and
-its thread stays busy until then).
+Timeouts, stop-job and shutdown are enforced by the worker, which cancels the
+task running :meth:`Executor.run`.  For a sync job that cancel is passed on to
+its thread: the exception the worker names (``JobTimeoutException`` for a
+timeout, ``SystemExit`` otherwise) is raised asynchronously inside it, which
+stops pure-Python code at its next bytecode (a call blocked in C finishes
+first, and its thread stays busy until then).  The interrupt can never land
+after the job's function returned: see :class:`_SyncCall`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ import asyncio
 import contextvars
 import ctypes
 import inspect
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from rq.timeouts import JobTimeoutException
-
-from asyncjobs.protocol.codec import timeout_message
 from asyncjobs.worker.context import JobHandle, pop_rq_job, push_rq_job, reset_current, set_current
 
+log = logging.getLogger("asyncjobs.worker")
 
-def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+def _set_async_exc(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in that thread at its next bytecode; ``None`` withdraws a pending one."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type is not None else None
+    )
 
 
 class ThreadPool:
@@ -62,19 +67,22 @@ class ThreadPool:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fn, fut, loop = item
             try:
-                result = fn()
-            except BaseException as exc:  # delivered to the awaiting task
-                loop.call_soon_threadsafe(_set_exception, fut, exc)
-            else:
-                loop.call_soon_threadsafe(_set_result, fut, result)
-            del item, fn, fut
-            with self._lock:
-                self._idle += 1
+                item = self._queue.get()
+                if item is None:
+                    return
+                fn, fut, loop = item
+                try:
+                    result = fn()
+                except BaseException as exc:  # delivered to the awaiting task
+                    loop.call_soon_threadsafe(_set_exception, fut, exc)
+                else:
+                    loop.call_soon_threadsafe(_set_result, fut, result)
+                del item, fn, fut
+                with self._lock:
+                    self._idle += 1
+            except BaseException as exc:  # pragma: no cover - a stray interrupt must not kill the thread
+                log.error("thread pool %s: ignored %r outside any job", self.name, exc)
 
     def shutdown(self) -> None:
         for _ in self._threads:
@@ -91,6 +99,55 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
+class _SyncCall:
+    """A sync job's function in a pool thread, interruptible from the loop without a race.
+
+    :meth:`interrupt` and the end of the call hold the same lock: an interrupt
+    is raised only while the function is still running, and one that was
+    raised but not yet delivered when the function returned is withdrawn, so
+    it can never land in the pool's own code (which would kill the thread).
+    """
+
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], handle: JobHandle):
+        self.func, self.args, self.kwargs, self.handle = func, args, kwargs, handle
+        self.ctx = contextvars.copy_context()
+        self.lock = threading.Lock()
+        self.thread_id: int | None = None
+        self.finished = False
+        self.abandoned = False  # interrupted while still queued: never starts
+
+    def __call__(self) -> Any:
+        with self.lock:
+            if self.abandoned:
+                self.finished = True
+                return None
+            self.thread_id = threading.get_ident()
+        try:
+            push_rq_job(self.handle)
+            try:
+                result = self.ctx.run(self.func, *self.args, **self.kwargs)
+                if inspect.isawaitable(result):
+                    # A sync function that returned a coroutine: RQ runs it in a fresh loop.
+                    result = asyncio.run(_await(result))
+                return result
+            finally:
+                pop_rq_job()
+        finally:
+            with self.lock:
+                self.finished = True
+                _set_async_exc(self.thread_id, None)
+
+    def interrupt(self, exc_type: type[BaseException]) -> bool:
+        with self.lock:
+            if self.finished:
+                return False
+            if self.thread_id is None:
+                self.abandoned = True
+                return False
+            _set_async_exc(self.thread_id, exc_type)
+            return True
+
+
 class Executor:
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPool(threads)
@@ -104,74 +161,28 @@ class Executor:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
-        timeout: float | None,
         handle: JobHandle,
+        interrupt: Callable[[], type[BaseException]] = lambda: SystemExit,
     ) -> Any:
+        """Run the job's function; when this task is cancelled, a sync job's thread gets ``interrupt()``."""
         token = set_current(handle)
         try:
             if _is_coroutine_function(func):
                 push_rq_job(handle)  # per task on the loop; a sync job pushes in its own thread
                 try:
-                    return await self._run_async(func(*args, **kwargs), timeout)
+                    return await func(*args, **kwargs)
                 finally:
                     pop_rq_job()
-            return await self._run_sync(func, args, kwargs, timeout, handle)
+            call = _SyncCall(func, args, kwargs, handle)
+            future = self._pool.submit(call)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                # Timeout, stop-job or shutdown: interrupt the thread as far as Python allows.
+                call.interrupt(interrupt())
+                raise
         finally:
             reset_current(token)
-
-    async def _run_async(self, coro: Any, timeout: float | None) -> Any:
-        if timeout is None:
-            return await coro
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                return await coro
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the job's own TimeoutError, not ours
-            raise JobTimeoutException(timeout_message(timeout)) from None
-
-    async def _run_sync(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        handle: JobHandle,
-    ) -> Any:
-        ctx = contextvars.copy_context()
-        # [thread id, finished]; written by the job's thread, read on the loop.
-        state: list[Any] = [None, False]
-
-        def call() -> Any:
-            state[0] = threading.get_ident()
-            push_rq_job(handle)
-            try:
-                result = ctx.run(func, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    # A sync function that returned a coroutine: RQ runs it in a fresh loop.
-                    result = asyncio.run(_await(result))
-                return result
-            finally:
-                state[1] = True
-                pop_rq_job()
-
-        future = self._pool.submit(call)
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                return await future
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the job's own TimeoutError, not ours
-            if state[0] is not None and not state[1]:
-                _raise_in_thread(state[0], JobTimeoutException)
-            raise JobTimeoutException(timeout_message(timeout or 0)) from None
-        except asyncio.CancelledError:
-            # Stop-job or cold shutdown: interrupt the thread as far as Python allows.
-            if state[0] is not None and not state[1]:
-                _raise_in_thread(state[0], SystemExit)
-            raise
 
     def shutdown(self) -> None:
         self._pool.shutdown()

@@ -1,10 +1,11 @@
 """Recording outcomes: one ``finish`` script call for every outcome ready, kept across outages.
 
-Jobs hand their end-of-execution transition to :meth:`Recorder.submit`; a single
-task writes whatever has accumulated in one round trip (results, registries,
-TTLs, dependents and the worker's counters, see ``protocol/lua/finish.lua``).
-If Redis is unreachable the batch is kept in memory and retried with backoff,
-so results of jobs that finished during an outage are written when it ends.
+Jobs hand their end-of-execution transition to :meth:`Recorder.submit`; the
+outcomes accumulated are written in one round trip (results, registries, TTLs,
+dependents and the worker's counters, see ``protocol/lua/finish.lua``).  If
+Redis is unreachable the batch is kept in memory and sent again with backoff,
+so results of jobs that finished during an outage are written when it ends;
+sending one twice is harmless (finish.lua applies each outcome at most once).
 Work that must follow a stored outcome (webhooks) runs afterwards, off the loop.
 """
 
@@ -21,31 +22,44 @@ from typing import Any
 
 import redis.exceptions
 
-from asyncjobs.protocol.store import Outcomes, RedisStore, Running
+from asyncjobs.protocol.store import Outcomes, RedisStore
+from asyncjobs.protocol.transitions import Transition
 
 log = logging.getLogger("asyncjobs.worker")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerState:
+    """What the worker hash says while outcomes are stored: ``busy`` with one running job, or ``idle``."""
+
+    state: str
+    current_job: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One outcome waiting to be stored, with what follows once it is."""
+
+    outcome: Transition
+    recorded: Callable[[], None]  # on the loop, once stored (frees the job's slot)
+    after: Callable[[], None] | None = None  # in a thread, once stored (webhooks)
+
+
 @dataclass
 class Batch:
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    running: list[Running] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)
-    recorded: list[Callable[[], None]] = field(default_factory=list)
-    ok: int = 0
-    failed: int = 0
-    working_time: float = 0.0
+    entries: list[Pending] = field(default_factory=list)
 
-    def extend(self, other: Batch) -> None:
-        self.outcomes += other.outcomes
-        self.running += other.running
-        self.after += other.after
-        self.recorded += other.recorded
-        self.ok += other.ok
-        self.failed += other.failed
-        self.working_time += other.working_time
+    @property
+    def outcomes(self) -> list[Transition]:
+        return [e.outcome for e in self.entries]
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class Recorder:
@@ -57,9 +71,9 @@ class Recorder:
     the recorder writes on its own (``autonomous``).
     """
 
-    def __init__(self, store: RedisStore, worker_state: Callable[[], tuple[str, str | None]]) -> None:
+    def __init__(self, store: RedisStore, worker_state: Callable[[], WorkerState]) -> None:
         self.store = store
-        self.worker_state = worker_state  # -> (state, current_job) to write with each batch
+        self.worker_state = worker_state  # what to write in the worker hash with each batch
         self.pending = Batch()
         self.autonomous = False
         self._ready = asyncio.Event()
@@ -68,24 +82,10 @@ class Recorder:
         self._side_tasks: set[asyncio.Future[Any]] = set()
 
     def submit(
-        self,
-        outcome: dict[str, Any],
-        counts: tuple[int, int, float],
-        running: Running,
-        after: Callable[[], None] | None = None,
-        recorded: Callable[[], None] | None = None,
+        self, outcome: Transition, recorded: Callable[[], None], after: Callable[[], None] | None = None
     ) -> None:
         """Queue an outcome; ``recorded`` runs on the loop once it is stored, ``after`` in a thread."""
-        p = self.pending
-        p.outcomes.append(outcome)
-        p.running.append(running)
-        if after is not None:
-            p.after.append(after)
-        if recorded is not None:
-            p.recorded.append(recorded)
-        p.ok += counts[0]
-        p.failed += counts[1]
-        p.working_time += counts[2]
+        self.pending.entries.append(Pending(outcome, recorded, after))
         self._idle.clear()
         self._ready.set()
 
@@ -95,42 +95,44 @@ class Recorder:
 
     def restore(self, batch: Batch) -> None:
         """Put a batch that could not be stored back in front of anything newer."""
-        batch.extend(self.pending)
-        self.pending = batch
+        self.pending = Batch(batch.entries + self.pending.entries)
 
     def outcomes(self, batch: Batch) -> Outcomes:
-        state, current = self.worker_state()
-        return Outcomes(batch.outcomes, batch.ok, batch.failed, batch.working_time, state, current)
+        ws = self.worker_state()
+        return Outcomes(batch.outcomes, ws.state, ws.current_job)
 
     def stored(self, batch: Batch) -> None:
         """The batch is in Redis: free its slots, then start its side work (webhooks)."""
-        for done in batch.recorded:
-            done()
-        for fn in batch.after:
-            self._spawn(asyncio.to_thread(fn))
+        for entry in batch.entries:
+            entry.recorded()
+        for entry in batch.entries:
+            if entry.after is not None:
+                self._spawn(asyncio.to_thread(entry.after))
 
     async def store_one_by_one(self, batch: Batch) -> None:
         """Fallback when Redis refuses a whole batch: store each outcome alone, so one bad
-        transition cannot block the others. One Redis still refuses is logged and left in
-        the StartedJobRegistry, where RQ's abandoned-job maintenance fails or retries it."""
-        for i, outcome in enumerate(batch.outcomes):
+        transition cannot block the others (outcomes of the batch already applied are skipped
+        by finish.lua). One Redis still refuses is logged and left in the StartedJobRegistry,
+        where RQ's abandoned-job maintenance fails or retries it (no webhook is sent for it)."""
+        done: list[Pending] = []
+        for i, entry in enumerate(batch.entries):
             try:
-                await self.store.finish(Outcomes([outcome]))
+                await self.store.finish(Outcomes([entry.outcome]))
             except REDIS_ERRORS:
                 # Redis is gone as a whole: keep the rest for the next attempt.
-                # (``recorded`` callbacks are one per outcome, in order: they travel with them.)
-                rest = Batch(outcomes=batch.outcomes[i:], running=batch.running[i:], recorded=batch.recorded[i:])
-                self.restore(rest)
-                batch.outcomes, batch.recorded = batch.outcomes[:i], batch.recorded[:i]
+                self.restore(Batch(batch.entries[i:]))
                 break
             except redis.exceptions.ResponseError as exc:
                 log.error(
                     "could not record the outcome of job %s (%s); it stays in StartedJobRegistry "
                     "for RQ's maintenance",
-                    outcome.get("id"),
+                    entry.outcome.job_id,
                     exc,
                 )
-        self.stored(batch)
+                entry.recorded()  # its slot is free; the job is RQ's maintenance's now
+            else:
+                done.append(entry)
+        self.stored(Batch(done))
 
     def go_autonomous(self) -> None:
         self.autonomous = True
@@ -141,7 +143,7 @@ class Recorder:
         while not self._closing:
             await self._ready.wait()
             self._ready.clear()
-            while self.autonomous and self.pending.outcomes and not self._closing:
+            while self.autonomous and self.pending and not self._closing:
                 batch = self.take()
                 try:
                     await self.store.finish(self.outcomes(batch))
@@ -149,12 +151,12 @@ class Recorder:
                     backoff.reset()
                 except REDIS_ERRORS as exc:
                     self.restore(batch)
-                    await backoff.wait(f"record {len(batch.outcomes)} result(s): {exc}", None)
+                    await backoff.wait(f"record {len(batch)} result(s): {exc}", None)
                 except redis.exceptions.ResponseError as exc:
-                    log.error("Redis refused to record %d result(s) (%s)", len(batch.outcomes), exc)
+                    log.error("Redis refused to record %d result(s) (%s)", len(batch), exc)
                     await self.store_one_by_one(batch)
                     await backoff.wait(f"Redis error: {exc}", None)
-            if not self.pending.outcomes:
+            if not self.pending:
                 self._idle.set()
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
@@ -166,16 +168,16 @@ class Recorder:
         """Wait until every outcome is recorded, then for side work (bounded: a dead Redis cannot hang exit)."""
         self.go_autonomous()
         deadline = time.monotonic() + timeout
-        while self.pending.outcomes and time.monotonic() < deadline:
+        while self.pending and time.monotonic() < deadline:
             self._ready.set()
             self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=1.0)
-        if self.pending.outcomes:
+        if self.pending:
             log.error(
                 "could not record %d result(s) before exit (Redis unreachable); those jobs stay in "
                 "StartedJobRegistry and RQ's maintenance will recover them",
-                len(self.pending.outcomes),
+                len(self.pending),
             )
         if self._side_tasks:  # webhooks in flight: give them their own timeouts to finish
             await asyncio.wait(self._side_tasks, timeout=15)

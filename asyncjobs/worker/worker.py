@@ -5,25 +5,35 @@ it ``busy`` while any job runs, ``current_job`` names one of the running jobs,
 and ``stop-job`` commands on ``rq:pubsub:<name>`` are matched against every job
 in flight.  All Redis work goes through :class:`~asyncjobs.protocol.store.RedisStore`,
 batched across the jobs in flight.
+
+Each job runs in two tasks: the job's own code (``InFlight.work``), which
+timeouts, stop-job, kill-horse and shutdown cancel, again and again until it
+has really ended; and around it the task that turns what happened into one
+outcome and hands it to the recorder, which nothing cancels.  So every claimed
+job ends in exactly one stored outcome, whenever a cancel lands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import signal
+import sys
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis.exceptions
 from redis.asyncio import Redis
+from rq.timeouts import JobTimeoutException
 
-from asyncjobs.protocol import keys, transitions
+from asyncjobs.protocol import transitions
 from asyncjobs.protocol.codec import (
     JobRecord,
     MalformedJobError,
@@ -31,35 +41,90 @@ from asyncjobs.protocol.codec import (
     decode_call,
     encode_return_value,
     parse_job_hash,
+    timeout_message,
 )
 from asyncjobs.protocol.serializers import resolve_serializer
-from asyncjobs.protocol.store import Claimed, RedisStore, Running, WorkerInfo
+from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, Running, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
+from asyncjobs.protocol.transitions import Kind, Transition
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
-from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, wait_or
+from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, WorkerState, wait_or
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 
 log = logging.getLogger("asyncjobs.worker")
 
 T = TypeVar("T")
 
+#: First re-cancel of a job that is still running after a cancel, then doubling up to the cap.
+#: (Not sooner: a job may take a moment to clean up after the first cancel.)
+RECANCEL_FIRST = 0.5
+RECANCEL_MAX = 5.0
+#: Report a job that ignores cancellation every this many seconds.
+IGNORED_CANCEL_REPORT = 60.0
+#: Loop iterations a cancel may wait for a job to leave Python 3.11's ``wait_for`` (see below).
+CANCEL_DEFER_MAX = 1000
+
+_WAIT_FOR_311 = asyncio.tasks.wait_for.__code__ if sys.version_info < (3, 12) else None
+
+
+def _cancel_would_be_lost(task: asyncio.Task[Any]) -> bool:
+    """True while ``task`` is suspended inside Python 3.11's ``asyncio.wait_for``.
+
+    There a cancel is lost whenever the awaited operation completes before the task resumes:
+    ``wait_for`` then returns its result instead of raising.  redis-py wraps every send in it
+    (its default socket timeout is 5 s), so a job looping on Redis calls loses most single
+    cancels.  Python 3.12 rewrote ``wait_for`` on ``asyncio.timeout``, which does not.
+    """
+    if _WAIT_FOR_311 is None:
+        return False
+    obj: Any = task.get_coro()
+    for _ in range(100):  # the chain of awaiting coroutines, outermost first
+        code = getattr(obj, "cr_code", None)
+        if code is None:
+            return False
+        if code is _WAIT_FOR_311:
+            return True
+        obj = obj.cr_await
+    return False
+
+
+class CancelReason(StrEnum):
+    STOP = "stop"  # send_stop_job_command: ends `stopped`
+    KILL = "kill"  # send_kill_horse_command: ends failed, as a killed work-horse
+    TIMEOUT = "timeout"  # the job's timeout: ends failed with RQ's timeout message (or retried)
+    GIVE_BACK = "give_back"  # shutdown: back on its queue, unfinished
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT (or a shutdown command) arrived while the worker was still starting."""
+
 
 @dataclass(eq=False)
 class InFlight:
     claimed: Claimed
-    task: asyncio.Task[None] | None = None
-    cancel_reason: str | None = None  # "stop" | "give_back" | "kill"
+    seq: int  # claim order: jobs given back go back in this order
+    task: asyncio.Task[None] | None = None  # turns the execution into an outcome; never cancelled
+    work: asyncio.Task[Any] | None = None  # the job's own code: what cancels target
+    cancel_reason: CancelReason | None = None
+    cancels: int = 0  # cancels delivered to ``work``
+    first_cancel: float = 0.0  # monotonic time of the first, 0 until then
+    reports: int = 0  # "ignores cancellation" errors logged
+    timer: asyncio.TimerHandle | None = None
     after_recorded: Callable[[], None] | None = None  # e.g. webhooks, once the outcome is stored
 
     @property
     def running(self) -> Running:
         c = self.claimed
         return Running(c.queue, c.job_id, c.execution_id)
+
+    @property
+    def executing(self) -> bool:
+        return self.task is not None and not self.task.done()
 
 
 class Worker:
@@ -70,11 +135,14 @@ class Worker:
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self._inflight: dict[str, InFlight] = {}
-        self._reserved = 0
+        self._held_give_backs: list[tuple[InFlight, Transition, str]] = []
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._cold = asyncio.Event()
-        self._waiters: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, asyncio.Task[bool]] = {}
+        self._unresolved_claim: ClaimRequest | None = None
+        self._suspended = False  # what the last claim saw
+        self._claimed_last = 0
         self._rr_offset = 0
         self._started_jobs = 0
         self.successful = 0
@@ -100,7 +168,7 @@ class Worker:
             log.warning("cold shutdown: putting %d unfinished job(s) back on their queues", len(self._inflight))
             self._cold.set()
             for item in list(self._inflight.values()):
-                self._cancel(item, "give_back")
+                self._cancel(item, CancelReason.GIVE_BACK)
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown."""
@@ -116,70 +184,103 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, handler, sig)
 
-    def stop_job(self, job_id: str, reason: str = "stop") -> bool:
+    def stop_job(self, job_id: str, reason: str = CancelReason.STOP) -> bool:
         found = False
         for item in list(self._inflight.values()):
-            if item.claimed.job_id == job_id:
-                self._cancel(item, reason)
+            if item.claimed.job_id == job_id and item.executing:
+                self._cancel(item, CancelReason(reason))
                 found = True
         return found
 
     def current_job_id(self) -> str | None:
-        return self.worker_state()[1]
+        return self.worker_state().current_job
+
+    def worker_state(self) -> WorkerState:
+        """Busy with one of the jobs still executing (not those only awaiting their record), or idle."""
+        for item in self._inflight.values():
+            if item.executing:
+                return WorkerState("busy", item.claimed.job_id)
+        return WorkerState("idle")
 
     async def run(self) -> None:
-        redis_conn = self._redis or self.config.connection.async_client(
-            socket_keepalive=True, health_check_interval=30
-        )
+        redis_conn = self._redis or self._connect()
         self.redis = redis_conn
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
         self.recorder = Recorder(self.store, self.worker_state)
         self.executor = Executor(self.config.threads or self.config.concurrency)
         self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers)
         install_rq_job_stack()
-        self._info = WorkerInfo(self.name, self.config.queues, self.config.idle_worker_key_ttl)
-        await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
+        self._info = WorkerInfo(
+            self.name, self.config.queues, self.config.idle_worker_key_ttl, concurrency=self.config.concurrency
+        )
+        try:
+            await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
+        except StopRequested:
+            log.info("stop requested while starting: exiting before registration")
+            await self._close_connections(redis_conn)
+            return
         log.info(
             "worker %s started: queues=%s concurrency=%d burst=%s",
             self.name, ",".join(self.config.queues), self.config.concurrency, self.config.burst,
         )
         commands = CommandListener(redis_conn, self.name, self)
+        heartbeat = asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat")
+        # These end on their own: the recorder once closed, the listener once _closed is set,
+        # maintenance and the scheduler (which releases RQ's scheduler lock) once stopping.
         background = [
             asyncio.create_task(self.recorder.run(), name="asyncjobs-recorder"),
-            asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat"),
             asyncio.create_task(commands.run(self._closed), name="asyncjobs-commands"),
         ]
-        extra = await self._start_extras()
-        background += extra
         try:
+            background += await self._start_extras()
             await self._retrying(lambda: self.store.set_state("idle"), "set state")
             await self._work_loop()
+        except StopRequested:
+            log.info("stop requested while starting")
+        finally:
+            self._stop_waiters()
             self.recorder.go_autonomous()  # from here on nobody claims: it stores outcomes itself
             await self._drain()
-        finally:
-            for task in self._waiters:
-                task.cancel()
             await self.recorder.flush(max(30.0, self.config.shutdown_timeout))
             self.recorder.close()
             self._closed.set()
-            for task in background[1:]:
-                if task.get_name() != "asyncjobs-commands":
-                    task.cancel()
+            self._stopping.set()
+            heartbeat.cancel()
             # Bounded: a task stuck in a dead connection must not keep the process alive.
-            _, stuck = await asyncio.wait(background, timeout=10)
+            _, stuck = await asyncio.wait([heartbeat, *background], timeout=10)
             for task in stuck:
+                log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
                 task.cancel()
             await run_shutdown_hooks()
             try:
-                await self.store.register_death(self.config.queues)
-            except REDIS_ERRORS as exc:
+                await asyncio.wait_for(self.store.register_death(self.config.queues), 10)
+            except (*REDIS_ERRORS, TimeoutError, redis.exceptions.ResponseError) as exc:
                 log.error("could not register worker death (Redis unreachable: %s)", exc)
             self.executor.shutdown()
-            if self._sync_redis is not None:
-                self._sync_redis.close()
-            if self._redis is None:
-                await redis_conn.aclose()
+            await self._close_connections(redis_conn)
             log.info("worker %s stopped: %d succeeded, %d failed", self.name, self.successful, self.failed)
+
+    def _connect(self) -> Redis:
+        """The worker's client: bounded waits, and no silent re-sends (a lost reply is the worker's
+        to resolve: every script it sends is safe to repeat, but only it knows when to)."""
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        target = self.config.connection
+        defaults: dict[str, Any] = {
+            "socket_connect_timeout": 5.0,
+            "socket_timeout": max(10.0, self.config.block_timeout + 5.0),
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+        }
+        overrides = {k: v for k, v in defaults.items() if k not in target.options}
+        return target.async_client(retry=Retry(NoBackoff(), 0), **overrides)
+
+    async def _close_connections(self, redis_conn: Redis) -> None:
+        if self._sync_redis is not None:
+            self._sync_redis.close()
+        if self._redis is None:
+            await redis_conn.aclose()
 
     async def _start_extras(self) -> list[asyncio.Task[None]]:
         tasks: list[asyncio.Task[None]] = []
@@ -199,17 +300,10 @@ class Worker:
     # ------------------------------------------------------------ fetch loop
     def _free(self, finishing: int = 0) -> int:
         """Slots to claim for; ``finishing`` outcomes are stored in the same call, freeing theirs."""
-        free = self.config.concurrency - len(self._inflight) - self._reserved + finishing
+        free = self.config.concurrency - len(self._inflight) + finishing
         if self.config.max_jobs is not None:
-            free = min(free, self.config.max_jobs - self._started_jobs - self._reserved)
+            free = min(free, self.config.max_jobs - self._started_jobs)
         return max(free, 0)
-
-    def worker_state(self) -> tuple[str, str | None]:
-        """(state, current_job) from the jobs still executing (not those only awaiting their record)."""
-        for item in self._inflight.values():
-            if item.task is not None and not item.task.done():
-                return "busy", item.claimed.job_id
-        return "idle", None
 
     def _execution_ids(self, n: int) -> list[str]:
         """32 lowercase hex characters like RQ's uuid4().hex: a random per-process prefix + a counter."""
@@ -227,6 +321,41 @@ class Worker:
             random.shuffle(queues)
         return queues
 
+    async def _exchange(self, request: ClaimRequest) -> bool:
+        """Store the outcomes ready and make one claim; launch what it claimed. False on a Redis error.
+
+        A claim whose reply is lost stays ``_unresolved_claim`` and is sent again unchanged (same
+        token) until a reply arrives: it claims at most once, and whatever it did claim is run.
+        """
+        done = self.recorder.take()
+        try:
+            result = await self.store.exchange(self.recorder.outcomes(done), request)
+        except REDIS_ERRORS as exc:
+            self.recorder.restore(done)
+            self._unresolved_claim = request if request.count else None
+            log.warning("Redis unavailable (claim jobs: %s)", exc)
+            return False
+        except redis.exceptions.ResponseError as exc:
+            # Redis refused the call (e.g. OOM): keep the worker alive, store what it can.
+            log.error("Redis refused to claim/record (%s)", exc)
+            self._unresolved_claim = request if request.count else None
+            await self.recorder.store_one_by_one(done)
+            return False
+        self._unresolved_claim = None
+        self.recorder.stored(done)
+        for job_id in result.dropped:
+            log.warning("job %s was on a queue but its hash is gone (expired or deleted); dropped", job_id)
+        for job_id, type_ in result.poisoned:
+            log.error(
+                "queue entry %r dropped: rq:job:%s is a Redis %s, not an RQ job hash (written by "
+                "something other than RQ?)", job_id, job_id, type_,
+            )
+        self._suspended = result.suspended
+        for claimed in result.jobs:
+            self._launch(claimed)
+        self._claimed_last = len(result.jobs)
+        return True
+
     async def _work_loop(self) -> None:
         idle_since = time.monotonic()
         backoff = Backoff()
@@ -235,34 +364,22 @@ class Worker:
             if self.config.max_jobs is not None and self._started_jobs >= self.config.max_jobs:
                 log.info("max jobs (%d) reached", self.config.max_jobs)
                 break
-            # Outcomes waiting to be stored free their slots in the same round trip that claims.
-            done = self.recorder.take()
-            free = self._free(len(done.outcomes))
-            if free == 0 and not done.outcomes:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
-                await asyncio.sleep(0)
+            request = self._unresolved_claim
+            if request is None:
+                # Outcomes waiting to be stored free their slots in the same round trip that claims.
+                free = self._free(len(self.recorder.pending))
+                if free == 0 and not self.recorder.pending:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
+                    await asyncio.sleep(0)
+                    continue
+                request = self.store.claim_request(self._queue_order(), free, self._execution_ids(free))
+            if not await self._exchange(request):
+                await backoff.wait("claim jobs", self._stopping)
                 continue
-            try:
-                result = await self.store.exchange(
-                    self.recorder.outcomes(done), self._queue_order(), free, self._execution_ids(free)
-                )
-            except REDIS_ERRORS as exc:
-                self.recorder.restore(done)
-                await backoff.wait(f"claim jobs: {exc}", self._stopping)
-                continue
-            except redis.exceptions.ResponseError as exc:
-                # Redis refused the call (e.g. OOM): keep the worker alive, store what it can.
-                log.error("Redis refused to claim/record (%s)", exc)
-                await self.recorder.store_one_by_one(done)
-                await backoff.wait(f"Redis error: {exc}", self._stopping)
-                continue
-            self.recorder.stored(done)
             backoff.reset()
-            for job_id in result.dropped:
-                log.warning("job %s was on a queue but its hash is gone (expired or deleted); dropped", job_id)
-            if result.suspended:
+            if self._suspended:
                 if self.config.burst:
                     log.info("workers are suspended (rq suspend); burst worker exits")
                     break
@@ -274,17 +391,15 @@ class Worker:
                 continue
             if suspended_logged:
                 suspended_logged = False
-                await self._safe(self.store.set_state(self.worker_state()[0]))
-            if result.jobs:
-                for claimed in result.jobs:
-                    self._launch(claimed)
+                await self._safe(self.store.set_state(self.worker_state().state))
+            if self._claimed_last:
                 idle_since = time.monotonic()
                 continue
-            if self._inflight or self._reserved or self.recorder.pending.outcomes:
+            if self._inflight or self.recorder.pending:
                 if self.config.burst:
                     # Jobs in flight may still enqueue work (retries, dependents): wait for one to end.
                     self._slot_freed.clear()
-                    if not self.recorder.pending.outcomes:
+                    if not self.recorder.pending:
                         await self._slot_freed.wait()
                     continue
             elif self.config.burst:
@@ -299,87 +414,131 @@ class Worker:
             await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:
-        """Block (BLMOVE) on each queue until a job arrives, a slot frees, or stop."""
+        """Until a job arrives on a queue (BLMOVE wait, one per queue), a slot frees, or stop."""
         timeout = self.config.block_timeout
         if self.config.max_idle_time is not None:
             timeout = max(0.1, min(timeout, self.config.max_idle_time))
-        free = self._free()
-        for queue in self._queue_order()[:free]:
-            if any(getattr(t, "queue", None) == queue for t in self._waiters):
-                continue
-            self._reserved += 1
-            task = asyncio.create_task(self._waiter(queue, timeout))
-            task.queue = queue  # type: ignore[attr-defined]
-            self._waiters.add(task)
-            task.add_done_callback(self._waiters.discard)
+        if self._free() > 0:
+            for queue in self.config.queues:
+                if queue not in self._waiters:
+                    self._waiters[queue] = asyncio.create_task(self._waiter(queue, timeout))
         if not self._waiters:
             await wait_or(self._stopping, 0.05)
             return
         self._slot_freed.clear()
+        if self.recorder.pending:  # an outcome arrived while the last claim was on its way
+            return
         stop = asyncio.create_task(self._stopping.wait())
         freed = asyncio.create_task(self._slot_freed.wait())
-        await asyncio.wait({stop, freed, *self._waiters}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stop, freed, *self._waiters.values()}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         freed.cancel()
 
-    async def _waiter(self, queue: str, timeout: float) -> None:
-        """Hold one reserved slot while blocking on ``queue``; start the job it brings."""
+    async def _waiter(self, queue: str, timeout: float) -> bool:
+        """Wake the loop when ``queue`` has a job; the loop's own claim takes it (or not)."""
         try:
-            job_id = await self.store.block_move(queue, timeout)
-            if job_id is not None:
-                if self._stopping.is_set():
-                    await self._return_moved(queue, job_id)
-                else:
-                    result = await self.store.claim_moved(queue, job_id, self._execution_ids(1)[0])
-                    for dropped in result.dropped:
-                        log.warning("job %s was on a queue but its hash is gone; dropped", dropped)
-                    for claimed in result.jobs:
-                        self._launch(claimed)
+            return await self.store.wait_for_job(queue, timeout)
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
-            log.warning("blocking dequeue on %r failed: %s", queue, exc)
+            log.warning("blocking wait on %r failed: %s", queue, exc)
             await wait_or(self._stopping, 1.0)
+            return False
         finally:
-            self._reserved -= 1
-            self._slot_freed.set()
+            self._waiters.pop(queue, None)
 
-    async def _return_moved(self, queue: str, job_id: str) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(keys.intermediate(queue), 1, job_id)
-            pipe.lpush(keys.queue(queue), job_id)
-            await pipe.execute()
+    def _stop_waiters(self) -> None:
+        # A wait takes nothing from the queue, so cancelling one mid-flight strands nothing.
+        for task in list(self._waiters.values()):
+            task.cancel()
 
     # ------------------------------------------------------------- executing
     def _launch(self, claimed: Claimed) -> None:
         self._started_jobs += 1
-        item = InFlight(claimed)
+        item = InFlight(claimed, seq=self._started_jobs)
         key = f"{claimed.job_id}:{claimed.execution_id}"
         self._inflight[key] = item
+        if self._stopping.is_set():
+            # Claimed as the worker stops (a claim in flight, or resolved at shutdown): never started.
+            item.cancel_reason = CancelReason.GIVE_BACK
         item.task = asyncio.create_task(self._execute(key, item), name=f"job-{claimed.job_id}")
-        if self._cold.is_set():
-            self._cancel(item, "give_back")
 
-    def _cancel(self, item: InFlight, reason: str) -> None:
+    def _cancel(self, item: InFlight, reason: CancelReason) -> None:
+        """Cancel the job's code, and keep at it until it has ended.
+
+        A job that has not started yet sees the reason when it would start, and does not start.
+        A cancel is delivered when it cannot be swallowed (see :func:`_cancel_would_be_lost`),
+        then repeated with backoff for code that swallows it anyway."""
         if item.cancel_reason is None:
             item.cancel_reason = reason
-        if item.task is not None and not item.task.done():
-            item.task.cancel()
+        work = item.work
+        if work is None or work.done() or item.first_cancel:
+            return
+        item.first_cancel = time.monotonic()
+        self._deliver_cancel(item, 0)
+        asyncio.get_running_loop().call_later(RECANCEL_FIRST, self._recancel, item, RECANCEL_FIRST)
+
+    def _deliver_cancel(self, item: InFlight, deferred: int) -> None:
+        work = item.work
+        if work is None or work.done():
+            return
+        if deferred < CANCEL_DEFER_MAX and _cancel_would_be_lost(work):
+            asyncio.get_running_loop().call_soon(self._deliver_cancel, item, deferred + 1)
+            return
+        item.cancels += 1
+        work.cancel()
+        if item.cancels == 2:
+            log.warning(
+                "job %s is still running after a cancel (%s); cancelling it again until it ends",
+                item.claimed.job_id, item.cancel_reason,
+            )
+
+    def _recancel(self, item: InFlight, delay: float) -> None:
+        work = item.work
+        if work is None or work.done():
+            return
+        self._deliver_cancel(item, 0)
+        elapsed = time.monotonic() - item.first_cancel
+        if int(elapsed // IGNORED_CANCEL_REPORT) > item.reports:
+            item.reports += 1
+            log.error(
+                "job %s ignores cancellation: still running %.0fs and %d cancels after %s; its slot stays "
+                "taken until it ends", item.claimed.job_id, elapsed, item.cancels, item.cancel_reason,
+            )
+        asyncio.get_running_loop().call_later(delay, self._recancel, item, min(delay * 2, RECANCEL_MAX))
 
     async def _execute(self, key: str, item: InFlight) -> None:
         claimed = item.claimed
         try:
-            outcome, counts = await self._perform(item)
+            outcome = await self._perform(item)
+        except asyncio.CancelledError:
+            raise  # only the event loop shutting down cancels this task
         except BaseException as exc:  # pragma: no cover - last line of defence
             log.exception("internal error while running job %s", claimed.job_id)
             record = JobRecord(id=claimed.job_id, data=b"", origin=claimed.queue)
             ex = self._execution(claimed, claimed.started_at)
             outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
-            counts = (0, 1, 0.0)
-        self.successful += counts[0]
-        self.failed += counts[1]
-        # The slot stays taken until the outcome is stored: a parent's dependents (or a retry) are
-        # on their queue before this worker fetches again, as with a stock worker.
-        self.recorder.submit(outcome, counts, item.running, item.after_recorded, lambda: self._release(key))
+        self.successful += outcome.succeeded
+        self.failed += outcome.failed
+        if outcome.kind is Kind.REQUEUE:
+            self._held_give_backs.append((item, outcome, key))
+            self._release_give_backs()
+        else:
+            # The slot stays taken until the outcome is stored: a parent's dependents (or a retry)
+            # are on their queue before this worker fetches again, as with a stock worker.
+            self.recorder.submit(outcome, lambda: self._release(key), item.after_recorded)
         self._slot_freed.set()  # wake the loop: it stores this outcome with its next claim
+
+    def _release_give_backs(self, force: bool = False) -> None:
+        """Submit the jobs to give back together once none is still ending, last claimed first:
+        each is pushed to the front of its queue, so they end up in their original order."""
+        if not self._held_give_backs:
+            return
+        if not force and any(
+            i.cancel_reason is CancelReason.GIVE_BACK and i.executing for i in self._inflight.values()
+        ):
+            return
+        held, self._held_give_backs = self._held_give_backs, []
+        for _item, outcome, key in sorted(held, key=lambda h: h[0].seq, reverse=True):
+            self.recorder.submit(outcome, functools.partial(self._release, key))
 
     def _release(self, key: str) -> None:
         self._inflight.pop(key, None)
@@ -396,68 +555,99 @@ class Worker:
             ended_at=ended,
         )
 
-    async def _perform(self, item: InFlight) -> tuple[dict[str, Any], tuple[int, int, float]]:
-        """Run one claimed job; return its transition and (ok, failed, working_time)."""
+    async def _perform(self, item: InFlight) -> Transition:
+        """Run one claimed job; return its outcome."""
         claimed = item.claimed
+        if item.cancel_reason is CancelReason.GIVE_BACK:
+            return transitions.give_back(self._execution(claimed, claimed.started_at))
         try:
             record = parse_job_hash(claimed.job_id, claimed.raw)
         except MalformedJobError as exc:
             log.error("job %s: %s", claimed.job_id, exc)
             record = JobRecord(id=claimed.job_id, data=b"", origin=claimed.queue)
             ex = self._execution(claimed, claimed.started_at, utcnow())
-            return transitions.failure(record, ex, _reason(exc), repairs=exc.repairs), (0, 1, 0.0)
+            return transitions.failure(record, ex, _reason(exc), repairs=exc.repairs)
         try:
             call = decode_call(record.data, self.serializer)
             func = self.resolver.resolve(call)
         except (PayloadError, ResolveError) as exc:
             log.error("job %s cannot run: %s", claimed.job_id, exc)
             ex = self._execution(claimed, claimed.started_at, utcnow())
-            return transitions.failure(record, ex, _reason(exc)), (0, 1, 0.0)
+            return transitions.failure(record, ex, _reason(exc))
 
         handle = JobHandle(claimed.job_id, claimed.raw, self._sync_connection, self._rq_serializer())
+        if item.cancel_reason is not None:  # stopped or killed before it started
+            return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
         started = utcnow()
         t0 = time.monotonic()
         log.info("%s: %s (%s)", claimed.queue, record.description or call.func_name, claimed.job_id)
+        work = asyncio.create_task(
+            self.executor.run(func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item)),
+            name=f"job-{claimed.job_id}-work",
+        )
+        item.work = work
+        timeout = record.effective_timeout()
+        if timeout is not None:
+            item.timer = asyncio.get_running_loop().call_later(timeout, self._cancel, item, CancelReason.TIMEOUT)
         try:
-            value = await self.executor.run(
-                func, call.args, call.kwargs, timeout=record.effective_timeout(), handle=handle
-            )
-        except asyncio.CancelledError:
-            reason = item.cancel_reason
-            if reason is None:
-                raise
-            ended = utcnow()
-            if reason == "give_back":
-                return transitions.give_back(self._execution(claimed, started, ended)), (0, 0, 0.0)
-            if reason == "stop":
-                log.info("job %s stopped by send_stop_job_command", claimed.job_id)
-                await self.callbacks.stopped(record, handle)
-                return transitions.stopped(record, self._execution(claimed, started)), (0, 1, 0.0)
-            text = "Work-horse terminated unexpectedly; killed by kill-horse command"
-            return transitions.failure(record, self._execution(claimed, started, ended), text), (0, 1, 0.0)
-        except BaseException as exc:
-            ended = utcnow()
-            return await self._failed(item, record, handle, exc, started, ended, time.monotonic() - t0)
+            await asyncio.wait((work,))
+        finally:
+            if item.timer is not None:
+                item.timer.cancel()
         ended = utcnow()
         elapsed = time.monotonic() - t0
+        if item.cancels > 1:
+            log.warning("job %s ended after %d cancels (%s)", claimed.job_id, item.cancels, item.cancel_reason)
+        if work.cancelled():
+            if item.cancel_reason is CancelReason.TIMEOUT:
+                expired = JobTimeoutException(timeout_message(timeout or 0))
+                return await self._failed(item, record, handle, expired, started, ended, elapsed)
+            if item.cancel_reason is None:  # the job cancelled itself
+                cancelled = asyncio.CancelledError("the job's own task was cancelled")
+                return await self._failed(item, record, handle, cancelled, started, ended, elapsed)
+            return await self._interrupted(item, record, handle, started, ended)
+        failure = work.exception()
+        if failure is not None:
+            return await self._failed(item, record, handle, failure, started, ended, elapsed)
+        value = work.result()
+        if item.cancel_reason is not None:
+            log.warning(
+                "job %s completed although asked to end (%s): recording its result", claimed.job_id, item.cancel_reason
+            )
         ex = self._execution(claimed, started, ended)
         from rq.job import Retry
 
         if isinstance(value, Retry):
             retry_b64 = encode_return_value(value, self.serializer)
             intervals = tuple(value.intervals) if isinstance(value.intervals, list) else (int(value.intervals),)
-            return (
-                transitions.value_retry(record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or ""),
-                (0, 1, elapsed),
+            return transitions.value_retry(
+                record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or "",
+                working_time=elapsed,
             )
         try:
             await self.callbacks.success(record, handle, value)
-        except BaseException as exc:
+        except Exception as exc:
             return await self._failed(item, record, handle, exc, started, ended, elapsed, callback_ran=True)
         rv = encode_return_value(value, self.serializer)
         log.info("%s: job OK (%s)", claimed.queue, claimed.job_id)
         item.after_recorded = _webhooks(record, handle, "finished", ended)
-        return transitions.success(record, ex, rv, self.config.default_result_ttl), (1, 0, elapsed)
+        return transitions.success(record, ex, rv, self.config.default_result_ttl, working_time=elapsed)
+
+    async def _interrupted(
+        self, item: InFlight, record: JobRecord, handle: JobHandle, started: Any, ended: Any
+    ) -> Transition:
+        """The job's code was cancelled by stop-job, kill-horse or shutdown (timeouts fail it)."""
+        claimed = item.claimed
+        reason = item.cancel_reason
+        if reason is CancelReason.GIVE_BACK:
+            return transitions.give_back(self._execution(claimed, started, ended))
+        if reason is CancelReason.STOP:
+            log.info("job %s stopped by send_stop_job_command", claimed.job_id)
+            await self.callbacks.stopped(record, handle)
+            return transitions.stopped(record, self._execution(claimed, started))
+        text = "Work-horse terminated unexpectedly; killed by kill-horse command"
+        log.info("job %s killed by send_kill_horse_command", claimed.job_id)
+        return transitions.failure(record, self._execution(claimed, started, ended), text)
 
     async def _failed(
         self,
@@ -469,28 +659,25 @@ class Worker:
         ended: Any,
         elapsed: float,
         callback_ran: bool = False,
-    ) -> tuple[dict[str, Any], tuple[int, int, float]]:
+    ) -> Transition:
         claimed = item.claimed
         text = "".join(traceback.format_exception(exc))
         ex = self._execution(claimed, started, ended)
         if not callback_ran:
             try:
                 await self.callbacks.failure(record, handle, exc)
-            except BaseException as cb_exc:
+            except Exception as cb_exc:
                 text = "".join(traceback.format_exception(cb_exc))
         await self.callbacks.exception_handlers(record, handle, exc)
         if transitions.should_retry_on_exception(record):
             log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left)
-            return transitions.exception_retry(record, ex), (0, 1, elapsed)
+            return transitions.exception_retry(record, ex, working_time=elapsed)
         log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc)
         item.after_recorded = _webhooks(record, handle, "failed", ended, text)
+        out = transitions.failure(record, ex, text, working_time=elapsed)
         if self.config.disable_default_exception_handler:
-            # Stock: status failed, but no Result and no FailedJobRegistry entry.
-            out = transitions.failure(record, ex, text)
-            out.pop("result", None)
-            out["no_registry"] = True
-            return out, (0, 1, elapsed)
-        return transitions.failure(record, ex, text), (0, 1, elapsed)
+            return out.without_failure_record()  # stock: status failed, no Result, no registry entry
+        return out
 
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""
@@ -507,27 +694,49 @@ class Worker:
         return self._sync_redis
 
     async def _drain(self) -> None:
-        """After the loop: wait for in-flight jobs (grace period), then cold-stop the rest."""
-        if not self._inflight and not self._waiters:
-            return
-        if self._stopping.is_set() and not self._cold.is_set():
+        """After the loop: resolve a claim whose reply was lost, wait for in-flight jobs (grace
+        period), then cold-stop the rest; jobs to give back go back together, in claim order."""
+        await self._resolve_unresolved_claim()
+        if self._inflight and self._stopping.is_set() and not self._cold.is_set():
             await self._safe(self.store.mark_shutdown_requested())
         deadline = time.monotonic() + self.config.shutdown_timeout
         while True:
             # Executions still running (finished ones only wait for the recorder, flushed later).
-            tasks = [i.task for i in self._inflight.values() if i.task and not i.task.done()]
-            tasks += list(self._waiters)
+            tasks = [i.task for i in self._inflight.values() if i.task is not None and not i.task.done()]
             if not tasks:
                 break
             if not self._stopping.is_set():
                 deadline = time.monotonic() + self.config.shutdown_timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if self._cold.is_set():
+                    log.error(
+                        "%d job(s) still running after cold shutdown (they ignore cancellation); they stay "
+                        "in StartedJobRegistry for RQ's abandoned-job maintenance", len(tasks),
+                    )
+                    break
                 self.request_cold_stop()
-                remaining = 30.0
+                deadline = time.monotonic() + 30.0
+                continue
             cold = asyncio.create_task(self._cold.wait())
             await asyncio.wait({*tasks, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             cold.cancel()
+        self._release_give_backs(force=True)
+
+    async def _resolve_unresolved_claim(self) -> None:
+        """A claim sent before the stop whose reply was lost may have claimed jobs: ask again
+        (same token) so they are given back rather than left started for maintenance to fail."""
+        backoff = Backoff()
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while self._unresolved_claim is not None and time.monotonic() < deadline:
+            if await self._exchange(self._unresolved_claim):
+                return
+            await backoff.wait("resolve a claim whose reply was lost", self._cold)
+        if self._unresolved_claim is not None:
+            log.error(
+                "could not learn which jobs a claim took before exit (Redis unreachable); any it took stay "
+                "in StartedJobRegistry for RQ's abandoned-job maintenance"
+            )
 
     # ------------------------------------------------------------ heartbeats
     async def _heartbeater(self) -> None:
@@ -535,7 +744,8 @@ class Worker:
         backoff = Backoff()
         while True:
             await asyncio.sleep(min(interval, 15.0))
-            running = [i.running for i in self._inflight.values()]
+            # Only jobs still executing: one whose outcome is being stored must not be refreshed.
+            running = [i.running for i in self._inflight.values() if i.executing]
             ttl = self.config.heartbeat_ttl if running else self.config.idle_worker_key_ttl
             try:
                 alive = await self.store.heartbeat(running, ttl)
@@ -547,20 +757,34 @@ class Worker:
                 await backoff.wait(f"heartbeat: {exc}", None)
 
     async def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``op`` until it succeeds, backing off while Redis is unreachable; a stop request
+        (SIGTERM, SIGINT) ends the wait at once with :class:`StopRequested`."""
         backoff = Backoff()
         while True:
+            if self._stopping.is_set():
+                raise StopRequested(what)
+            attempt = asyncio.ensure_future(op())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                raise StopRequested(what)
             try:
-                return await op()
+                return attempt.result()
             except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
-                if self._cold.is_set():
-                    raise
-                await backoff.wait(f"{what}: {exc}", None)
+                await backoff.wait(f"{what}: {exc}", self._stopping)
 
     async def _safe(self, aw: Awaitable[Any]) -> None:
         try:
             await aw
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.warning("Redis unreachable: %s", exc)
+
+
+def _interrupt(item: InFlight) -> type[BaseException]:
+    """What a sync job's thread gets when its task is cancelled."""
+    return JobTimeoutException if item.cancel_reason is CancelReason.TIMEOUT else SystemExit
 
 
 def _webhooks(

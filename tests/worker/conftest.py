@@ -3,14 +3,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.worker import Worker
 from tests.worker import jobs
+from testsupport.faultproxy import FaultProxy
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -50,3 +52,11 @@ async def start_worker(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 30)
 
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of this test's Redis (``proxy.url()`` for the worker)."""
+    parsed = urlparse(redis_url)
+    with FaultProxy(parsed.hostname or "127.0.0.1", parsed.port or 6379) as p:
+        yield p

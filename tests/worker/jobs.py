@@ -63,3 +63,38 @@ def current_job_info_sync(tag: str) -> dict[str, Any]:
     job.meta["tag"] = tag
     job.save_meta()
     return {"id": job.id, "tag": tag}
+
+
+async def ping_forever(url: str) -> None:
+    """Loops on redis.asyncio round trips with a socket timeout (redis-py then wraps sends in wait_for)."""
+    from redis.asyncio import Redis
+
+    conn = Redis.from_url(url, socket_timeout=5)
+    try:
+        while True:
+            await conn.ping()
+    finally:
+        await conn.aclose()
+
+
+def ledger_incr(url: str, key: str) -> int:
+    """Counts its own runs in Redis (directly, not through any proxy the worker uses)."""
+    import redis
+
+    conn = redis.Redis.from_url(url)
+    try:
+        return int(conn.incr(key))
+    finally:
+        conn.close()
+
+
+def ledger_incr_and_fail(url: str, key: str) -> None:
+    ledger_incr(url, key)
+    raise RuntimeError("fails every time")
+
+
+def spin_for(seconds: float) -> float:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+    return seconds

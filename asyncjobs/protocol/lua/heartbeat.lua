@@ -1,5 +1,8 @@
 -- Refresh the heartbeat of every running execution and of the worker in one
--- step (rq-protocol.md §3.4), so no running job ever looks abandoned.
+-- step (docs/rq-protocol.md, heartbeats), so no running job ever looks abandoned.
+-- An execution whose rq:wip member is gone has finished (or was taken by RQ's
+-- maintenance) while this call was on its way: it is skipped, so its execution
+-- records are never written again after the finish removed them.
 -- ARGV: worker, worker_ttl, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl, then q, jid, eid triples
 local worker, worker_ttl, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -9,14 +12,18 @@ redis.call('HSET', wkey, 'last_heartbeat', now_ts)
 redis.call('EXPIRE', wkey, worker_ttl)
 for i = 9, #ARGV, 3 do
   local q, jid, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local ek = 'rq:execution:' .. jid .. ':' .. eid
-  redis.call('HSET', ek, 'last_heartbeat', now_f)
-  redis.call('EXPIRE', ek, hb_ttl)
-  redis.call('ZADD', 'rq:wip:' .. q, 'XX', wip_score, jid .. ':' .. eid)
-  redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
-  redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)
-  if redis.call('EXISTS', 'rq:job:' .. jid) == 1 then
-    redis.call('HSET', 'rq:job:' .. jid, 'last_heartbeat', now_ts)
+  local wip, member = 'rq:wip:' .. q, jid .. ':' .. eid
+  if redis.call('ZSCORE', wip, member) then
+    local ek = 'rq:execution:' .. jid .. ':' .. eid
+    redis.call('HSET', ek, 'last_heartbeat', now_f)
+    redis.call('EXPIRE', ek, hb_ttl)
+    redis.call('ZADD', wip, 'XX', wip_score, member)
+    redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
+    redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)
+    local jk = 'rq:job:' .. jid
+    if redis.call('TYPE', jk)['ok'] == 'hash' then
+      redis.call('HSET', jk, 'last_heartbeat', now_ts)
+    end
   end
 end
 return alive

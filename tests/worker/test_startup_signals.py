@@ -1,0 +1,37 @@
+"""Bug 7 (issue 9): SIGTERM and SIGINT are honoured while Redis is unreachable at start-up.
+
+A real ``asyncjobs-worker`` process, as ``docker stop`` or Kubernetes would signal it: Redis
+refusing connections, and Redis accepting them but never answering (a blackhole, where only
+timeouts end a wait).  The worker must exit promptly and cleanly, without registering.
+"""
+
+from __future__ import annotations
+
+import signal
+from urllib.parse import urlparse
+
+import pytest
+
+from testsupport.faultproxy import FaultProxy
+from testsupport.redis_server import free_port
+from testsupport.workers import run_asyncjobs_worker, wait_for
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("fault", ["refused", "blackholed"])
+def test_stop_signal_while_redis_is_unreachable_at_startup(fault: str, sig: int, redis_url: str) -> None:
+    parsed = urlparse(redis_url)
+    with FaultProxy(parsed.hostname or "127.0.0.1", parsed.port or 6379) as proxy:
+        if fault == "refused":
+            url = f"redis://127.0.0.1:{free_port()}/0"
+        else:
+            proxy.blackhole(True)
+            url = proxy.url()
+        with run_asyncjobs_worker(url, "default", "--name", f"w-{fault}") as proc:
+            if fault == "refused":
+                wait_for(lambda: "Redis unavailable" in proc.output(), 20, message=proc.output)
+            else:
+                wait_for(lambda: proxy.connections() > 0, 20, message=proc.output)
+            proc.signal(sig)
+            assert proc.wait(15) == 0, proc.output()
+            assert "exiting before registration" in proc.output()
