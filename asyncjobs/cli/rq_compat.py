@@ -9,9 +9,10 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
 ``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
 ``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (a format string),
-``--date-format``.  Concurrency comes from the ``ASYNCJOBS_CONCURRENCY``
-environment variable (default 10) and JSON log lines from
-``ASYNCJOBS_LOG_FORMAT=json``, since RQ's CLI has no such options.
+``--date-format``.  Options RQ's CLI does not have come from environment
+variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
+(JSON log lines) and ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like
+repeated ``--allow-module``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class AsyncWorker(RQWorker):
             with_scheduler=with_scheduler,
             exception_handlers=handlers,
             disable_default_exception_handler=bool(self.disable_default_exception_handler),
+            allowed_modules=tuple(
+                m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
+            ),
         )
         return run_worker(config) == 0
 

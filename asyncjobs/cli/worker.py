@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
     p.add_argument("--maintenance-interval", type=float, default=600.0, help="registry cleanup interval (600 s)")
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
-                   help="only run functions from modules under PREFIX (repeatable); default: any")
+                   help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
+                   "it anyone who can write to Redis can run code in the worker (as with rq worker)")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")

@@ -20,7 +20,7 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 
-from asyncjobs.protocol.serializers import Serializer
+from asyncjobs.protocol.serializers import ForbiddenGlobalError, Serializer
 from asyncjobs.protocol.timeutil import parse_utc
 
 DEFAULT_TIMEOUT = 180
@@ -282,12 +282,14 @@ def decode_call(data: bytes, serializer: Serializer) -> Call:
         payload = data  # RQ falls back to uncompressed bytes too
     try:
         loaded = serializer.loads(payload)
+    except ForbiddenGlobalError as exc:
+        raise PayloadError(f"{exc}") from exc
     except Exception as exc:
         kind = type(serializer).__name__
         hint = ""
-        if payload[:1] == b"\x80":
+        if payload[:1] == b"\x80" and getattr(serializer, "name", None) != "pickle":
             hint = " (the payload looks like pickle: start the worker with --serializer pickle)"
-        elif payload[:1] == b"[":
+        elif payload[:1] == b"[" and getattr(serializer, "name", None) != "json":
             hint = " (the payload looks like JSON: start the worker with --serializer json)"
         raise PayloadError(
             f"cannot deserialize job data with {kind}: {type(exc).__name__}: {exc}{hint}"

@@ -32,7 +32,7 @@ from asyncjobs.protocol.codec import (
     encode_return_value,
     parse_job_hash,
 )
-from asyncjobs.protocol.serializers import resolve_serializer
+from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, RedisStore, Running, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
 from asyncjobs.worker.callbacks import Callbacks
@@ -66,7 +66,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, *, redis: Redis | None = None) -> None:
         self.config = config
         self.name = config.name or uuid.uuid4().hex
-        self.serializer = resolve_serializer(config.serializer)
+        self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self._inflight: dict[str, InFlight] = {}
@@ -135,7 +135,7 @@ class Worker:
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
         self.recorder = Recorder(self.store, self.worker_state)
         self.executor = Executor(self.config.threads or self.config.concurrency)
-        self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers)
+        self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers, self.resolver)
         install_rq_job_stack()
         self._info = WorkerInfo(self.name, self.config.queues, self.config.idle_worker_key_ttl)
         await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
@@ -495,10 +495,7 @@ class Worker:
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""
         if self._rq_ser is None:
-            from rq.serializers import resolve_serializer as rq_resolve
-
-            name = getattr(self.serializer, "name", None)
-            self._rq_ser = rq_resolve(name if name in ("pickle", "json") else self.config.serializer)
+            self._rq_ser = rq_serializer(self.serializer, self.config.serializer)
         return self._rq_ser
 
     def _sync_connection(self) -> Any:
