@@ -11,8 +11,8 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (a format string),
 ``--date-format``.  Options RQ's CLI does not have come from environment
 variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
-(JSON log lines) and ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like
-repeated ``--allow-module``).
+(JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
+``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
+from asyncjobs.cli.worker import parse_size
+from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.connection import RedisTarget
 from asyncjobs.worker.runner import run_worker, setup_logging
@@ -77,6 +79,10 @@ class AsyncWorker(RQWorker):
             disable_default_exception_handler=bool(self.disable_default_exception_handler),
             allowed_modules=tuple(
                 m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
+            ),
+            max_payload_size=parse_size(
+                os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULT_MAX_PAYLOAD_SIZE)),
+                "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
         )
         return run_worker(config) == 0

@@ -28,7 +28,6 @@ from asyncjobs.protocol.codec import (
     JobRecord,
     MalformedJobError,
     PayloadError,
-    decode_call,
     encode_return_value,
     parse_job_hash,
 )
@@ -41,6 +40,7 @@ from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
+from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, wait_or
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 
@@ -407,7 +407,7 @@ class Worker:
             ex = self._execution(claimed, claimed.started_at, utcnow())
             return transitions.failure(record, ex, _reason(exc), repairs=exc.repairs), (0, 1, 0.0)
         try:
-            call = decode_call(record.data, self.serializer)
+            call = await decode_payload(record.data, self.serializer, self.config.max_payload_size)
             func = self.resolver.resolve(call)
         except (PayloadError, ResolveError) as exc:
             log.error("job %s cannot run: %s", claimed.job_id, exc)
