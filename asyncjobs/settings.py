@@ -18,11 +18,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
-from asyncjobs.redact import redact_url
+from asyncjobs.redact import hide_url_path, redact_url
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 
 _SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
+#: URL settings that may carry secrets, and how they are shown in reprs and error messages.
+_URL_FIELDS = {"redis_url": redact_url, "database_url": redact_url, "sms_base_url": hide_url_path}
 _E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[.:][A-Za-z_][\w]*$")
 
@@ -91,10 +93,10 @@ class Settings(BaseSettings):
         return value.strip()
 
     def __repr_args__(self) -> Any:
-        # URLs may carry a password (redis://:pw@host, postgresql+asyncpg://user:pw@host/db).
+        # URLs may carry a password (redis://:pw@host, ?password=...) or, for webhooks, a token in the path.
         for name, value in super().__repr_args__():
-            if name in ("redis_url", "database_url") and isinstance(value, str):
-                value = redact_url(value)
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = _URL_FIELDS[name](value)
             yield name, value
 
     @field_validator("redis_url")
@@ -203,7 +205,10 @@ def _format_error(exc: ValidationError) -> str:
         msg = msg.removeprefix("Value error, ")
         if loc:
             name = loc[0].upper()
-            value = "" if loc[0] in _SECRET_FIELDS else f"={err.get('input')!r}"
+            given = err.get("input")
+            if loc[0] in _URL_FIELDS and isinstance(given, str):
+                given = _URL_FIELDS[loc[0]](given)
+            value = "" if loc[0] in _SECRET_FIELDS else f"={given!r}"
             lines.append(f"{name}{value}: {msg}")
         else:
             lines.append(msg)
