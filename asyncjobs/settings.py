@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     smtp_from_email: str = "noreply@localhost"
     smtp_from_name: str = ""
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_allow_insecure_auth: bool = False
     smtp_timeout: float = Field(30.0, gt=0)
     smtp_pool_size: int = Field(10, ge=1, le=1000)
     smtp_max_messages_per_connection: int = Field(100, ge=1)
@@ -162,6 +163,12 @@ class Settings(BaseSettings):
             problems.append("SMTP_HOST: must be set when EMAIL_BACKEND=smtp")
         if self.smtp_user and not self.smtp_password.get_secret_value():
             problems.append("SMTP_PASSWORD: must be set when SMTP_USER is set")
+        if self.smtp_user and self.smtp_tls == "none" and not self.smtp_allow_insecure_auth:
+            problems.append(
+                "SMTP_TLS: is none while SMTP_USER/SMTP_PASSWORD are set, so the password would cross the "
+                "network unencrypted; use SMTP_TLS=starttls or tls, or set SMTP_ALLOW_INSECURE_AUTH=true "
+                "for a relay on a trusted local network"
+            )
         if self.sms_provider == "twilio":
             if not self.sms_api_key:
                 problems.append("SMS_API_KEY: must be set to the Twilio Account SID when SMS_PROVIDER=twilio")
