@@ -1,4 +1,4 @@
-"""Keep secrets in URLs out of reprs, logs and error messages."""
+"""Keep secrets in URLs, and personal data, out of reprs, logs and error messages."""
 
 from __future__ import annotations
 
@@ -94,3 +94,20 @@ def scrub_url(text: str, url: str) -> str:
     if parts.password:
         text = text.replace(parts.password, "***")
     return text
+
+
+def mask_phone(number: object) -> str:
+    """``+353871234567`` -> ``+353******567``: enough to tell recipients apart, not to contact them."""
+    text = str(number)
+    if len(text) >= 10:
+        return text[:4] + "*" * (len(text) - 7) + text[-3:]
+    return "*" * len(text)
+
+
+def mask_email(address: object) -> str:
+    """``jane.doe@example.com`` -> ``j***@example.com``."""
+    text = str(address)
+    local, at, domain = text.rpartition("@")
+    if not at or not local:
+        return "***"
+    return f"{local[0]}***@{domain}"

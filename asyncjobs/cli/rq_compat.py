@@ -8,9 +8,9 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--results-ttl``, ``--worker-ttl``, ``--job-monitoring-interval``,
 ``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
 ``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
-``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (a format string),
-``--date-format``.  Options RQ's CLI does not have come from environment
-variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
+``--disable-default-exception-handler``, ``--disable-job-desc-logging``, ``--logging-level``,
+``--log-format`` (a format string), ``--date-format``.  Options RQ's CLI does not have come from
+environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
 (JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
 ``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).
 """
@@ -77,6 +77,7 @@ class AsyncWorker(RQWorker):
             with_scheduler=with_scheduler,
             exception_handlers=handlers,
             disable_default_exception_handler=bool(self.disable_default_exception_handler),
+            log_job_description=bool(getattr(self, "log_job_description", True)),
             allowed_modules=tuple(
                 m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
             ),

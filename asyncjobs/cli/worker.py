@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SIZE",
                    help="largest job payload to decode, once decompressed, e.g. 64M (default); "
                    "bigger jobs fail with a readable reason")
+    p.add_argument("--disable-job-desc-logging", action="store_true",
+                   help="log job ids instead of job descriptions (which contain the arguments), like rq worker")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
@@ -154,6 +156,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         exception_handlers=tuple(args.exception_handler),
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
+        log_job_description=not args.disable_job_desc_logging,
     )
 
 

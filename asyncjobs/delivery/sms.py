@@ -30,7 +30,7 @@ from asyncjobs.delivery.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from asyncjobs.redact import hide_url_path, scrub_url, url_origin
+from asyncjobs.redact import hide_url_path, mask_phone, scrub_url, url_origin
 
 __all__ = [
     "ConsoleSmsProvider",
@@ -204,7 +204,7 @@ def classify_response(response: httpx.Response, provider: str, to: str) -> Deliv
     if 200 <= status < 300:
         return None
     detail = _error_detail(response)
-    what = f"{provider} SMS provider answered HTTP {status} for {to}" + (f" ({detail})" if detail else "")
+    what = f"{provider} SMS provider answered HTTP {status} for {mask_phone(to)}" + (f" ({detail})" if detail else "")
     if status in (408, 425, 429) or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         hint = f", server asked to wait {retry_after:g}s" if retry_after is not None else ""

@@ -36,6 +36,8 @@ class WorkerConfig:
     disable_default_exception_handler: bool = False
     #: largest job payload decoded, in bytes once decompressed; bigger jobs fail readably
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
+    #: False = ``--disable-job-desc-logging``: log job ids, not descriptions (which carry the arguments)
+    log_job_description: bool = True
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None
 

@@ -39,6 +39,7 @@ from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
+from asyncjobs.worker.joblog import started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, wait_or
@@ -417,7 +418,7 @@ class Worker:
         handle = JobHandle(claimed.job_id, claimed.raw, self._sync_connection, self._rq_serializer())
         started = utcnow()
         t0 = time.monotonic()
-        log.info("%s: %s (%s)", claimed.queue, record.description or call.func_name, claimed.job_id)
+        log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description))
         try:
             value = await self.executor.run(
                 func, call.args, call.kwargs, timeout=record.effective_timeout(), handle=handle
