@@ -74,6 +74,7 @@ def email_config(settings: Settings) -> SmtpConfig:
         username=settings.smtp_user or None,
         password=settings.smtp_password.get_secret_value() or None,
         tls=settings.smtp_tls,
+        allow_insecure_auth=settings.smtp_allow_insecure_auth,
         timeout=settings.smtp_timeout,
         pool_size=settings.smtp_pool_size,
         max_messages_per_connection=settings.smtp_max_messages_per_connection,

@@ -18,11 +18,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
-from asyncjobs.redact import redact_url
+from asyncjobs.redact import hide_url_path, redact_url
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 
 _SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
+#: URL settings that may carry secrets, and how they are shown in reprs and error messages.
+_URL_FIELDS = {"redis_url": redact_url, "database_url": redact_url, "sms_base_url": hide_url_path}
 _E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[.:][A-Za-z_][\w]*$")
 
@@ -52,6 +54,7 @@ class Settings(BaseSettings):
     smtp_from_email: str = "noreply@localhost"
     smtp_from_name: str = ""
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_allow_insecure_auth: bool = False
     smtp_timeout: float = Field(30.0, gt=0)
     smtp_pool_size: int = Field(10, ge=1, le=1000)
     smtp_max_messages_per_connection: int = Field(100, ge=1)
@@ -91,10 +94,10 @@ class Settings(BaseSettings):
         return value.strip()
 
     def __repr_args__(self) -> Any:
-        # URLs may carry a password (redis://:pw@host, postgresql+asyncpg://user:pw@host/db).
+        # URLs may carry a password (redis://:pw@host, ?password=...) or, for webhooks, a token in the path.
         for name, value in super().__repr_args__():
-            if name in ("redis_url", "database_url") and isinstance(value, str):
-                value = redact_url(value)
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = _URL_FIELDS[name](value)
             yield name, value
 
     @field_validator("redis_url")
@@ -160,6 +163,12 @@ class Settings(BaseSettings):
             problems.append("SMTP_HOST: must be set when EMAIL_BACKEND=smtp")
         if self.smtp_user and not self.smtp_password.get_secret_value():
             problems.append("SMTP_PASSWORD: must be set when SMTP_USER is set")
+        if self.smtp_user and self.smtp_tls == "none" and not self.smtp_allow_insecure_auth:
+            problems.append(
+                "SMTP_TLS: is none while SMTP_USER/SMTP_PASSWORD are set, so the password would cross the "
+                "network unencrypted; use SMTP_TLS=starttls or tls, or set SMTP_ALLOW_INSECURE_AUTH=true "
+                "for a relay on a trusted local network"
+            )
         if self.sms_provider == "twilio":
             if not self.sms_api_key:
                 problems.append("SMS_API_KEY: must be set to the Twilio Account SID when SMS_PROVIDER=twilio")
@@ -203,7 +212,10 @@ def _format_error(exc: ValidationError) -> str:
         msg = msg.removeprefix("Value error, ")
         if loc:
             name = loc[0].upper()
-            value = "" if loc[0] in _SECRET_FIELDS else f"={err.get('input')!r}"
+            given = err.get("input")
+            if loc[0] in _URL_FIELDS and isinstance(given, str):
+                given = _URL_FIELDS[loc[0]](given)
+            value = "" if loc[0] in _SECRET_FIELDS else f"={given!r}"
             lines.append(f"{name}{value}: {msg}")
         else:
             lines.append(msg)

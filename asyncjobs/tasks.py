@@ -11,6 +11,12 @@ Transient failures are retried inside the job with exponential backoff and
 full jitter (honouring Retry-After) up to ``DELIVERY_MAX_ATTEMPTS``; permanent
 ones raise at once, so the job fails with a readable reason.  The return value
 is a small JSON-serialisable dict.
+
+Personal data stays out of logs: the worker logs these jobs by their own
+description (recipients masked, ``+353******567``, ``j***@example.com``; no
+subject, body or code), and so do their retry messages.  The description RQ
+stores in the job hash at enqueue time is the producer's: pass
+``description=`` to ``enqueue`` to keep the arguments out of it too.
 """
 
 from __future__ import annotations
@@ -22,13 +28,30 @@ from asyncjobs import runtime
 from asyncjobs.delivery.email import EmailMessage, EmailSendResult, build_mime
 from asyncjobs.delivery.retry import retry_async
 from asyncjobs.delivery.sms import SmsMessage, SmsResult
+from asyncjobs.redact import mask_email, mask_phone
 from asyncjobs.settings import get_settings
+from asyncjobs.worker.joblog import log_description
 
 __all__ = ["send_email", "send_sms"]
 
 log = logging.getLogger(__name__)
 
 
+def _recipients(value: object) -> str:
+    items = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [value]
+    return ", ".join(mask_email(v) for v in items)
+
+
+def _describe_email(to: object, subject: object = "", body: object = "", *args: object, **kwargs: object) -> str:
+    extra = "".join(f", {name}=[{_recipients(kwargs[name])}]" for name in ("cc", "bcc") if kwargs.get(name))
+    return f"asyncjobs.tasks.send_email(to=[{_recipients(to)}]{extra}, subject=<{len(str(subject))} chars>)"
+
+
+def _describe_sms(to: object, body: object = "", *args: object, **kwargs: object) -> str:
+    return f"asyncjobs.tasks.send_sms(to={mask_phone(to)}, body=<{len(str(body))} chars>)"
+
+
+@log_description(_describe_email)
 async def send_email(
     to: str | list[str],
     subject: str,
@@ -76,11 +99,12 @@ async def send_email(
     result, attempts = await retry_async(
         attempt,
         runtime.retry_policy(settings),
-        describe=f"email {prepared.message_id} to {', '.join(message.to)}",
+        describe=f"email {prepared.message_id} to {_recipients(message.to)}",
     )
     return {**result.as_dict(), "attempts": attempts}
 
 
+@log_description(_describe_sms)
 async def send_sms(to: str, body: str, *, from_number: str | None = None) -> dict[str, object]:
     """Send one SMS through ``SMS_PROVIDER``; returns ``{"provider", "provider_id", "to", "status", "attempts"}``."""
     settings = get_settings()
@@ -92,5 +116,5 @@ async def send_sms(to: str, body: str, *, from_number: str | None = None) -> dic
         await limiter.acquire()
         return await runtime.get_sms_provider().send(message)
 
-    result, attempts = await retry_async(attempt, runtime.retry_policy(settings), describe=f"SMS to {to}")
+    result, attempts = await retry_async(attempt, runtime.retry_policy(settings), describe=f"SMS to {mask_phone(to)}")
     return {**result.as_dict(), "attempts": attempts}

@@ -210,8 +210,9 @@ def test_compose_app_services_build_this_repo(compose: dict[str, Any]) -> None:
         assert context == ROOT, name
         assert (context / build["dockerfile"]).is_file(), name
         env = service["environment"]
-        assert set(env) <= SETTINGS_VARS, f"{name}: {set(env) - SETTINGS_VARS} are not settings"
-        assert str(env["REDIS_URL"]).startswith("${REDIS_URL:-redis://redis:6379/")
+        extra = {"RQ_REDIS_URL"} if name == "rq-worker" else set()
+        assert set(env) <= SETTINGS_VARS | extra, f"{name}: {set(env) - SETTINGS_VARS} are not settings"
+        assert str(env["REDIS_URL"]).startswith("${REDIS_URL:-redis://:${REDIS_PASSWORD:?")
 
 
 def test_compose_commands(compose: dict[str, Any]) -> None:
@@ -250,7 +251,7 @@ def test_dockerfile_final_stage() -> None:
     instructions = _instructions()
     froms = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
     final = instructions[froms[-1]:]
-    assert final[0][1].split()[0] == "python:3.11-slim"
+    assert final[0][1].split()[0].startswith("python:3.11.")
     users = [rest for word, rest in final if word == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     entrypoints = [rest for word, rest in final if word == "ENTRYPOINT"]
@@ -291,7 +292,7 @@ def _env_example_names() -> list[str]:
 def test_env_example_names_are_settings() -> None:
     names = _env_example_names()
     assert len(names) == len(set(names)), "a variable is listed twice"
-    unknown = set(names) - SETTINGS_VARS
+    unknown = set(names) - SETTINGS_VARS - {"REDIS_PASSWORD", "POSTGRES_PASSWORD"}
     assert not unknown, f"{sorted(unknown)} in docker/.env.example are not fields of asyncjobs.settings.Settings"
 
 
@@ -304,6 +305,183 @@ def test_env_example_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -
     for name in SETTINGS_VARS:
         monkeypatch.delenv(name, raising=False)
     settings = Settings(_env_file=DOCKER / ".env.example")  # type: ignore[call-arg]
-    assert settings.redis_url == "redis://redis:6379/0"
-    assert settings.database_url.startswith("postgresql+asyncpg://")
+    assert settings.redis_url == "redis://localhost:6379/0"  # docker-compose.yml builds the URLs
     assert settings.resolved_email_backend == "smtp" and settings.smtp_host == "mailpit"
+
+
+# -- issue 10 item 6: secrets required, images pinned ----------------------------------------------
+
+COMPOSE_ONLY_VARS = {"REDIS_PASSWORD", "POSTGRES_PASSWORD"}
+# an exact release: major.minor at least (PostgreSQL's releases are 16.10; Redis's 7.4.6), never a
+# floating "latest" or a bare major such as "7-alpine"
+_PINNED_TAG = re.compile(r"^[\w./-]+:v?\d+\.\d+(\.\d+)?(-[\w.-]+)?(@sha256:[0-9a-f]{64})?$")
+
+
+class InterpolationError(ValueError):
+    pass
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Docker Compose's variable interpolation: ``$$``, ``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``, ``${V?e}``.
+
+    Defaults may nest (``${A:-x${B}y}``).  A ``?`` form whose variable is unset (``:?``: or empty)
+    raises InterpolationError with the message Compose would print.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch != "$":
+            out.append(ch)
+            i += 1
+            continue
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        if not value.startswith("${", i):
+            m = re.match(r"\$([A-Za-z_]\w*)", value[i:])
+            if not m:
+                raise InterpolationError(f"bad '$' in {value!r}")
+            out.append(env.get(m.group(1), ""))
+            i += m.end()
+            continue
+        depth, j = 0, i
+        while j < len(value):
+            if value.startswith("${", j):
+                depth += 1
+                j += 2
+                continue
+            if value[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        body = value[i + 2 : j]
+        m = re.match(r"([A-Za-z_]\w*)(?:(:?[-?+])(.*))?$", body, re.S)
+        if not m:
+            raise InterpolationError(f"bad expression ${{{body}}}")
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        current = env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in ("-", ":-"):
+            out.append(interpolate(arg, env) if unset else str(current))
+        elif op in ("?", ":?"):
+            if unset:
+                raise InterpolationError(f"required variable {name} is missing a value: {interpolate(arg, env)}")
+            out.append(str(current))
+        elif op in ("+", ":+"):
+            out.append("" if unset else interpolate(arg, env))
+        else:
+            out.append(current or "")
+        i = j + 1
+    return "".join(out)
+
+
+def test_interpolate() -> None:
+    env = {"A": "a", "E": ""}
+    assert interpolate("x${A}y$$z", env) == "x" + "a" + "y$z"
+    assert interpolate("${B:-d${A}}", env) == "da"
+    assert interpolate("${E:-d}|${E-d}", env) == "d|"
+    with pytest.raises(InterpolationError, match="B is missing a value: set B"):
+        interpolate("${B:?set B}", env)
+    with pytest.raises(InterpolationError, match="E"):
+        interpolate("${E:?set E}", env)
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+def _resolved(service: dict[str, Any], env: dict[str, str]) -> Any:
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return interpolate(node, env)
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(service)
+
+
+def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        if "build" in service:
+            continue  # built from this repository (docker/Dockerfile, checked below)
+        image = str(service["image"])
+        assert _PINNED_TAG.match(image), f"{name}: pin {image!r} to an exact version (no latest, no 7-alpine)"
+    for word, rest in _instructions():
+        if word == "FROM":
+            image = rest.split()[0]
+            assert _PINNED_TAG.match(image), f"Dockerfile: pin FROM {image!r} to an exact version"
+
+
+def test_compose_requires_passwords_from_env(compose: dict[str, Any]) -> None:
+    text = (DOCKER / "docker-compose.yml").read_text()
+    for var in COMPOSE_ONLY_VARS:
+        assert not re.search(rf"\${{{var}:?-", text), f"{var} must not fall back to a default"
+    services = compose["services"]
+    # Missing passwords: Compose stops with an error that says what to set and where.
+    for service in ("redis", "postgres", "worker"):
+        with pytest.raises(InterpolationError) as info:
+            _resolved(services[service], {})
+        message = str(info.value)
+        assert ("REDIS_PASSWORD" in message or "POSTGRES_PASSWORD" in message) and "docker/.env" in message
+    # Given in docker/.env, every service agrees on them.
+    env = {"REDIS_PASSWORD": "r3dis-pw", "POSTGRES_PASSWORD": "pg-pw"}
+    redis_service = _resolved(services["redis"], env)
+    assert "--requirepass" in " ".join(_strings(redis_service["command"]))
+    assert redis_service["environment"]["REDIS_PASSWORD"] == "r3dis-pw"
+    assert "REDISCLI_AUTH" in " ".join(_strings(redis_service["healthcheck"]["test"]))  # ping authenticates
+    assert _resolved(services["postgres"], env)["environment"]["POSTGRES_PASSWORD"] == "pg-pw"
+    for name in APP_SERVICES:
+        app_env = _resolved(services[name], env)["environment"]
+        assert app_env["REDIS_URL"] == "redis://:r3dis-pw@redis:6379/0", name
+        assert app_env["DATABASE_URL"] == "postgresql+asyncpg://asyncjobs:pg-pw@postgres:5432/asyncjobs", name
+    rq_worker = _resolved(services["rq-worker"], env)
+    assert rq_worker["environment"]["RQ_REDIS_URL"] == "redis://:r3dis-pw@redis:6379/0"  # rq worker's --url
+    assert not [arg for arg in rq_worker["command"] + rq_worker["entrypoint"] if "r3dis-pw" in arg]
+
+
+def test_compose_keeps_smtp_auth_off_clear_text(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled stack defaults to SMTP_TLS=none (Mailpit): adding SMTP credentials must not send them in clear."""
+    from asyncjobs.settings import SettingsError, load_settings
+
+    worker_env = _resolved(compose["services"]["worker"], {"REDIS_PASSWORD": "x", "POSTGRES_PASSWORD": "y"})
+    for name in SETTINGS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for key, value in worker_env["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("SMTP_USER", "mailer")
+    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    with pytest.raises(SettingsError, match="SMTP_ALLOW_INSECURE_AUTH"):
+        load_settings()
+
+
+def test_compose_worker_allow_list_covers_the_bundled_jobs(compose: dict[str, Any]) -> None:
+    from asyncjobs.notifications import JOB_FUNCTION
+    from asyncjobs.protocol.codec import Call
+    from asyncjobs.worker.resolver import FunctionResolver
+
+    command = _cmd(compose["services"]["worker"]["command"])
+    allowed = tuple(command[i + 1] for i, arg in enumerate(command) if arg == "--allow-module")
+    assert allowed, "the bundled worker should run with --allow-module (Redis is a code-execution channel)"
+    resolver = FunctionResolver(allowed)
+    for func in (JOB_FUNCTION, "asyncjobs.tasks.send_email", "asyncjobs.tasks.send_sms"):
+        assert callable(resolver.resolve(Call(func, None, (), {})))
+
+
+def test_env_example_asks_for_the_passwords() -> None:
+    text = (DOCKER / ".env.example").read_text()
+    for var in COMPOSE_ONLY_VARS:
+        assert re.search(rf"^{var}=$", text, re.M), f"docker/.env.example must list {var}= (empty, to fill in)"
+    # URLs with the passwords are built by docker-compose.yml; a copied example must not override them.
+    assert not re.search(r"^(REDIS_URL|DATABASE_URL)=", text, re.M)

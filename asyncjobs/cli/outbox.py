@@ -81,7 +81,9 @@ async def _create_tables() -> None:
         await create_all(engine)
     finally:
         await notifications.dispose_engines()
-    log.info("outbox table ready (%s)", engine.url.render_as_string(hide_password=True))
+    from asyncjobs.redact import redact_url
+
+    log.info("outbox table ready (%s)", redact_url(engine.url.render_as_string(hide_password=True)))
 
 
 async def _run(args: argparse.Namespace) -> None:

@@ -8,10 +8,11 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--results-ttl``, ``--worker-ttl``, ``--job-monitoring-interval``,
 ``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
 ``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
-``--disable-default-exception-handler``, ``--logging-level``, ``--log-format`` (a format string),
-``--date-format``.  Concurrency comes from the ``ASYNCJOBS_CONCURRENCY``
-environment variable (default 10) and JSON log lines from
-``ASYNCJOBS_LOG_FORMAT=json``, since RQ's CLI has no such options.
+``--disable-default-exception-handler``, ``--disable-job-desc-logging``, ``--logging-level``,
+``--log-format`` (a format string), ``--date-format``.  Options RQ's CLI does not have come from
+environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
+(JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
+``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
+from asyncjobs.cli.worker import parse_size
+from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.connection import RedisTarget
 from asyncjobs.worker.runner import run_worker, setup_logging
@@ -74,6 +77,14 @@ class AsyncWorker(RQWorker):
             with_scheduler=with_scheduler,
             exception_handlers=handlers,
             disable_default_exception_handler=bool(self.disable_default_exception_handler),
+            log_job_description=bool(getattr(self, "log_job_description", True)),
+            allowed_modules=tuple(
+                m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
+            ),
+            max_payload_size=parse_size(
+                os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULT_MAX_PAYLOAD_SIZE)),
+                "ASYNCJOBS_MAX_PAYLOAD_SIZE",
+            ),
         )
         return run_worker(config) == 0
 

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
+from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE, format_size
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.runner import run_worker, setup_logging
 
@@ -48,6 +49,20 @@ class _ConfigOrConcurrency(argparse.Action):
             namespace.concurrency = int(text)
         else:
             namespace.config = text
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_size(text: str, option: str = "--max-payload-size") -> int:
+    """``"64M"`` / ``"64MiB"`` / ``"512K"`` / ``"1048576"`` -> bytes (binary units)."""
+    value = text.strip().upper().replace(" ", "")
+    digits = value.rstrip("KMGIB")
+    unit = value[len(digits):]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise ValueError(f"{option} {text!r} is not a size: use bytes or K/M/G (binary units), e.g. 64M")
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
     p.add_argument("--maintenance-interval", type=float, default=600.0, help="registry cleanup interval (600 s)")
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
-                   help="only run functions from modules under PREFIX (repeatable); default: any")
+                   help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
+                   "it anyone who can write to Redis can run code in the worker (as with rq worker)")
+    p.add_argument("--max-payload-size", default=format_size(DEFAULT_MAX_PAYLOAD_SIZE).replace(" ", ""),
+                   metavar="SIZE",
+                   help="largest job payload to decode, once decompressed, e.g. 64M (default); "
+                   "bigger jobs fail with a readable reason")
+    p.add_argument("--disable-job-desc-logging", action="store_true",
+                   help="log job ids instead of job descriptions (which contain the arguments), like rq worker")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
@@ -133,6 +155,8 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         allowed_modules=tuple(args.allow_module),
         exception_handlers=tuple(args.exception_handler),
         disable_default_exception_handler=args.disable_default_exception_handler,
+        max_payload_size=parse_size(args.max_payload_size),
+        log_job_description=not args.disable_job_desc_logging,
     )
 
 

@@ -310,11 +310,19 @@ class SmtpConfig:
     ca_file: str | None = None
     validate_certs: bool = True
     local_hostname: str | None = None
+    #: allow AUTH over an unencrypted connection (``tls="none"``), e.g. to a relay on a trusted local network
+    allow_insecure_auth: bool = False
 
     def __post_init__(self) -> None:
         if self.tls not in ("none", "starttls", "tls"):
             raise DeliveryConfigurationError(
                 f"SMTP TLS mode {self.tls!r} is invalid: use none, starttls or tls"
+            )
+        if self.username and self.tls == "none" and not self.allow_insecure_auth:
+            raise DeliveryConfigurationError(
+                f"SMTP AUTH for user {self.username!r} refused: the TLS mode is 'none' (SMTP_TLS=none), so the "
+                "password would cross the network unencrypted. Use starttls or tls, or allow it explicitly "
+                "(SMTP_ALLOW_INSECURE_AUTH=true) for a relay on a trusted local network; nothing was sent"
             )
         if self.pool_size < 1:
             raise DeliveryConfigurationError(f"SMTP pool size must be >= 1, got {self.pool_size}")

@@ -30,6 +30,7 @@ from asyncjobs.delivery.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from asyncjobs.redact import hide_url_path, mask_phone, scrub_url, url_origin
 
 __all__ = [
     "ConsoleSmsProvider",
@@ -111,6 +112,14 @@ class SmsProviderConfig:
     transport: HttpTransportName = "aiohttp"
     ca_file: str | None = None
 
+    def __repr__(self) -> str:
+        # base_url may carry a token (webhook path or query): show only where it points.
+        return (
+            f"SmsProviderConfig(api_key={self.api_key!r}, from_number={self.from_number!r}, "
+            f"base_url={hide_url_path(self.base_url) if self.base_url else ''!r}, timeout={self.timeout!r}, "
+            f"max_connections={self.max_connections!r}, transport={self.transport!r}, ca_file={self.ca_file!r})"
+        )
+
 
 @runtime_checkable
 class SmsProvider(Protocol):
@@ -121,8 +130,24 @@ class SmsProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _HideUrlsFilter(logging.Filter):
+    """httpx logs every request's full URL at INFO; a webhook URL may carry a token, so log only its origin."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(hide_url_path(str(a)) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+def _hide_urls_in_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _HideUrlsFilter) for f in logger.filters):
+        logger.addFilter(_HideUrlsFilter())
+
+
 def make_http_client(config: SmsProviderConfig) -> httpx.AsyncClient:
     """A pooled ``httpx.AsyncClient`` with limits and timeouts on the chosen transport."""
+    _hide_urls_in_httpx_logs()
     limits = httpx.Limits(
         max_connections=config.max_connections, max_keepalive_connections=config.max_connections
     )
@@ -179,7 +204,7 @@ def classify_response(response: httpx.Response, provider: str, to: str) -> Deliv
     if 200 <= status < 300:
         return None
     detail = _error_detail(response)
-    what = f"{provider} SMS provider answered HTTP {status} for {to}" + (f" ({detail})" if detail else "")
+    what = f"{provider} SMS provider answered HTTP {status} for {mask_phone(to)}" + (f" ({detail})" if detail else "")
     if status in (408, 425, 429) or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         hint = f", server asked to wait {retry_after:g}s" if retry_after is not None else ""
@@ -196,9 +221,11 @@ def classify_response(response: httpx.Response, provider: str, to: str) -> Deliv
 
 
 def _transport_error(exc: httpx.HTTPError, provider: str, url: str) -> TransientDeliveryError:
+    # Only the origin: the URL's path or query may carry a token (webhooks, Twilio's account SID).
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    detail = scrub_url(f"{type(exc).__name__}: {exc}", url)
     return TransientDeliveryError(
-        f"request to {provider} SMS provider at {url} {kind} ({type(exc).__name__}: {exc}): transient, will be retried"
+        f"request to {provider} SMS provider at {url_origin(url)} {kind} ({detail}): transient, will be retried"
     )
 
 
@@ -209,6 +236,7 @@ class _HttpProviderBase:
         self.config = config
         self._client = client
         self._owns_client = client is None
+        _hide_urls_in_httpx_logs()  # also for a client passed in
 
     @property
     def client(self) -> httpx.AsyncClient:

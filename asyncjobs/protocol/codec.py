@@ -20,13 +20,15 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 
-from asyncjobs.protocol.serializers import Serializer
+from asyncjobs.protocol.serializers import ForbiddenGlobalError, Serializer
 from asyncjobs.protocol.timeutil import parse_utc
 
 DEFAULT_TIMEOUT = 180
 DEFAULT_RESULT_TTL = 500
 DEFAULT_FAILURE_TTL = 31536000
 DEFAULT_CALLBACK_TIMEOUT = 60
+#: Largest ``data`` field a worker decodes, once decompressed (``--max-payload-size``).
+DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 UNSERIALIZABLE_RETURN_VALUE_PAYLOAD = "Unserializable return value"
 
 JOB_STATUSES = frozenset(
@@ -82,6 +84,18 @@ class PayloadError(DeserializationError):
     """The ``data`` field cannot be turned into a call (RQ's ``DeserializationError``)."""
 
     reported_as = "rq.exceptions.DeserializationError"
+
+
+class PayloadTooLargeError(PayloadError):
+    """The ``data`` field is (or inflates to) more than the worker's ``--max-payload-size``."""
+
+
+def format_size(n: int) -> str:
+    """``67108864`` -> ``64 MiB`` (exact binary units when they fit, else bytes)."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,20 +288,54 @@ def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, b
     )
 
 
-def decode_call(data: bytes, serializer: Serializer) -> Call:
-    """Turn the ``data`` field into a call; raise PayloadError with a readable reason."""
+def inflate(data: bytes, max_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> bytes:
+    """The serializer's bytes from a ``data`` field, as RQ reads them, but never more than ``max_size``.
+
+    RQ does ``zlib.decompress(data)`` and falls back to the raw bytes when that
+    fails; here the output is capped while inflating, so a small field that
+    would inflate to gigabytes (a zip bomb) costs at most ``max_size`` bytes.
+    """
+    inflater = zlib.decompressobj()
     try:
-        payload = zlib.decompress(data)
+        payload = inflater.decompress(data, max_size + 1)
     except zlib.error:
-        payload = data  # RQ falls back to uncompressed bytes too
+        payload = None
+    if payload is not None:
+        if len(payload) > max_size or inflater.unconsumed_tail:
+            raise _too_large(max_size, f"inflates to more than {format_size(max_size)}")
+        if inflater.eof:
+            return payload
+        # a truncated stream: zlib.decompress would raise, so RQ reads the raw bytes
+    if len(data) > max_size:
+        raise _too_large(max_size, f"is {len(data)} bytes, more than {format_size(max_size)}")
+    return data
+
+
+def _too_large(max_size: int, what: str) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"job data {what} (the worker's --max-payload-size is {format_size(max_size)}); it was not decoded "
+        "and the job did not run. Pass large data by reference (a URL, a file path or a database id) "
+        "instead of in the job's arguments, or start the worker with a larger --max-payload-size"
+    )
+
+
+def decode_call(data: bytes, serializer: Serializer, max_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> Call:
+    """Turn the ``data`` field into a call; raise PayloadError with a readable reason."""
+    return call_from_payload(inflate(data, max_size), serializer)
+
+
+def call_from_payload(payload: bytes, serializer: Serializer) -> Call:
+    """Deserialize inflated ``data`` bytes into a call; raise PayloadError with a readable reason."""
     try:
         loaded = serializer.loads(payload)
+    except ForbiddenGlobalError as exc:
+        raise PayloadError(f"{exc}") from exc
     except Exception as exc:
         kind = type(serializer).__name__
         hint = ""
-        if payload[:1] == b"\x80":
+        if payload[:1] == b"\x80" and getattr(serializer, "name", None) != "pickle":
             hint = " (the payload looks like pickle: start the worker with --serializer pickle)"
-        elif payload[:1] == b"[":
+        elif payload[:1] == b"[" and getattr(serializer, "name", None) != "json":
             hint = " (the payload looks like JSON: start the worker with --serializer json)"
         raise PayloadError(
             f"cannot deserialize job data with {kind}: {type(exc).__name__}: {exc}{hint}"

@@ -4,6 +4,9 @@ Signatures are stock RQ's: ``(job, connection, result)``, ``(job, connection,
 type, value, traceback)`` and ``(job, connection)``; ``connection`` is a
 synchronous ``redis.Redis``.  Sync callbacks run in the job thread pool,
 ``async def`` ones on the loop, each under its own timeout (default 60 s).
+Callback names come from job data, so they are resolved like job functions
+(under ``--allow-module`` when it is set); exception handlers come from the
+worker's own command line and are trusted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rq.timeouts import JobTimeoutException
 from asyncjobs.protocol.codec import CallbackSpec, JobRecord, timeout_message
 from asyncjobs.worker.context import JobHandle
 from asyncjobs.worker.executor import Executor
+from asyncjobs.worker.resolver import FunctionResolver
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -36,13 +40,15 @@ class Callbacks:
         executor: Executor,
         connection_factory: Callable[[], Any],
         exception_handlers: tuple[str, ...] = (),
+        resolver: FunctionResolver | None = None,
     ) -> None:
         self.executor = executor
         self.connection_factory = connection_factory
         self.handlers = [import_attribute(h) for h in exception_handlers]
+        self.resolver = resolver or FunctionResolver()
 
     async def _invoke(self, spec: CallbackSpec, handle: JobHandle, *args: Any) -> None:
-        func = import_attribute(spec.name)
+        func = self.resolver.resolve_name(spec.name)
         timeout = float(spec.timeout) if spec.timeout and spec.timeout > 0 else None
         job = handle.job()
         conn = self.connection_factory()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.redact import redact_url
 from asyncjobs.worker.connection import RedisTarget
 
@@ -33,6 +34,10 @@ class WorkerConfig:
     allowed_modules: tuple[str, ...] = ()
     exception_handlers: tuple[str, ...] = ()
     disable_default_exception_handler: bool = False
+    #: largest job payload decoded, in bytes once decompressed; bigger jobs fail readably
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
+    #: False = ``--disable-job-desc-logging``: log job ids, not descriptions (which carry the arguments)
+    log_job_description: bool = True
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None
 
@@ -66,6 +71,10 @@ class WorkerConfig:
             )
         if self.max_jobs is not None and self.max_jobs < 1:
             raise ValueError(f"--max-jobs must be at least 1, got {self.max_jobs}")
+        if self.max_payload_size < 1024:
+            raise ValueError(
+                f"--max-payload-size must be at least 1K (1024 bytes), got {self.max_payload_size}"
+            )
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
 

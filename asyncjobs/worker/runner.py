@@ -23,6 +23,12 @@ def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
     except SerializerError as exc:
         log.error("%s", exc)
         return 2
+    if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
+        log.warning(
+            "--allow-module restricts which functions run, but the custom serializer %r decodes payloads "
+            "with its own loads(): make sure it cannot run code from untrusted data",
+            config.serializer,
+        )
 
     async def main() -> None:
         worker.install_signal_handlers()

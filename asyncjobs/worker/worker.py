@@ -38,12 +38,11 @@ from asyncjobs.protocol.codec import (
     JobRecord,
     MalformedJobError,
     PayloadError,
-    decode_call,
     encode_return_value,
     parse_job_hash,
     timeout_message,
 )
-from asyncjobs.protocol.serializers import resolve_serializer
+from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, Running, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
 from asyncjobs.protocol.transitions import Kind, Transition
@@ -52,7 +51,9 @@ from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
+from asyncjobs.worker.joblog import started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
+from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, WorkerState, wait_or
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 
@@ -131,7 +132,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, *, redis: Redis | None = None) -> None:
         self.config = config
         self.name = config.name or uuid.uuid4().hex
-        self.serializer = resolve_serializer(config.serializer)
+        self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self._inflight: dict[str, InFlight] = {}
@@ -208,7 +209,7 @@ class Worker:
         self.store = RedisStore(redis_conn, self.name, heartbeat_ttl=self.config.heartbeat_ttl)
         self.recorder = Recorder(self.store, self.worker_state)
         self.executor = Executor(self.config.threads or self.config.concurrency)
-        self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers)
+        self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers, self.resolver)
         install_rq_job_stack()
         self._info = WorkerInfo(
             self.name, self.config.queues, self.config.idle_worker_key_ttl, concurrency=self.config.concurrency
@@ -568,7 +569,7 @@ class Worker:
             ex = self._execution(claimed, claimed.started_at, utcnow())
             return transitions.failure(record, ex, _reason(exc), repairs=exc.repairs)
         try:
-            call = decode_call(record.data, self.serializer)
+            call = await decode_payload(record.data, self.serializer, self.config.max_payload_size)
             func = self.resolver.resolve(call)
         except (PayloadError, ResolveError) as exc:
             log.error("job %s cannot run: %s", claimed.job_id, exc)
@@ -580,7 +581,7 @@ class Worker:
             return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
         started = utcnow()
         t0 = time.monotonic()
-        log.info("%s: %s (%s)", claimed.queue, record.description or call.func_name, claimed.job_id)
+        log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description))
         work = asyncio.create_task(
             self.executor.run(func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item)),
             name=f"job-{claimed.job_id}-work",
@@ -682,10 +683,7 @@ class Worker:
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""
         if self._rq_ser is None:
-            from rq.serializers import resolve_serializer as rq_resolve
-
-            name = getattr(self.serializer, "name", None)
-            self._rq_ser = rq_resolve(name if name in ("pickle", "json") else self.config.serializer)
+            self._rq_ser = rq_serializer(self.serializer, self.config.serializer)
         return self._rq_ser
 
     def _sync_connection(self) -> Any:

@@ -38,6 +38,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
+from asyncjobs.redact import mask_phone
 from asyncjobs.tasks import send_email, send_sms
 from testsupport.http_server import HttpTestServer
 from testsupport.smtp_server import SmtpTestServer, _Handler, _State
@@ -185,7 +186,7 @@ def make_plan(n: int, smtp: FaultySmtpServer, http: FaultyHttpServer) -> Plan:
             plan.sms_ok[i] = 3
         elif r == 45:
             http.fail_for[num] = 400
-            plan.sms_permanent[i] = f"HTTP 400 for {num}"
+            plan.sms_permanent[i] = f"HTTP 400 for {mask_phone(num)}"  # the number is masked (issue 10)
         else:
             plan.sms_ok[i] = 1
     # connection-level faults, by order of arrival at the server (DATA / MAIL counts

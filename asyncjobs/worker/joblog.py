@@ -1,0 +1,56 @@
+"""What the worker says about a job when it starts it.
+
+Like stock ``rq worker`` it logs ``<queue>: <description> (<job id>)``, where the
+description is the one RQ stored at enqueue time (the call with its
+arguments) unless the job's function describes itself
+(:func:`log_description`), in which case that text is logged instead: the
+delivery tasks use this to keep message bodies, codes and full recipients out
+of logs.  ``--disable-job-desc-logging`` (stock's flag) logs only the job id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asyncjobs.protocol.codec import Call, JobRecord
+
+log = logging.getLogger("asyncjobs.worker")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Attribute holding a job function's own describer: called with the job's arguments, returns text.
+LOG_DESCRIPTION_ATTR = "__asyncjobs_log_description__"
+
+
+def log_description(describe: Callable[..., str]) -> Callable[[F], F]:
+    """Decorate a job function so workers log ``describe(*args, **kwargs)`` instead of RQ's description."""
+
+    def decorate(func: F) -> F:
+        setattr(func, LOG_DESCRIPTION_ATTR, describe)
+        return func
+
+    return decorate
+
+
+def describe(record: JobRecord, call: Call, func: Callable[..., Any]) -> str:
+    describer = getattr(func, LOG_DESCRIPTION_ATTR, None)
+    if callable(describer):
+        try:
+            return str(describer(*call.args, **call.kwargs))
+        except Exception:  # never fail a job over its log line; never fall back to the raw arguments
+            return f"{call.func_name}(...)"
+    return record.description or call.func_name
+
+
+def started_message(
+    queue: str, record: JobRecord, call: Call, func: Callable[..., Any], with_description: bool
+) -> tuple[Any, ...]:
+    """``log.info`` arguments for "job started" (description, or only the id when disabled)."""
+    if not with_description:
+        return ("%s: %s", queue, record.id)
+    return ("%s: %s (%s)", queue, describe(record, call, func), record.id)
+
+
+__all__ = ["LOG_DESCRIPTION_ATTR", "describe", "log_description", "started_message"]
