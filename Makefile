@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit compat bench clean
+.PHONY: install demo test lint typecheck unit compat bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m asyncjobs.demo
+	$(BIN)/python -m examples.demo
 
 lint: install
 	$(BIN)/ruff check .
@@ -26,8 +26,14 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -n 2 -p no:cacheprovider
 
+# The sdist and wheel, checked as the package index would (twine check --strict).
+dist: install
+	rm -rf dist
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 bench: install
 	$(BIN)/python -m benchmarks run
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist build

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from asyncjobs._extras import DISTRIBUTION
+
+try:
+    __version__ = version(DISTRIBUTION)  # one source: the installed distribution's metadata
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from asyncjobs.cli.rq_compat import AsyncWorker

@@ -37,13 +37,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-import sqlalchemy.util
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import event
-from sqlalchemy.exc import MissingGreenlet
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, SessionTransaction
+
+from asyncjobs._extras import missing_extra
+
+try:
+    import sqlalchemy.util
+    from sqlalchemy import event
+    from sqlalchemy.exc import MissingGreenlet
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.orm import Session, SessionTransaction
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise missing_extra("outbox", "asyncjobs.notifications (the outbox)", _exc) from _exc
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory

@@ -14,8 +14,13 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from asyncjobs._extras import missing_extra
+
+try:
+    from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise missing_extra('email', 'asyncjobs.settings (pydantic-settings, with the email, sms or outbox extra)', _exc) from _exc
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url

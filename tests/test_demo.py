@@ -1,4 +1,4 @@
-"""``python -m asyncjobs.demo`` end to end: on a given REDIS_URL, and on its own private Redis."""
+"""``python -m examples.demo`` end to end: on a given REDIS_URL, and on its own private Redis."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in DEMO_ENV_VARS}
     full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "asyncjobs.demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "examples.demo", "--dir", str(tmp_path / "demo")],
         env=full_env,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ def assert_summary(proc: subprocess.CompletedProcess[str]) -> str:
     # The failure is reported with the exception's last traceback line.
     assert re.search(
         r"failed  default checkout\('A-1001', 4999\) \(on purpose\) -> "
-        r"asyncjobs\.demo_jobs\.CheckoutDeclined: payment for order A-1001 \(49\.99 EUR\) was declined",
+        r"examples\.demo_jobs\.CheckoutDeclined: payment for order A-1001 \(49\.99 EUR\) was declined",
         out,
     ), out
     # Outbox: both committed rows sent by their jobs; the rolled-back one never written.

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from asyncjobs.devserver import terminate
+from examples.devserver import terminate
 
 __all__ = ["terminate"]

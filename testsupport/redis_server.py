@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from asyncjobs.devserver import PrivateRedis, RedisServerError, free_port
-from asyncjobs.devserver import find_redis_server as _find
+from examples.devserver import PrivateRedis, RedisServerError, free_port
+from examples.devserver import find_redis_server as _find
 
 
 def find_redis_server() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from asyncjobs.devserver import free_port, terminate
+from examples.devserver import free_port, terminate
 from testsupport.redis_server import find_redis_server
 from testsupport.workers import wait_for
 

@@ -65,6 +65,15 @@ def parse_size(text: str, option: str = "--max-payload-size") -> int:
     return int(digits) * _SIZE_UNITS[unit]
 
 
+def _version_text() -> str:
+    import redis
+    import rq
+
+    from asyncjobs import __version__
+
+    return f"asyncjobs-worker {__version__} (rq {rq.__version__}, redis-py {redis.__version__})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncjobs-worker",
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
     p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
+    p.add_argument("--version", action="version", version=_version_text())
     return p
 
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from email.headerregistry import Address
 from typing import Literal, Protocol, TypeVar
 
-import aiosmtplib
+from asyncjobs._extras import missing_extra
+
+try:
+    import aiosmtplib
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise missing_extra('email', 'asyncjobs.delivery.email (SMTP)', _exc) from _exc
 
 from asyncjobs.delivery.errors import (
     AuthenticationError,

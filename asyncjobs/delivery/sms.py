@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
-import httpx
+from asyncjobs._extras import missing_extra
+
+try:
+    import httpx
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise missing_extra('sms', 'asyncjobs.delivery.sms (SMS providers)', _exc) from _exc
 
 from asyncjobs.delivery.errors import (
     AuthenticationError,

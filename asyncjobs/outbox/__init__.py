@@ -16,6 +16,13 @@ This package knows nothing of SMTP, SMS providers, Redis or settings; see
 
 from __future__ import annotations
 
+from asyncjobs._extras import missing_extra
+
+try:
+    import sqlalchemy  # noqa: F401  (every module of this package is built on it)
+except ImportError as _exc:  # pragma: no cover - depends on the install
+    raise missing_extra("outbox", "asyncjobs.outbox", _exc) from _exc
+
 from asyncjobs.outbox.models import OutboxBase, OutboxNotification, metadata
 from asyncjobs.outbox.processor import (
     ErrorVerdict,

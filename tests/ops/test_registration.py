@@ -6,6 +6,7 @@ import redis
 from redis.asyncio import Redis
 from rq.worker import Worker
 
+from asyncjobs import __version__
 from asyncjobs.cli.info import check, collect, format_snapshot
 from asyncjobs.protocol.store import RedisStore, WorkerInfo
 
@@ -18,10 +19,10 @@ async def test_registration_with_concurrency_is_read_by_stock_and_info(redis_url
     finally:
         await conn.aclose()
     raw = sync_redis.hgetall("rq:worker:reg-w")
-    assert raw[b"version"] == b"2.12.0+asyncjobs.0.1.0.c50"
+    assert raw[b"version"] == f"2.12.0+asyncjobs.{__version__}.c50".encode()
     assert raw[b"concurrency"] == b"50"
     (stock,) = Worker.all(connection=sync_redis)
-    assert stock.name == "reg-w" and stock.version == "2.12.0+asyncjobs.0.1.0.c50"
+    assert stock.name == "reg-w" and stock.version == f"2.12.0+asyncjobs.{__version__}.c50"
     assert [q.name for q in stock.queues] == ["a", "b"] and stock.get_state() == "started"
     snap = collect(sync_redis)
     (view,) = snap.workers

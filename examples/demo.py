@@ -1,4 +1,4 @@
-"""``python -m asyncjobs.demo`` (``make demo``): the whole tour in a few seconds.
+"""``python -m examples.demo`` (``make demo``): the whole tour in a few seconds.
 
 1. Finds a Redis nobody else's data lives in:
 
@@ -45,8 +45,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from asyncjobs.devserver import PrivateRedis, RedisServerError, find_redis_server, terminate
 from asyncjobs.redact import redact_url
+from examples.devserver import PrivateRedis, RedisServerError, find_redis_server, terminate
 
 __all__ = ["DemoError", "PrivateRedis", "choose_redis", "main", "run_demo"]
 
@@ -280,8 +280,8 @@ def enqueue_with_rq(conn: redis.Redis) -> Enqueued:
     """Enqueue the direct jobs exactly as an application using stock RQ would."""
     from rq import Queue
 
-    from asyncjobs.demo_jobs import add, checkout, fetch_profile
     from asyncjobs.tasks import send_email, send_sms
+    from examples.demo_jobs import add, checkout, fetch_profile
 
     emails, sms, default = (Queue(name, connection=conn) for name in QUEUES)
     out = Enqueued()
@@ -639,7 +639,7 @@ def _run_worker(cmd: list[str], cwd: Path, log_path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m asyncjobs.demo",
+        prog="python -m examples.demo",
         description="Enqueue sample jobs with stock RQ, run asyncjobs-worker on them, print what happened.",
     )
     parser.add_argument(

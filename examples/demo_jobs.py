@@ -1,4 +1,4 @@
-"""Small jobs used by ``python -m asyncjobs.demo`` (``make demo``).
+"""Small jobs used by ``python -m examples.demo`` (``make demo``).
 
 They are ordinary functions, enqueued by reference with stock RQ; the worker
 imports this module by its dotted path, exactly as it would import yours.
