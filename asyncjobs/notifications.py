@@ -53,7 +53,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the install
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory
-from asyncjobs.outbox.processor import Deliver, OutboxProcessor, Outcome, RetryPolicy, handle_notification
+from asyncjobs.outbox.processor import Deliver, OutboxPolicy, OutboxProcessor, Outcome, handle_notification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage, check_accept_url
 
 __all__ = [
@@ -519,9 +519,9 @@ async def _deliver_via_runtime(claimed: repo.ClaimedNotification, message: Rende
         await runtime.get_sms_provider().send(sms)
 
 
-def retry_policy_from_settings() -> RetryPolicy:
+def retry_policy_from_settings() -> OutboxPolicy:
     s = _settings()
-    return RetryPolicy(
+    return OutboxPolicy(
         max_attempts=s.outbox_max_attempts,
         visibility_timeout=s.outbox_visibility_timeout,
         backoff_base=s.outbox_retry_backoff_base,

@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter, honouring a server's Retry-After, capped."""
+"""Retrying a delivery: :class:`~asyncjobs.backoff.RetryPolicy` (full jitter, a server's Retry-After as a floor)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+from asyncjobs.backoff import RetryPolicy
 from asyncjobs.delivery.errors import TransientDeliveryError
 
 __all__ = ["RetriesExhaustedError", "RetryPolicy", "retry_async"]
@@ -19,27 +19,6 @@ T = TypeVar("T")
 
 class RetriesExhaustedError(TransientDeliveryError):
     """A transient failure that persisted through every allowed attempt."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-
-    def delay(
-        self, attempt: int, retry_after: float | None = None, *, rand: Callable[[], float] = random.random
-    ) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-        Full jitter: uniform in [0, min(max, base * 2**(attempt-1))]; a server's
-        ``retry_after`` is a floor, and everything is capped at ``backoff_max``.
-        """
-        ceiling = min(self.backoff_max, self.backoff_base * (2.0 ** (attempt - 1)))
-        wait = rand() * ceiling
-        if retry_after is not None:
-            wait = max(wait, retry_after)
-        return max(0.0, min(wait, self.backoff_max))
 
 
 async def retry_async(

@@ -26,9 +26,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the install
 from asyncjobs.outbox.models import OutboxBase, OutboxNotification, metadata
 from asyncjobs.outbox.processor import (
     ErrorVerdict,
+    OutboxPolicy,
     OutboxProcessor,
     Outcome,
-    RetryPolicy,
     handle_notification,
 )
 from asyncjobs.outbox.repository import ClaimedNotification, create_all
@@ -38,9 +38,9 @@ __all__ = [
     "ErrorVerdict",
     "OutboxBase",
     "OutboxNotification",
+    "OutboxPolicy",
     "OutboxProcessor",
     "Outcome",
-    "RetryPolicy",
     "create_all",
     "handle_notification",
     "metadata",

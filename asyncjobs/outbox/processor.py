@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from asyncjobs.backoff import Jitter, RetryPolicy, wait_or
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import utcnow
 from asyncjobs.outbox.templates import RenderedMessage, TemplateError, expires_at, render
@@ -29,9 +30,9 @@ __all__ = [
     "Enqueue",
     "ErrorVerdict",
     "MissingJobs",
+    "OutboxPolicy",
     "OutboxProcessor",
     "Outcome",
-    "RetryPolicy",
     "default_classify",
     "handle_notification",
 ]
@@ -42,34 +43,27 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
+class OutboxPolicy(RetryPolicy):
+    """The package's :class:`~asyncjobs.backoff.RetryPolicy` (retry n waits ``backoff_base * 2**(n-1)``
+    seconds, capped at ``backoff_max``, unless the provider said otherwise), with the outbox's timings."""
+
+    backoff_base: float = 30.0
+    backoff_max: float = 3600.0
+    jitter: Jitter = "none"
     #: A ``processing`` claim older than this (seconds) is considered dead and may be re-claimed.
     visibility_timeout: float = 300.0
-    #: Retry n waits ``backoff_base * 2**(n-1)`` seconds (capped), unless the provider said otherwise.
-    backoff_base: float = 30.0
-    backoff_cap: float = 3600.0
     #: Deadline for one send; defaults to half the visibility timeout so that a slow send is
     #: abandoned (and retried) before another worker may take the row over.
     send_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        super().__post_init__()
         if self.visibility_timeout <= 0:
             raise ValueError(f"visibility_timeout must be > 0 seconds, got {self.visibility_timeout}")
-        if self.backoff_base < 0:
-            raise ValueError(f"backoff_base must be >= 0 seconds, got {self.backoff_base}")
 
     @property
     def effective_send_timeout(self) -> float:
         return self.send_timeout if self.send_timeout is not None else self.visibility_timeout / 2
-
-    def backoff(self, attempts: int, retry_after: float | None = None) -> float:
-        delay: float = min(self.backoff_base * 2.0 ** max(attempts - 1, 0), self.backoff_cap)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_cap))
-        return delay
 
 
 class Outcome(enum.StrEnum):
@@ -124,7 +118,7 @@ async def handle_notification(
     notification_id: int,
     *,
     deliver: Deliver,
-    policy: RetryPolicy,
+    policy: OutboxPolicy,
     classify: Classify = default_classify,
 ) -> Outcome:
     """Claim, render, deliver and record one notification. Never raises for delivery errors."""
@@ -196,7 +190,7 @@ async def handle_notification(
             reason = f"gave up after {claimed.attempts} attempts; last error: {error}"
             log.error("outbox notification %s failed: %s", claimed.id, reason)
             return await finish(Outcome.FAILED, lambda s: repo.mark_failed(s, claimed, error=reason))
-        delay = policy.backoff(claimed.attempts, verdict.retry_after)
+        delay = policy.delay(claimed.attempts, verdict.retry_after)
         when = utcnow() + dt.timedelta(seconds=delay)
         log.warning("outbox notification %s attempt %d failed (%s); retry in %.0fs", claimed.id,
                     claimed.attempts, error, delay)
@@ -381,6 +375,5 @@ class OutboxProcessor:
                 continue
             if count >= self.batch_size:
                 continue  # more is due: go again without waiting (in-flight rows: one chunk per poll)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            await wait_or(stop, self.poll_interval)
         log.info("outbox processor stopped after dispatching %d notification(s)", self.dispatched_total)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from asyncjobs.backoff import Backoff
 from asyncjobs.protocol import keys
 
 log = logging.getLogger("asyncjobs.worker")
@@ -59,12 +60,12 @@ class CommandListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set (polled each second: redis-py's pub/sub may swallow a cancel)."""
-        delay = 0.2
+        backoff = Backoff()
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                delay = 0.2
+                backoff.reset()
                 while not stop.is_set():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message and message.get("type") == "message":
@@ -74,10 +75,7 @@ class CommandListener:
             except Exception as exc:
                 if stop.is_set():
                     break
-                log.warning("command channel %s lost (%s); resubscribing", self.channel, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.wait(f"command channel {self.channel}: {exc}", stop)
             finally:
                 with contextlib.suppress(Exception):  # best effort on a dead connection
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -12,10 +12,10 @@ stock or asyncjobs, is recovered the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from asyncjobs.backoff import wait_or
 from asyncjobs.protocol.serializers import Serializer
 from asyncjobs.worker.config import WorkerConfig
 
@@ -62,7 +62,6 @@ class Maintenance:
                 await asyncio.to_thread(self.run_once, name)
             except Exception as exc:
                 log.warning("maintenance pass failed (%s); will retry next interval", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.maintenance_interval)
+            await wait_or(stop, self.config.maintenance_interval)
         if self._conn is not None:
             self._conn.close()

@@ -18,10 +18,14 @@ import time
 from dataclasses import replace
 from types import FrameType
 
+from asyncjobs.backoff import RetryPolicy
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
 
 log = logging.getLogger("asyncjobs.pool")
+
+#: A child that dies young is restarted after 0.5 s, 1 s, 2 s ... up to 30 s.
+RESTART_BACKOFF = RetryPolicy(max_attempts=1, backoff_base=0.5, backoff_max=30.0, jitter="none")
 
 
 def _watch_parent(parent: int) -> None:
@@ -61,7 +65,7 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
     stopping = {"count": 0}
     children: dict[int, mp.process.BaseProcess] = {}
     started_at: dict[int, float] = {}
-    delay: dict[int, float] = {}
+    early_deaths: dict[int, int] = {}
     restart_at: dict[int, float] = {}
 
     def child_config(i: int) -> WorkerConfig:
@@ -99,11 +103,12 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
                 _bury(config, name, proc.pid)
             # Back off when a child keeps dying young (bad config, Redis down); reset after 60 s of life.
             lived = time.monotonic() - started_at[i]
-            delay[i] = 0.0 if lived > 60 else min(max(delay.get(i, 0.0) * 2, 0.5), 30.0)
+            early_deaths[i] = 0 if lived > 60 else early_deaths.get(i, 0) + 1
+            delay = RESTART_BACKOFF.delay(early_deaths[i]) if early_deaths[i] else 0.0
             log.warning(
-                "worker process %d (pid %s) exited with %s; restarting in %.1fs", i, proc.pid, proc.exitcode, delay[i]
+                "worker process %d (pid %s) exited with %s; restarting in %.1fs", i, proc.pid, proc.exitcode, delay
             )
-            restart_at[i] = time.monotonic() + delay[i]
+            restart_at[i] = time.monotonic() + delay
         for i, when in list(restart_at.items()):
             if stopping["count"]:
                 restart_at.clear()

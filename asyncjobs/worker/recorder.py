@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 import redis.exceptions
 
+from asyncjobs.backoff import Backoff
 from asyncjobs.protocol.store import Outcomes, RedisStore
 from asyncjobs.protocol.transitions import Transition
 
@@ -185,27 +185,3 @@ class Recorder:
     def close(self) -> None:
         self._closing = True
         self._ready.set()
-
-
-class Backoff:
-    """Exponential backoff with jitter for Redis outages (0.2 s doubling to 10 s)."""
-
-    def __init__(self) -> None:
-        self.delay = 0.2
-
-    def reset(self) -> None:
-        self.delay = 0.2
-
-    async def wait(self, what: str, stop: asyncio.Event | None) -> None:
-        delay = self.delay * (0.5 + random.random() / 2)
-        log.warning("Redis unavailable (%s); retrying in %.1fs", what, delay)
-        self.delay = min(self.delay * 2, 10.0)
-        if stop is None:
-            await asyncio.sleep(delay)
-        else:
-            await wait_or(stop, delay)
-
-
-async def wait_or(event: asyncio.Event, timeout: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)

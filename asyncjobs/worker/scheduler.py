@@ -9,10 +9,10 @@ that queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
+from asyncjobs.backoff import wait_or
 from asyncjobs.worker.connection import RedisTarget
 
 log = logging.getLogger("asyncjobs.worker")
@@ -66,7 +66,6 @@ class Scheduler:
                     await asyncio.to_thread(self.tick_once)
                 except Exception as exc:
                     log.warning("scheduler tick failed (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval)
+                await wait_or(stop, self.interval)
         finally:
             await asyncio.to_thread(self.stop)

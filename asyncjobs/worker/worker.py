@@ -33,6 +33,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from rq.timeouts import JobTimeoutException
 
+from asyncjobs.backoff import Backoff, wait_or
 from asyncjobs.protocol import transitions
 from asyncjobs.protocol.codec import (
     JobRecord,
@@ -54,7 +55,7 @@ from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.joblog import started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
 from asyncjobs.worker.payload import decode_payload
-from asyncjobs.worker.recorder import REDIS_ERRORS, Backoff, Recorder, WorkerState, wait_or
+from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 
 log = logging.getLogger("asyncjobs.worker")

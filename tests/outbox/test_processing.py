@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import utcnow
-from asyncjobs.outbox.processor import ErrorVerdict, Outcome, RetryPolicy, handle_notification
+from asyncjobs.outbox.processor import ErrorVerdict, OutboxPolicy, Outcome, handle_notification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage
 
 SF = async_sessionmaker[AsyncSession]
@@ -65,7 +65,7 @@ async def make_due(sf: SF, nid: int) -> None:
 async def test_sent_once_even_if_handled_twice(session_factory: SF) -> None:
     nid = await add(session_factory)
     deliver = Recorder()
-    policy = RetryPolicy()
+    policy = OutboxPolicy()
     first = await handle_notification(session_factory, nid, deliver=deliver, policy=policy)
     second = await handle_notification(session_factory, nid, deliver=deliver, policy=policy)
     assert (first, second) == (Outcome.SENT, Outcome.SKIPPED)
@@ -78,7 +78,7 @@ async def test_concurrent_duplicates_deliver_once(session_factory: SF) -> None:
     nid = await add(session_factory)
     deliver = Recorder()
     outcomes = await asyncio.gather(
-        *(handle_notification(session_factory, nid, deliver=deliver, policy=RetryPolicy()) for _ in range(8))
+        *(handle_notification(session_factory, nid, deliver=deliver, policy=OutboxPolicy()) for _ in range(8))
     )
     assert sorted(outcomes) == sorted([Outcome.SENT] + [Outcome.SKIPPED] * 7)
     assert len(deliver.sent) == 1
@@ -87,7 +87,7 @@ async def test_concurrent_duplicates_deliver_once(session_factory: SF) -> None:
 async def test_transient_error_backs_off_then_max_attempts_fails(session_factory: SF) -> None:
     nid = await add(session_factory)
     deliver = Recorder(Transient("451 busy"), Transient("451 busy", retry_after=500), Transient("451 again"))
-    policy = RetryPolicy(max_attempts=3, backoff_base=10)
+    policy = OutboxPolicy(max_attempts=3, backoff_base=10)
 
     before = utcnow()
     assert await handle_notification(session_factory, nid, deliver=deliver, policy=policy) == Outcome.RETRY
@@ -114,7 +114,7 @@ async def test_transient_error_backs_off_then_max_attempts_fails(session_factory
 async def test_permanent_error_fails_at_once_with_reason(session_factory: SF) -> None:
     nid = await add(session_factory)
     deliver = Recorder(Permanent("550 5.1.1 user unknown"))
-    outcome = await handle_notification(session_factory, nid, deliver=deliver, policy=RetryPolicy())
+    outcome = await handle_notification(session_factory, nid, deliver=deliver, policy=OutboxPolicy())
     assert outcome == Outcome.FAILED
     row = await fetch(session_factory, nid)
     assert (row.status, row.attempts, row.last_error) == ("failed", 1, "Permanent: 550 5.1.1 user unknown")
@@ -125,7 +125,7 @@ async def test_unrenderable_payload_fails_permanently(session_factory: SF) -> No
         session_factory, kind="user_invitation", payload={"inviter": "A", "accept_url": "javascript:x"}
     )
     deliver = Recorder()
-    outcome = await handle_notification(session_factory, nid, deliver=deliver, policy=RetryPolicy())
+    outcome = await handle_notification(session_factory, nid, deliver=deliver, policy=OutboxPolicy())
     assert outcome == Outcome.FAILED
     row = await fetch(session_factory, nid)
     assert row.status == "failed" and "accept_url" in row.last_error
@@ -136,7 +136,7 @@ async def test_custom_classifier(session_factory: SF) -> None:
     nid = await add(session_factory)
     deliver = Recorder(RuntimeError("quota exceeded"))
     outcome = await handle_notification(
-        session_factory, nid, deliver=deliver, policy=RetryPolicy(),
+        session_factory, nid, deliver=deliver, policy=OutboxPolicy(),
         classify=lambda exc: ErrorVerdict(permanent="quota" in str(exc)),
     )
     assert outcome == Outcome.FAILED
@@ -148,7 +148,7 @@ async def test_slow_send_times_out_and_is_retried(session_factory: SF) -> None:
     async def hang(claimed: repo.ClaimedNotification, message: RenderedMessage) -> None:
         await asyncio.Event().wait()
 
-    policy = RetryPolicy(visibility_timeout=60, send_timeout=0.05)
+    policy = OutboxPolicy(visibility_timeout=60, send_timeout=0.05)
     assert await handle_notification(session_factory, nid, deliver=hang, policy=policy) == Outcome.RETRY
     row = await fetch(session_factory, nid)
     assert row.last_error == "TimeoutError: send took longer than 0.05s"
@@ -163,7 +163,7 @@ async def test_dead_worker_on_last_attempt_ends_failed(session_factory: SF) -> N
     async with session_factory() as s, s.begin():
         assert await repo.claim(s, nid, visibility_timeout=60, now=past)
     deliver = Recorder()
-    policy = RetryPolicy(max_attempts=1, visibility_timeout=60)
+    policy = OutboxPolicy(max_attempts=1, visibility_timeout=60)
     assert await handle_notification(session_factory, nid, deliver=deliver, policy=policy) == Outcome.FAILED
     row = await fetch(session_factory, nid)
     assert row.status == "failed" and row.last_error.startswith("gave up after 1 attempts")

@@ -19,7 +19,7 @@ from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory
 from asyncjobs.outbox.models import OutboxNotification as T
 from asyncjobs.outbox.models import utcnow
-from asyncjobs.outbox.processor import OutboxProcessor, RetryPolicy, handle_notification
+from asyncjobs.outbox.processor import OutboxPolicy, OutboxProcessor, handle_notification
 from asyncjobs.outbox.repository import ClaimedNotification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage
 from testsupport.smtp_server import SmtpTestServer
@@ -71,7 +71,7 @@ async def test_two_processors_and_duplicate_jobs_deliver_each_exactly_once(
             for i in range(n)
         ]
     deliver = smtp_deliver(smtp_sink)
-    policy = RetryPolicy(max_attempts=3, visibility_timeout=300)
+    policy = OutboxPolicy(max_attempts=3, visibility_timeout=300)
     # two processors, each with its own connection pool as if in separate processes
     engines = [make_engine(pg_url, pool_size=5) for _ in range(3)]
     try:
@@ -160,7 +160,7 @@ async def test_worker_killed_mid_send_is_recovered_after_visibility_timeout(
 
         # a processor with a short visibility timeout: the claim is not yet stale, nothing happens ...
         deliver = smtp_deliver(smtp_sink)
-        policy = RetryPolicy(visibility_timeout=1.0, send_timeout=10)
+        policy = OutboxPolicy(visibility_timeout=1.0, send_timeout=10)
 
         async def handle(n: int) -> object:
             return await handle_notification(sf, n, deliver=deliver, policy=policy)
