@@ -309,6 +309,29 @@ def test_send_kill_horse_command(kind: WorkerKind, launcher: Launcher, sync_redi
     assert proc.wait(30) == 0, proc.output()
 
 
+def test_kill_horse_retries_a_job_with_retries_left(
+    kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis
+) -> None:
+    """Stock's handle_job_failure retries a killed job that has retries left (no failure callback)."""
+    q = Queue("default", connection=sync_redis)
+    name = unique_name("killr")
+    job = q.enqueue(jobs.async_hold, launcher.url, "kr", retry=Retry(max=1))
+    proc = launcher.start(kind, ["default"], "--name", name, stock_class=FORKING_WORKER, concurrency=1)
+    wait_held(sync_redis, 1, proc=proc)
+    wait_for(lambda: (w := find_worker(sync_redis, name)) and w.get_current_job_id() == job.id, 10,
+             message="current_job set")
+    wait_subscribed(sync_redis, name)
+    send_kill_horse_command(sync_redis, name)
+    wait_held(sync_redis, 2, proc=proc)  # it runs again
+    assert fetch(sync_redis, job.id).retries_left == 0
+    sync_redis.set("release:kr", 1)
+    wait_status(sync_redis, job.id, "finished", proc=proc)
+    assert [r.type for r in fetch(sync_redis, job.id).results()] == [Result.Type.SUCCESSFUL]
+    assert job.id not in FailedJobRegistry(queue=q).get_job_ids()
+    proc.stop()
+    assert proc.wait(30) == 0, proc.output()
+
+
 def test_send_shutdown_command(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis) -> None:
     name = unique_name("shut")
     proc = launcher.start(kind, ["default"], "--name", name)

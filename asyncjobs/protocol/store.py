@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -171,6 +172,9 @@ class RedisStore:
         self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
         self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
         self._exchange: AsyncScript = redis.register_script(_exchange_script())
+        # Claim tokens are unique to this process: another process of the same worker name (a restart,
+        # a --processes child) must never find one of them and take its claim for a replay.
+        self._token_prefix = f"rq:asyncjobs:claim:{worker_name}:{uuid.uuid4().hex[:16]}"
         self._claims = 0
         self._answered: list[str] = []  # tokens of claims whose reply arrived: deleted by the next call
 
@@ -190,7 +194,7 @@ class RedisStore:
         token = ""
         if count > 0:
             self._claims += 1
-            token = f"rq:asyncjobs:claim:{self.worker_name}:{self._claims}"
+            token = f"{self._token_prefix}:{self._claims}"
         return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]))
 
     async def exchange(self, outcomes: Outcomes | None, request: ClaimRequest) -> ClaimResult:
@@ -312,7 +316,10 @@ class RedisStore:
 
     async def register_death(self, queues: Sequence[str]) -> None:
         key = keys.worker(self.worker_name)
+        answered, self._answered = self._answered, []
         async with self.redis.pipeline(transaction=True) as pipe:
+            if answered:
+                pipe.delete(*answered)  # claim records no longer needed (the rest expire on their own)
             pipe.srem(keys.WORKERS, key)
             for q in queues:
                 pipe.srem(keys.workers_of_queue(q), key)

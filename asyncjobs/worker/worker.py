@@ -647,9 +647,15 @@ class Worker:
             log.info("job %s stopped by send_stop_job_command", claimed.job_id)
             await self.callbacks.stopped(record, handle)
             return transitions.stopped(record, self._execution(claimed, started))
-        text = "Work-horse terminated unexpectedly; killed by kill-horse command"
+        # Kill-horse: stock's handle_job_failure for a killed work-horse: retried if it has retries
+        # left, else failed; no failure callback, no exception handlers.
+        ex = self._execution(claimed, started, ended)
+        if transitions.should_retry_on_exception(record):
+            log.info("job %s killed by send_kill_horse_command: retrying (%s left)", claimed.job_id, record.retries_left)
+            return transitions.exception_retry(record, ex)
         log.info("job %s killed by send_kill_horse_command", claimed.job_id)
-        return transitions.failure(record, self._execution(claimed, started, ended), text)
+        out = transitions.failure(record, ex, "Work-horse terminated unexpectedly; killed by kill-horse command")
+        return out.without_failure_record() if self.config.disable_default_exception_handler else out
 
     async def _failed(
         self,

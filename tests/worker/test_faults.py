@@ -225,3 +225,17 @@ async def test_an_interrupt_racing_the_end_of_a_sync_job_never_kills_a_pool_thre
         assert stray == []
     finally:
         executor.shutdown()
+
+
+async def test_a_worker_restarted_under_its_name_claims_afresh(sync_redis: redis.Redis, start_worker) -> None:
+    """A claim token from an earlier process of the same worker name must never be taken for a replay
+    of this process's claim (fixed names: systemd templates, Kubernetes, --processes children).
+
+    One job at a time, the first process makes 4 claims and leaves its last token behind; the second,
+    with more work, reaches its own 4th claim while jobs are still queued."""
+    q = Queue("default", connection=sync_redis)
+    for round_, n in enumerate((3, 10, 10)):
+        ids = [q.enqueue(f"{J}.add", i, round_).id for i in range(n)]
+        _worker, task = await start_worker(name="fixed-name", burst=True, concurrency=1)
+        await asyncio.wait_for(task, 30)
+        assert statuses(sync_redis, ids) == {"finished": n}, f"process {round_} of the same name"
