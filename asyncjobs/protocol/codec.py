@@ -414,7 +414,7 @@ def retry_interval(intervals: tuple[int, ...], retries_left: int) -> int:
 
 
 def repeat_interval(intervals: tuple[int, ...], repeats_left: int) -> int:
-    """RQ's Repeat: uses the list from its end, clamped (rq-protocol.md §8.6)."""
+    """RQ's Repeat: uses the list from its end, clamped (docs/rq-protocol.md §8.8)."""
     if not intervals:
         return 0
     index = repeats_left - 1

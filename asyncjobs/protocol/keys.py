@@ -1,4 +1,4 @@
-"""The RQ 2.12 Redis key names the Python side of asyncjobs uses (docs/rq-protocol.md §1).
+"""The RQ 2.12 Redis key names the Python side of asyncjobs uses (docs/rq-protocol.md §2).
 
 RQ fixes its ``rq:`` prefix in its own classes, so the Lua scripts in ``protocol/lua/``
 spell the keys they touch themselves; this module holds only what Python code builds.

@@ -42,6 +42,8 @@ CLAIM_RECORD_TTL = 3600
 def _exchange_script() -> str:
     """finish.lua then claim.lua in one atomic call, idempotent per claim token.
 
+    See docs/rq-protocol.md §11.2 (claim tokens) and §11.6 (one script per cycle).
+
     ARGV[1] is the finish payload ('' for none), ARGV[2] the claim's token key ('' when nothing
     is claimed), ARGV[3] the space-separated token keys of calls whose reply arrived (deleted
     here), ARGV[4...] claim.lua's arguments.  Outcomes are applied at most once by finish.lua
@@ -227,7 +229,8 @@ class RedisStore:
         """Block until ``queue`` has a job (or ``timeout`` passes), without taking it.
 
         ``BLMOVE q q LEFT LEFT`` pops the head and pushes it back in one step: the list is
-        unchanged, so a lost reply, a retry or a cancelled wait can never strand an id.
+        unchanged, so a lost reply, a retry or a cancelled wait can never strand an id
+        (docs/rq-protocol.md §11.3).
         """
         key = keys.queue(queue)
         value = await self.redis.blmove(key, key, timeout, "LEFT", "LEFT")  # type: ignore[arg-type]

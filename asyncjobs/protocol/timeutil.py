@@ -1,4 +1,4 @@
-"""RQ's three time formats (rq-protocol.md, notation table)."""
+"""RQ's three time formats (docs/rq-protocol.md §1.3)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ is the one place where it becomes the JSON object ``finish.lua`` reads, and the
 script's header documents exactly those fields (a test compares them).  The
 worker's counters (successful/failed jobs, working time) travel with each
 transition, so an outcome that is applied at most once is also counted at most
-once.  Field semantics follow ``docs/rq-protocol.md`` (success, failure,
-retries, dependents, repeat).
+once.  Field semantics follow ``docs/rq-protocol.md §8`` (success, failure,
+retries, dependents, repeat, give-back).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RQ's worker commands over pub/sub (``rq:pubsub:<name>``, rq-protocol.md §7).
+"""RQ's worker commands over pub/sub (``rq:pubsub:<name>``, docs/rq-protocol.md §9.2).
 
 - ``shutdown``: warm shutdown (finish jobs in flight, exit).
 - ``stop-job``: cancel that job if it runs here; it ends ``stopped``.

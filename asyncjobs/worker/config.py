@@ -80,7 +80,7 @@ class WorkerConfig:
 
     @property
     def heartbeat_ttl(self) -> int:
-        # rq-protocol.md §3.3: min(timeout, interval) + 60, i.e. 90 with the defaults.
+        # docs/rq-protocol.md §6.1, §7: stock uses min(timeout, interval) + 60; here interval + 60 (90).
         return int(self.job_monitoring_interval) + 60
 
     @property

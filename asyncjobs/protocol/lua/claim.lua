@@ -1,20 +1,21 @@
 -- Pop up to N job ids from the queues in the given order and mark each one
 -- started in the same atomic step, exactly as a stock worker's two start
--- transactions would (docs/rq-protocol.md, marking a job started), so a popped
+-- transactions would (docs/rq-protocol.md §6), so a popped
 -- id is never outside both the queue and rq:wip:<q>.
 --
 -- This is the body of a function inside store.py's exchange script, which
 -- passes `record(q, jid, eid)`: it notes each claim under the call's token
 -- before the claim's own writes, so a replay of the call returns these jobs
--- instead of claiming new ones.
+-- instead of claiming new ones (docs/rq-protocol.md §11.2).
 --
--- Bad entries fail on their own and never abort the call: an id whose hash is
--- gone, or has no `data`, is dropped (as a stock worker silently drops it); an
--- id whose rq:job:<id> key is not a hash is "poisoned": popped and reported.
+-- Bad entries fail on their own and never abort the call (docs/rq-protocol.md
+-- §11.5): an id whose hash is gone, or has no `data`, is dropped (as a stock
+-- worker silently drops it); an id whose rq:job:<id> key is not a hash is
+-- "poisoned": popped and reported.
 --
--- Order per job: every write Redis may refuse under maxmemory (HSET, ZADD,
--- RPUSH) comes before the LPOP, which it never refuses: a call refused
--- half-way leaves the id on its queue.
+-- Order per job (docs/rq-protocol.md §11.4): every write Redis may refuse under
+-- maxmemory (HSET, ZADD, RPUSH) comes before the LPOP, which it never refuses: a
+-- call stopped half-way leaves the id on its queue.
 --
 -- ARGV: worker, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl,
 --       n, nq, q1..qnq, then n execution ids.

@@ -1,18 +1,19 @@
 -- Record the end of many executions at once (success, failure, stop, retry,
 -- repeat, give-back), each exactly as stock RQ 2.12 would leave it
--- (docs/rq-protocol.md: success, failure, retries, dependents, repeat), plus
--- dependents, atomically.
+-- (docs/rq-protocol.md §8), plus dependents, atomically.
 --
--- At most once: an outcome is applied only while its execution's member
--- `<id>:<eid>` is still in rq:wip:<q>, and removing that member is part of
--- applying it.  A replayed call (a retry after a lost reply, a re-send after an
--- outage) and an outcome for a job that RQ's maintenance already took as
--- abandoned are therefore no-ops, and their counters are not added twice.
+-- At most once (docs/rq-protocol.md §11.1): an outcome is applied only while
+-- its execution's member `<id>:<eid>` is still in rq:wip:<q>, and removing that
+-- member is part of applying it.  A replayed call (a retry after a lost reply,
+-- a re-send after an outage) and an outcome for a job that RQ's maintenance
+-- already took as abandoned are therefore no-ops, and their counters are not
+-- added twice.
 --
--- Order within one outcome: every write Redis may refuse under maxmemory
--- (HSET, XADD, ZADD, pushes) comes before the removals it never refuses (DEL,
--- ZREM): a call refused half-way leaves the execution in rq:wip, where the
--- worker (one by one) or RQ's abandoned-job maintenance finds it again.
+-- Order within one outcome (docs/rq-protocol.md §11.4): every write Redis may
+-- refuse under maxmemory (HSET, XADD, ZADD, pushes) comes before the removals it
+-- never refuses (DEL, ZREM): a call stopped half-way leaves the execution in
+-- rq:wip, where the worker (one by one) or RQ's abandoned-job maintenance finds
+-- it again.
 --
 -- ARGV[1]: JSON {worker, now (epoch int, str), now_ts, state?, current?, jobs: [...]}
 --   state/current: the worker's `state` and `current_job` to write with the batch.
@@ -63,7 +64,7 @@ local function push(q, jid, at_front)
   end
 end
 
--- Queue.enqueue_dependents semantics (docs/rq-protocol.md, dependents).
+-- Queue.enqueue_dependents semantics (docs/rq-protocol.md §8.9).
 -- Returns true if the parent had dependents.
 local function enqueue_dependents(parent, parent_status)
   local dkey = 'rq:job:' .. parent .. ':dependents'

@@ -1,5 +1,5 @@
 -- Refresh the heartbeat of every running execution and of the worker in one
--- step (docs/rq-protocol.md, heartbeats), so no running job ever looks abandoned.
+-- step (docs/rq-protocol.md §7), so no running job ever looks abandoned.
 -- An execution whose rq:wip member is gone has finished (or was taken by RQ's
 -- maintenance) while this call was on its way: it is skipped, so its execution
 -- records are never written again after the finish removed them.
