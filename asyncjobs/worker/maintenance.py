@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncjobs.backoff import wait_or
@@ -23,9 +24,12 @@ log = logging.getLogger("asyncjobs.worker")
 
 
 class Maintenance:
-    def __init__(self, config: WorkerConfig, serializer: Serializer) -> None:
+    def __init__(
+        self, config: WorkerConfig, serializer: Serializer, exception_handlers: Sequence[Callable[..., Any]] = ()
+    ) -> None:
         self.config = config
         self.serializer = serializer
+        self.exception_handlers = list(exception_handlers)  # as stock: called for each abandoned job
         self._conn: Any = None
 
     def _connection(self) -> Any:
@@ -48,7 +52,7 @@ class Maintenance:
             if queue.acquire_maintenance_lock():
                 try:
                     log.info("cleaning registries for queue %s", queue.name)
-                    clean_registries(queue, [])
+                    clean_registries(queue, self.exception_handlers)
                     worker_registration.clean_worker_registry(queue)
                     queue.intermediate_queue.cleanup(shim, queue)
                 finally:

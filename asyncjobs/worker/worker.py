@@ -288,7 +288,7 @@ class Worker:
         tasks: list[asyncio.Task[None]] = []
         from asyncjobs.worker.maintenance import Maintenance
 
-        maint = Maintenance(self.config, self._rq_serializer())
+        maint = Maintenance(self.config, self._rq_serializer(), self.callbacks.handlers)
         tasks.append(asyncio.create_task(maint.run(self._stopping, self.name), name="asyncjobs-maintenance"))
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
@@ -622,10 +622,13 @@ class Worker:
         if isinstance(value, Retry):
             retry_b64 = encode_return_value(value, self.serializer)
             intervals = tuple(value.intervals) if isinstance(value.intervals, list) else (int(value.intervals),)
-            return transitions.value_retry(
+            outcome = transitions.value_retry(
                 record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or "",
                 working_time=elapsed,
             )
+            if outcome.kind is Kind.MAX_RETRIES:  # a terminal failure: stock fires its `failed` webhooks
+                item.after_recorded = _webhooks(record, handle, "failed", ended, "")
+            return outcome
         try:
             await self.callbacks.success(record, handle, value)
         except Exception as exc:

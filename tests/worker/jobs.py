@@ -98,3 +98,19 @@ def spin_for(seconds: float) -> float:
     while time.perf_counter() < deadline:
         pass
     return seconds
+
+
+def always_retry(max_retries: int) -> object:
+    """Returns ``Retry(max)`` every time: after ``max`` retries RQ records MAX_RETRIES_EXCEEDED."""
+    from rq import Retry
+
+    return Retry(max=max_retries)
+
+
+handled: list[str] = []
+
+
+def recording_handler(job: object, exc_type: type, exc_value: BaseException, tb: object) -> bool:
+    """An ``--exception-handler`` that notes which job and exception it saw."""
+    handled.append(f"{getattr(job, 'id', '?')}:{exc_type.__name__}")
+    return True

@@ -251,3 +251,54 @@ async def test_job_canceled_while_running_stays_canceled(sync_redis: redis.Redis
     assert held.id in CanceledJobRegistry(queue=q).get_job_ids()
     assert held.id not in FinishedJobRegistry(queue=q).get_job_ids()
     assert sync_redis.zcard("rq:wip:default") == 0
+
+
+async def test_a_returned_retry_that_runs_out_sends_failed_webhooks(sync_redis: redis.Redis, start_worker) -> None:
+    """Stock: a MAX_RETRIES_EXCEEDED outcome is a terminal failure and fires the `failed` webhooks."""
+    from aiohttp import web
+    from rq.webhook import Webhook
+
+    received: list[dict] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        q = Queue("default", connection=sync_redis)
+        job = q.enqueue(f"{J}.always_retry", 1, webhooks=[Webhook(f"http://127.0.0.1:{port}/hook", "failed", method="POST")])
+        _worker, task = await start_worker(burst=True)
+        await asyncio.wait_for(task, 30)
+        assert status(sync_redis, job.id) == "failed"
+        await eventually(lambda: len(received) == 1, what="one failed webhook")
+    finally:
+        await runner.cleanup()
+    assert received[0]["job_id"] == job.id and received[0]["status"] == "failed"
+
+
+async def test_maintenance_passes_the_exception_handlers_for_abandoned_jobs(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """Stock's maintenance calls the worker's --exception-handler for each abandoned job it fails."""
+    from asyncjobs.worker.config import WorkerConfig
+    from asyncjobs.worker.maintenance import Maintenance
+    from tests.worker import jobs
+
+    jobs.handled.clear()
+    q = Queue("default", connection=sync_redis)
+    job = q.enqueue(f"{J}.add", 1, 2)
+    sync_redis.lpop("rq:queue:default")
+    sync_redis.hset(f"rq:job:{job.id}", "status", "started")
+    sync_redis.zadd("rq:wip:default", {f"{job.id}:deadbeef": 1})  # its worker died long ago
+    config = WorkerConfig(queues=("default",), redis_url=redis_url, exception_handlers=(f"{J}.recording_handler",))
+    maint = Maintenance(config, None, [jobs.recording_handler])
+    await asyncio.to_thread(maint.run_once, "maint-test")
+    assert status(sync_redis, job.id) == "failed"
+    assert jobs.handled == [f"{job.id}:AbandonedJobError"]
