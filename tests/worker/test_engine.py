@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -163,11 +164,10 @@ async def test_shutdown_hooks_run_once(sync_redis: redis.Redis, start_worker) ->
     assert calls == ["closed"]
 
 
-async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
-    sync_redis: redis.Redis, start_worker
-) -> None:
+@pytest.fixture
+async def webhook_sink(sync_redis: redis.Redis) -> AsyncIterator[tuple[str, list[dict], list[str | None]]]:
+    """A real HTTP server receiving RQ webhooks: (url, bodies received, job status seen at each arrival)."""
     from aiohttp import web
-    from rq.webhook import Webhook
 
     received: list[dict] = []
     statuses_seen: list[str | None] = []
@@ -185,16 +185,24 @@ async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}/hook"
     try:
-        q = Queue("default", connection=sync_redis)
-        ok = q.enqueue(f"{J}.add", 1, 2, webhooks=[Webhook(url, "finished", method="POST")])
-        bad = q.enqueue(f"{J}.spin_sync", "x", webhooks=[Webhook(url, "failed", method="POST")])
-        _worker, task = await start_worker(burst=True)
-        await asyncio.wait_for(task, 30)
-        await eventually(lambda: len(received) == 2, what="two webhooks")
+        yield f"http://127.0.0.1:{port}/hook", received, statuses_seen
     finally:
         await runner.cleanup()
+
+
+async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
+    sync_redis: redis.Redis, start_worker, webhook_sink
+) -> None:
+    from rq.webhook import Webhook
+
+    url, received, statuses_seen = webhook_sink
+    q = Queue("default", connection=sync_redis)
+    ok = q.enqueue(f"{J}.add", 1, 2, webhooks=[Webhook(url, "finished", method="POST")])
+    bad = q.enqueue(f"{J}.spin_sync", "x", webhooks=[Webhook(url, "failed", method="POST")])
+    _worker, task = await start_worker(burst=True)
+    await asyncio.wait_for(task, 30)
+    await eventually(lambda: len(received) == 2, what="two webhooks")
     by_id = {r["job_id"]: r for r in received}
     assert by_id[ok.id]["status"] == "finished" and by_id[ok.id]["func_name"] == f"{J}.add"
     assert by_id[bad.id]["status"] == "failed" and "TypeError" in by_id[bad.id]["exc_info"]
@@ -253,34 +261,21 @@ async def test_job_canceled_while_running_stays_canceled(sync_redis: redis.Redis
     assert sync_redis.zcard("rq:wip:default") == 0
 
 
-async def test_a_returned_retry_that_runs_out_sends_failed_webhooks(sync_redis: redis.Redis, start_worker) -> None:
+async def test_a_returned_retry_that_runs_out_sends_failed_webhooks(
+    sync_redis: redis.Redis, start_worker, webhook_sink
+) -> None:
     """Stock: a MAX_RETRIES_EXCEEDED outcome is a terminal failure and fires the `failed` webhooks."""
-    from aiohttp import web
     from rq.webhook import Webhook
 
-    received: list[dict] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        q = Queue("default", connection=sync_redis)
-        job = q.enqueue(f"{J}.always_retry", 1, webhooks=[Webhook(f"http://127.0.0.1:{port}/hook", "failed", method="POST")])
-        _worker, task = await start_worker(burst=True)
-        await asyncio.wait_for(task, 30)
-        assert status(sync_redis, job.id) == "failed"
-        await eventually(lambda: len(received) == 1, what="one failed webhook")
-    finally:
-        await runner.cleanup()
+    url, received, statuses_seen = webhook_sink
+    q = Queue("default", connection=sync_redis)
+    job = q.enqueue(f"{J}.always_retry", 1, webhooks=[Webhook(url, "failed", method="POST")])
+    _worker, task = await start_worker(burst=True)
+    await asyncio.wait_for(task, 30)
+    assert status(sync_redis, job.id) == "failed"
+    await eventually(lambda: len(received) == 1, what="one failed webhook")
     assert received[0]["job_id"] == job.id and received[0]["status"] == "failed"
+    assert statuses_seen == ["failed"]
 
 
 async def test_maintenance_passes_the_exception_handlers_for_abandoned_jobs(
