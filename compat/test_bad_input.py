@@ -118,3 +118,45 @@ def test_stock_worker_quits_on_malformed_hash(
     launcher.burst(stock_kind, ["default"], expect_rc=None)
     assert Job(after.id, connection=sync_redis).get_status() == "queued"
     assert sync_redis.lrange("rq:queue:default:intermediate", 0, -1) == [bad.id.encode()]
+
+
+def test_a_malformed_job_abandoned_by_a_crash_does_not_break_rqs_maintenance(
+    asyncjobs_kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis, redis_url: str
+) -> None:
+    """A malformed job claimed by a worker that dies before recording its failure stays in rq:wip.
+    RQ's abandoned-job cleanup (every worker's maintenance, every ``rq info``) cannot load it and
+    raised at every pass; the next asyncjobs worker repairs it so RQ's own cleanup fails it."""
+    import subprocess
+    import time
+    from urllib.parse import urlparse
+
+    from rq.registry import StartedJobRegistry
+
+    from testsupport.faultproxy import FaultProxy
+    from testsupport.workers import rq_command, run_asyncjobs_worker, wait_for
+
+    parsed = urlparse(redis_url)
+    proxy = FaultProxy(parsed.hostname or "127.0.0.1", parsed.port or 6379).start()
+    with proxy, run_asyncjobs_worker(proxy.url(), "default", "--job-monitoring-interval", "1") as worker:
+        wait_for(lambda: sync_redis.keys("rq:worker:*"), 30, message=worker.output)
+        proxy.delay_next_reply(b"rq:asyncjobs:claim:", 60)  # the claim runs; its reply never arrives
+        with sync_redis.pipeline() as pipe:  # the worker only ever sees the malformed hash
+            job = Queue("default", connection=sync_redis).enqueue(jobs.add, 1, 2, pipeline=pipe)
+            pipe.hset(job.key, "created_at", "yesterday")
+            pipe.execute()
+        wait_for(lambda: sync_redis.zcard("rq:wip:default"), 30, message=worker.output)
+        worker.kill()
+    # Its heartbeat deadline passes (as the clock would move it).
+    sync_redis.zadd("rq:wip:default", {m: 0 for m in sync_redis.zrange("rq:wip:default", 0, -1)}, xx=True)
+    # The next asyncjobs worker on the queue repairs what RQ cannot load ...
+    proc = launcher.start(asyncjobs_kind, ["default"], "--job-monitoring-interval", "1")
+    wait_for(lambda: sync_redis.hget(job.key, "created_at") != b"yesterday", 30, message=proc.output)
+    proc.stop()
+    assert proc.wait(30) == 0, proc.output()
+    # ... so RQ's own tools work again and fail the job as abandoned.
+    info = subprocess.run([*rq_command(), "info", "-u", redis_url], capture_output=True, text=True, check=False)
+    assert info.returncode == 0, info.stderr
+    StartedJobRegistry("default", connection=sync_redis).cleanup(timestamp=time.time() + 3600)
+    assert fetch(sync_redis, job.id).get_status() == "failed"
+    assert sync_redis.zcard("rq:wip:default") == 0
+    _failed_with(sync_redis, job.id, "AbandonedJobError")

@@ -89,7 +89,7 @@ class FaultProxy:
         self._loop = None
 
     def __enter__(self) -> FaultProxy:
-        return self.start()
+        return self if self._thread is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -21,9 +21,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from asyncjobs.protocol import keys
-from asyncjobs.protocol.codec import normalize_hash
+from asyncjobs.protocol.codec import MalformedJobError, normalize_hash, parse_job_hash
 from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc, utcnow
 from asyncjobs.protocol.transitions import Transition
 
@@ -276,6 +277,34 @@ class RedisStore:
             args += [r.queue, r.job_id, r.execution_id]
         alive = await self._heartbeat(args=args)
         return bool(alive)
+
+    async def repair_abandoned(self, queues: Sequence[str]) -> list[str]:
+        """Make abandoned jobs that RQ cannot load loadable again; returns their ids.
+
+        A job is claimed before its hash is parsed, so a worker that dies in between leaves a
+        malformed job in ``rq:wip``, where RQ's abandoned-job cleanup (every worker's maintenance,
+        every ``rq info``) raises on it at every pass.  Past their deadline, such jobs get the
+        same repairs their failure would have written, and RQ's own cleanup then fails them.
+        """
+        now = epoch_float(utcnow())
+        repaired: list[str] = []
+        for q in queues:
+            members: list[bytes] = await self.redis.zrangebyscore(keys.started(q), "-inf", now)  # type: ignore[assignment]
+            for member in members:
+                job_id = member.decode().rpartition(":")[0]
+                try:
+                    raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
+                except ResponseError:
+                    continue  # not a hash (someone overwrote the key): nothing of RQ's to repair
+                if not raw:
+                    continue
+                try:
+                    parse_job_hash(job_id, raw)
+                except MalformedJobError as exc:
+                    if exc.repairs:
+                        await self.redis.hset(keys.job(job_id), mapping=exc.repairs)  # type: ignore[arg-type]
+                        repaired.append(job_id)
+        return repaired
 
     # -- worker registration ---------------------------------------------------
     async def register_birth(self, info: WorkerInfo) -> None:

@@ -284,7 +284,21 @@ class Worker:
         if self._redis is None:
             await redis_conn.aclose()
 
+    async def _repair_abandoned(self) -> None:
+        """Malformed jobs a crashed worker left in rq:wip would break RQ's cleanup: repair them."""
+        try:
+            repaired = await self.store.repair_abandoned(self.config.queues)
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
+            log.warning("could not check abandoned jobs (%s)", exc)
+            return
+        for job_id in repaired:
+            log.warning(
+                "job %s was abandoned in StartedJobRegistry with fields RQ cannot load: repaired, so RQ's "
+                "maintenance fails it as abandoned", job_id,
+            )
+
     async def _start_extras(self) -> list[asyncio.Task[None]]:
+        await self._repair_abandoned()
         tasks: list[asyncio.Task[None]] = []
         from asyncjobs.worker.maintenance import Maintenance
 
@@ -761,6 +775,7 @@ class Worker:
                     log.warning("worker key had expired (Redis restart or outage?): registering again")
                     await self.store.reregister(self._info)
                 backoff.reset()
+                await self._repair_abandoned()
             except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
                 await backoff.wait(f"heartbeat: {exc}", None)
 
