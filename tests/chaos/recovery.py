@@ -1,0 +1,105 @@
+"""RQ's own abandoned-job maintenance, run by the harness after a worker dies.
+
+A SIGKILLed worker leaves its executions in ``rq:wip:<q>`` with a heartbeat
+deadline about 61 s ahead (``--job-monitoring-interval 1``: TTL = interval + 60).
+Stock RQ recovers them once that deadline has passed, in ``StartedJobRegistry.cleanup``
+(rq-protocol.md §6.2).  Waiting a minute per kill would make the bounded run
+long, so the harness calls that same function with a *timestamp* past the
+deadlines instead of waiting for the clock, which is how §6.2 was confirmed.
+
+It must not fail a job that a live worker is still running, which a future
+timestamp could do, so the timestamp ``T`` is the latest deadline among
+executions owned by dead workers (the owner is the ``worker_name`` of the
+``rq:execution:<id>:<eid>`` hash), and the cleanup only runs once no execution of
+a live (or unknown) owner has a deadline at or before ``T``: live workers'
+heartbeats (every second) push theirs past it.  If one does not move in time, ``T``
+is lowered below it and the rest waits for a later pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+from rq.registry import StartedJobRegistry
+
+from tests.chaos.cluster import QUEUES
+
+
+@dataclass(frozen=True)
+class WipEntry:
+    queue: str
+    job_id: str
+    execution_id: str
+    score: float
+    owner: str | None  # worker_name of the execution hash, None when that hash is gone
+
+
+def read_wip(conn: redis.Redis) -> list[WipEntry]:
+    conn.ping()  # anything a just-killed client had sent is processed before we read (same event-loop pass)
+    raw: list[tuple[str, str, str, float]] = []
+    for q in QUEUES:
+        for member, score in conn.zrange(f"rq:wip:{q}", 0, -1, withscores=True):
+            text = member.decode()
+            jid, _, eid = text.rpartition(":")
+            raw.append((q, jid, eid, float(score)))
+    pipe = conn.pipeline(transaction=False)
+    for _, jid, eid, _ in raw:
+        pipe.hget(f"rq:execution:{jid}:{eid}", "worker_name")
+    owners = pipe.execute() if raw else []
+    return [
+        WipEntry(q, jid, eid, score, owner.decode() if owner else None)
+        for (q, jid, eid, score), owner in zip(raw, owners, strict=True)
+    ]
+
+
+def inflight_of(conn: redis.Redis, worker_name: str) -> list[str]:
+    """Job ids of the executions ``worker_name`` owned in the StartedJobRegistry (read after its death)."""
+    return [e.job_id for e in read_wip(conn) if e.owner == worker_name]
+
+
+@dataclass
+class CleanupPass:
+    cleaned: int = 0  # executions of dead workers handed to RQ's cleanup
+    deferred: int = 0  # left for a later pass (a live execution's deadline was not past T yet)
+
+
+def recover_abandoned(conn: redis.Redis, dead: set[str], settle: float = 5.0) -> CleanupPass:
+    deadline = time.monotonic() + settle
+    while True:
+        entries = read_wip(conn)
+        mine = [e for e in entries if e.owner in dead]
+        if not mine:
+            return CleanupPass()
+        stamp = max(e.score for e in mine)
+        blockers = [e for e in entries if e.owner not in dead and e.score <= stamp]
+        if not blockers or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if blockers:
+        stamp = min(e.score for e in blockers) - 0.001
+    cleaned = [e for e in mine if e.score <= stamp]
+    if cleaned:
+        for q in QUEUES:
+            StartedJobRegistry(q, connection=conn).cleanup(timestamp=stamp)
+    return CleanupPass(len(cleaned), len(mine) - len(cleaned))
+
+
+def intermediate_ids(conn: redis.Redis) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for q in QUEUES:
+        out += [(q, j.decode()) for j in conn.lrange(f"rq:queue:{q}:intermediate", 0, -1)]
+    return out
+
+
+def clean_intermediate(conn: redis.Redis, worker_name: str) -> None:
+    """One pass of RQ's intermediate-list maintenance (rq-protocol.md §6.3): first sight is
+    recorded; an id seen more than 60 s earlier and still not started is failed."""
+    from rq import Queue
+    from rq.worker import SimpleWorker
+
+    queues = [Queue(q, connection=conn) for q in QUEUES]
+    shim = SimpleWorker(queues, connection=conn, name=worker_name)
+    for queue in queues:
+        queue.intermediate_queue.cleanup(shim, queue)
