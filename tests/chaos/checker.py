@@ -47,6 +47,7 @@ STUCK = "stuck in intermediate queue"
 KILLED = "Work-horse terminated unexpectedly"
 TIMEOUT = "JobTimeoutException"
 PLANNED = "PlannedFailure"
+STOP_GRACE = 3.0  # a stop-job takes milliseconds; a stopped ``long`` job would otherwise run 6 s
 
 
 @dataclass
@@ -55,11 +56,14 @@ class Facts:
 
     crash_inflight: Counter[str] = field(default_factory=Counter)  # job -> executions owned by a SIGKILLed worker
     cold_tokens: set[str] = field(default_factory=set)  # ledger tokens interrupted by a cold shutdown
-    stop_sent: set[str] = field(default_factory=set)
+    stop_sent: dict[str, float] = field(default_factory=dict)  # job -> when the first stop-job was sent to it running
     kill_horse_to: set[str] = field(default_factory=set)  # worker names
     canceled: set[str] = field(default_factory=set)
     poison: dict[str, str] = field(default_factory=dict)  # id -> poison kind
     intermediate_failures_allowed: bool = False  # a worker died between BLMOVE and its start write
+    left_in_intermediate: set[str] = field(default_factory=set)  # left there by a stock worker that died
+    asyncjobs_pids: set[int] = field(default_factory=set)  # every asyncjobs worker process of the run
+    stock_names: set[str] = field(default_factory=set)  # every stock worker name of the run
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Verdict:
     jobs: int = 0
     terminal: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
+    stock_problems: list[Problem] = field(default_factory=list)  # jobs only the stock worker touched
     rerun_after_crash: int = 0  # extra runs within the crash bound
     failed_by_maintenance: int = 0  # failed by RQ maintenance: abandoned by a killed worker, or stuck in an intermediate list
 
@@ -171,6 +176,9 @@ def check(
     ids = [s.id for s in specs] + list(facts.poison)
     hashes, results, places, types = gather(conn, ids)
     v = Verdict(jobs=len(specs))
+    from tests.chaos.recovery import read_wip
+
+    owners = {e.job_id: e.owner for e in read_wip(conn)}
     queued_twice = _duplicates_on_queues(conn)
     for spec in specs:
         view = JobView(spec, hashes.get(spec.id, {}), results.get(spec.id, []), places.get(spec.id, set()))
@@ -179,9 +187,13 @@ def check(
         ):
             v.terminal["deferred (parent failed)"] += 1
             continue
-        _check_job(conn, view, ledger, facts, v)
+        before = len(v.problems)
+        _check_job(conn, view, ledger, facts, v, owners.get(spec.id))
         if spec.id in queued_twice:
             v.problems.append(Problem("state", spec.id, f"on its queue {queued_twice[spec.id]} times (it would run again)"))
+        if len(v.problems) > before and _stock_only(view, ledger, facts):
+            v.stock_problems += v.problems[before:]
+            del v.problems[before:]
     for jid, kind in facts.poison.items():
         _check_poison(jid, kind, hashes.get(jid), results.get(jid, []), places.get(jid, set()), types.get(jid), v)
     if ledger.malformed:
@@ -190,6 +202,21 @@ def check(
     if unknown:
         v.problems.append(Problem("harness", None, f"ledger names jobs that were never enqueued: {sorted(unknown)[:5]}"))
     return v
+
+
+def _stock_only(view: JobView, ledger: Ledger, facts: Facts) -> bool:
+    """Only the stock worker ever ran or recorded this job: what happened to it is stock RQ's
+    behaviour under the fault (e.g. its work-horse failing to write during a Redis restart), which
+    the report lists apart; it is not evidence about asyncjobs."""
+    execs = ledger.of(view.spec.id)
+    names = {r["worker_name"] for r in view.results if r["worker_name"]}
+    if view.fields.get("worker_name"):
+        names.add(view.fields["worker_name"])
+    return (
+        bool(execs)
+        and all(e.pid not in facts.asyncjobs_pids for e in execs)
+        and bool(names) and names <= facts.stock_names
+    )
 
 
 def _duplicates_on_queues(conn: redis.Redis) -> dict[str, int]:
@@ -215,7 +242,9 @@ def _natural_runs(spec: JobSpec) -> int:
     return 1
 
 
-def _check_job(conn: redis.Redis, view: JobView, ledger: Ledger, facts: Facts, v: Verdict) -> None:
+def _check_job(
+    conn: redis.Redis, view: JobView, ledger: Ledger, facts: Facts, v: Verdict, owner: str | None = None
+) -> None:
     spec, jid = view.spec, view.spec.id
     problems = v.problems
     status = view.status
@@ -236,7 +265,8 @@ def _check_job(conn: redis.Redis, view: JobView, ledger: Ledger, facts: Facts, v
     if status not in TERMINAL:
         live = {p for p in view.places if p.split(":")[0] in ("queue", "intermediate", "wip", "deferred", "scheduled")}
         if live:
-            problems.append(Problem("stranded", jid, f"status {status!r}, still in {sorted(live)}; ran {runs}x"))
+            whose = f" (execution owned by {owner!r})" if any(p.startswith("wip:") for p in live) else ""
+            problems.append(Problem("stranded", jid, f"status {status!r}, still in {sorted(live)}{whose}; ran {runs}x"))
         else:
             problems.append(Problem("lost", jid, f"status {status!r} but on no queue and in no registry; ran {runs}x"))
         return
@@ -247,6 +277,8 @@ def _check_job(conn: redis.Redis, view: JobView, ledger: Ledger, facts: Facts, v
     if expect_reg not in view.places:
         problems.append(Problem("state", jid, f"{status} but not in {expect_reg.split(':')[0]} registry (in {sorted(view.places)})"))
     stray = {p for p in view.places if p != expect_reg and not p.startswith(("finished", "failed", "canceled"))}
+    if jid in facts.left_in_intermediate:
+        stray = {p for p in stray if not p.startswith("intermediate:")}
     if stray:
         problems.append(Problem("state", jid, f"{status} but still in {sorted(stray)}"))
     others = {p for p in view.places if p != expect_reg and p.startswith(("finished", "failed", "canceled"))}
@@ -273,10 +305,21 @@ def _check_job(conn: redis.Redis, view: JobView, ledger: Ledger, facts: Facts, v
         if runs:
             problems.append(Problem("overrun", jid, f"canceled while queued, yet it ran {runs}x"))
         return
+    stop_at = facts.stop_sent.get(jid)
     if status == "stopped":
         cause = "stop"
-        if jid not in facts.stop_sent:
+        if stop_at is None:
             problems.append(Problem("state", jid, "stopped, but no stop-job was sent for it"))
+    elif stop_at is not None:
+        # The stop was sent while an execution was running (its B was in the ledger) that runs for
+        # seconds; it must end stopped (or killed), not finish long after the command.
+        late = [e for e in execs if e.began < stop_at and e.end == "E" and (e.ended or 0) > stop_at + STOP_GRACE]
+        if late:
+            problems.append(Problem(
+                "state", jid,
+                f"stop-job ignored: sent while it ran, yet it finished {late[0].ended - stop_at:.1f}s later "  # type: ignore[operator]
+                f"(pid {late[0].pid}), status {status}",
+            ))
     elif status == "failed":
         if ABANDONED in reason:
             cause = "abandoned"

@@ -110,3 +110,37 @@ def read(path: Path) -> Ledger:
             continue
         found.end, found.ended = kind, float(at)
     return ledger
+
+
+class Tail:
+    """Follows a ledger file as it grows: which executions have begun and not yet ended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+        self.open: dict[str, dict[str, float]] = defaultdict(dict)  # job key -> {token: began}
+
+    def poll(self) -> dict[str, dict[str, float]]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.open
+        self._offset += len(data)
+        data = self._rest + data
+        lines = data.split(b"\n")
+        self._rest = lines.pop()  # an incomplete last line waits for the next poll
+        for raw in lines:
+            parts = raw.decode(errors="replace").split()
+            if len(parts) != 5:
+                continue
+            kind, key, token, _, at = parts
+            if kind == "B":
+                self.open[key][token] = float(at)
+            else:
+                self.open[key].pop(token, None)
+                if not self.open[key]:
+                    del self.open[key]
+        return self.open

@@ -9,7 +9,7 @@ ok             finishes (async or sync, 0-200 ms; some async ones spend their
 retry          ``Retry(max=m)``, fails its first ``f`` attempts (f may exceed m)
 boom           raises, no retry: failed with the exception's traceback
 timeout        runs past its 1 s ``job_timeout``: failed with JobTimeoutException
-long           runs 0.8-2 s; the target of stop-job in the storms
+long           runs 6 s; in the storms, a stop-job is sent as soon as it runs
 child          depends on an earlier ``ok`` job (``allow_failure=True``)
 cancel         runs 0.3 s; the storms cancel some while they are queued
 probe          enqueued after recovery: all must run at once (every slot free)
@@ -33,6 +33,7 @@ from tests.chaos.cluster import QUEUES
 
 J = "tests.chaos.jobs"
 RESULT_TTL = 24 * 3600  # finished jobs outlive the longest soak round
+LONG_SECONDS = 6.0  # long jobs: stop-job targets; a stop that does not land shows as a late finish
 
 
 @dataclass
@@ -56,7 +57,7 @@ class JobSpec:
 
 
 DEFAULT_MIX: dict[str, float] = {
-    "ok": 0.62, "retry": 0.14, "boom": 0.05, "timeout": 0.04, "long": 0.05, "child": 0.05, "cancel": 0.05,
+    "ok": 0.645, "retry": 0.14, "boom": 0.05, "timeout": 0.04, "long": 0.025, "child": 0.05, "cancel": 0.05,
 }
 
 
@@ -100,8 +101,10 @@ def make_plan(tag: str, n: int, rng: random.Random, mix: dict[str, float] | None
         elif kind == "timeout":
             spec.timeout = 1
             kwargs["seconds"] = 2.5
+            if use_async and rng.random() < 0.5:
+                kwargs["ping"] = True  # a timeout landing as a Redis round trip completes
         elif kind == "long":
-            kwargs["seconds"] = round(rng.uniform(0.8, 2.0), 3)
+            kwargs["seconds"] = LONG_SECONDS
             if use_async:
                 kwargs["ping"] = True
         elif kind == "child":
