@@ -61,6 +61,7 @@ class Facts:
     canceled: set[str] = field(default_factory=set)
     poison: dict[str, str] = field(default_factory=dict)  # id -> poison kind
     intermediate_failures_allowed: bool = False  # a worker died between BLMOVE and its start write
+    unowned: dict[str, str] = field(default_factory=dict)  # job -> live owner of a claim no task ran (never heart-beaten)
     left_in_intermediate: set[str] = field(default_factory=set)  # left there by a stock worker that died
     asyncjobs_pids: set[int] = field(default_factory=set)  # every asyncjobs worker process of the run
     stock_names: set[str] = field(default_factory=set)  # every stock worker name of the run
@@ -213,9 +214,9 @@ def _stock_only(view: JobView, ledger: Ledger, facts: Facts) -> bool:
     if view.fields.get("worker_name"):
         names.add(view.fields["worker_name"])
     return (
-        bool(execs)
-        and all(e.pid not in facts.asyncjobs_pids for e in execs)
+        all(e.pid not in facts.asyncjobs_pids for e in execs)
         and bool(names) and names <= facts.stock_names
+        and view.spec.id not in facts.unowned
     )
 
 
@@ -323,7 +324,13 @@ def _check_job(
     elif status == "failed":
         if ABANDONED in reason:
             cause = "abandoned"
-            if not crash:
+            if jid in facts.unowned:
+                problems.append(Problem(
+                    "stranded", jid,
+                    f"started by {facts.unowned[jid]}, which never ran nor heart-beat it (RQ's maintenance "
+                    f"failed it as abandoned once its deadline passed); ran {runs}x",
+                ))
+            elif not crash:
                 problems.append(Problem("state", jid, "failed as abandoned, but no worker running it was killed"))
         elif STUCK in reason:
             cause = "stuck"

@@ -19,7 +19,7 @@ is lowered below it and the rest waits for a later pass.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from rq.registry import StartedJobRegistry
@@ -61,29 +61,50 @@ def inflight_of(conn: redis.Redis, worker_name: str) -> list[str]:
 
 @dataclass
 class CleanupPass:
-    cleaned: int = 0  # executions of dead workers handed to RQ's cleanup
+    cleaned: int = 0  # executions handed to RQ's cleanup
     deferred: int = 0  # left for a later pass (a live execution's deadline was not past T yet)
+    unowned: list[WipEntry] = field(default_factory=list)  # final pass: stale, yet no dead worker owned them
 
 
-def recover_abandoned(conn: redis.Redis, dead: set[str], settle: float = 5.0) -> CleanupPass:
+def recover_abandoned(conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False) -> CleanupPass:
+    """RQ's ``StartedJobRegistry.cleanup`` with ``T`` = the latest deadline among dead workers'
+    executions, once no other execution's deadline is at or before ``T`` (see the module doc).
+
+    ``final`` (faults are over, every live worker heart-beats each second): an execution whose
+    deadline did not move for ``settle`` seconds is not being heart-beaten by anyone, so RQ's
+    maintenance will fail it as abandoned when the clock reaches its deadline, whoever's name it
+    bears; such executions are cleaned too and returned in ``unowned`` (a claim no task runs)."""
+    def key(e: WipEntry) -> tuple[str, str, str]:
+        return (e.queue, e.job_id, e.execution_id)
+
+    first = {key(e): e.score for e in read_wip(conn)}
     deadline = time.monotonic() + settle
     while True:
         entries = read_wip(conn)
-        mine = [e for e in entries if e.owner in dead]
-        if not mine:
+        targets = [e for e in entries if e.owner in dead]
+        if final:
+            unmoved = [e for e in entries if e.owner not in dead and first.get(key(e)) == e.score]
+            if unmoved and time.monotonic() < deadline:
+                time.sleep(0.1)  # poll: each live execution's deadline moves at its next heartbeat
+                continue
+            targets += unmoved
+        if not targets:
             return CleanupPass()
-        stamp = max(e.score for e in mine)
-        blockers = [e for e in entries if e.owner not in dead and e.score <= stamp]
-        if not blockers or time.monotonic() > deadline:
+        stamp = max(e.score for e in targets)
+        chosen = {key(e) for e in targets}
+        blockers = [e for e in entries if key(e) not in chosen and e.score <= stamp]
+        if not blockers or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    mine = targets
     if blockers:
         stamp = min(e.score for e in blockers) - 0.001
     cleaned = [e for e in mine if e.score <= stamp]
     if cleaned:
         for q in QUEUES:
             StartedJobRegistry(q, connection=conn).cleanup(timestamp=stamp)
-    return CleanupPass(len(cleaned), len(mine) - len(cleaned))
+    unowned = [e for e in cleaned if e.owner not in dead]
+    return CleanupPass(len(cleaned), len(mine) - len(cleaned), unowned)
 
 
 def intermediate_ids(conn: redis.Redis) -> list[tuple[str, str]]:
@@ -93,13 +114,25 @@ def intermediate_ids(conn: redis.Redis) -> list[tuple[str, str]]:
     return out
 
 
-def clean_intermediate(conn: redis.Redis, worker_name: str) -> None:
-    """One pass of RQ's intermediate-list maintenance (rq-protocol.md §6.3): first sight is
-    recorded; an id seen more than 60 s earlier and still not started is failed."""
+def clean_intermediate(conn: redis.Redis, ids: list[tuple[str, str]], worker_name: str) -> int:
+    """One pass of RQ's intermediate-list maintenance (rq-protocol.md §6.3), with RQ's own methods,
+    for the given (queue, job id) pairs only: first sight is recorded; an id seen more than 60 s
+    earlier and still not started is failed (``handle_job_failure``) and removed.  Returns how many
+    were failed.  (RQ's own pass walks the whole list, including ids a dead stock worker left
+    behind for jobs that have run since; failing those again is RQ's flaw, not the worker's.)"""
     from rq import Queue
     from rq.worker import SimpleWorker
 
-    queues = [Queue(q, connection=conn) for q in QUEUES]
-    shim = SimpleWorker(queues, connection=conn, name=worker_name)
-    for queue in queues:
-        queue.intermediate_queue.cleanup(shim, queue)
+    failed = 0
+    for qname, jid in ids:
+        queue = Queue(qname, connection=conn)
+        shim = SimpleWorker([queue], connection=conn, name=worker_name)
+        iq = queue.intermediate_queue
+        if iq.set_first_seen(jid) or not iq.should_be_cleaned_up(jid):
+            continue
+        job = queue.fetch_job(jid)
+        if job is not None:
+            shim.handle_job_failure(job, queue, exc_string="Job was stuck in intermediate queue.")
+            failed += 1
+        iq.remove(jid)
+    return failed

@@ -144,7 +144,7 @@ def run_scenario(
         t_faults_end = time.monotonic()
         # ---- heal: every slot runs a registered worker, the dead are recovered
         cluster.wait_registered(cluster.all_current(), timeout=60)
-        ctx.recover(settle=10.0)
+        ctx.recover(settle=5.0, final=True)
         drained, stuck = _drain(ctx, plan, say)
         recover_s = time.monotonic() - t_faults_end
         if not drained:
@@ -238,13 +238,12 @@ def _wait_backlog(cluster: Cluster, plan: Plan, limit: float) -> None:
 
 
 def _drain(ctx: F.Ctx, plan: Plan, say: Callable[[str], None]) -> tuple[bool, int]:
-    """Wait until every planned job is terminal; returns (drained, ids failed out of an intermediate list)."""
+    """Wait until every planned job is settled; returns (drained, ids failed out of an intermediate list)."""
     conn = ctx.cluster.conn()
     ids = [s.id for s in plan.specs]
     best, last_progress = -1, time.monotonic()
-    stuck_since: float | None = None
     stuck_total = 0
-    first_pass: float | None = None
+    seen_stuck: dict[tuple[str, str], float] = {}  # (queue, id) -> when first seen stuck
     while True:
         done = _settled(conn, plan)
         if done == len(ids):
@@ -252,23 +251,23 @@ def _drain(ctx: F.Ctx, plan: Plan, say: Callable[[str], None]) -> tuple[bool, in
         if done > best:
             best, last_progress = done, time.monotonic()
         ctx.recover(settle=2.0)
-        # ids in an intermediate list that no execution owns and that stay there: RQ's §6.3 maintenance
-        inter = {j for _, j in intermediate_ids(conn)} - {e.job_id for e in read_wip(conn)}
-        if inter and stuck_since is None:
-            stuck_since = time.monotonic()
-        if not inter:
-            stuck_since, first_pass = None, None
-        elif stuck_since is not None and time.monotonic() - stuck_since > 5.0:
-            if first_pass is None:
-                say(f"    {len(inter)} id(s) stuck in an intermediate list: RQ's maintenance fails them after 60 s")
-                clean_intermediate(conn, f"{ctx.tag}-maintenance")
-                first_pass = time.monotonic()
-            elif time.monotonic() - first_pass > 61.0:
-                clean_intermediate(conn, f"{ctx.tag}-maintenance")
-                stuck_total += len(inter)
-                first_pass, stuck_since = None, None
-            last_progress = time.monotonic()  # waiting on the clock is progress
-        if time.monotonic() - last_progress > NO_PROGRESS:
+        # Ids in an intermediate list that no execution owns, for jobs not yet ended, that stay
+        # there: stuck (a worker died, or lost the reply, between BLMOVE and its start write).
+        # RQ's §6.3 maintenance fails them once it has seen them for 60 s.
+        owned = {e.job_id for e in read_wip(conn)}
+        candidates = [(q, j) for q, j in intermediate_ids(conn) if j not in owned and j not in ctx.facts.left_in_intermediate]
+        status = dict(zip([j for _, j in candidates], _statuses(conn, [j for _, j in candidates]), strict=True))
+        now = time.monotonic()
+        stuck = [(q, j) for q, j in candidates if status.get(j) not in TERMINAL]
+        seen_stuck = {k: seen_stuck.get(k, now) for k in stuck}
+        settled = [k for k, t in seen_stuck.items() if now - t > 5.0]
+        if settled:
+            if any(k not in ctx.stuck_reported for k in settled):
+                say(f"    {len(settled)} id(s) stuck in an intermediate list: RQ's maintenance fails them after 60 s")
+                ctx.stuck_reported.update(settled)
+            stuck_total += clean_intermediate(conn, settled, f"{ctx.tag}-maintenance")
+            last_progress = now  # waiting for RQ's 60 s is progress
+        if now - last_progress > NO_PROGRESS:
             return False, stuck_total
         time.sleep(0.5)
 
