@@ -282,7 +282,11 @@ def _shutdown(ctx: Ctx, inc: Incarnation, *, cold: bool) -> None:
     mine = list(led.by_pid(inc.pid))
     if cold:
         assert inc.cold_at is not None
-        cut = [e for e in mine if e.key in held and (e.end is None or (e.ended or 0) >= inc.cold_at)]
+        # Runs it held at the second signal, or began after the first (a claim already in flight).
+        cut = [
+            e for e in mine
+            if (e.key in held or e.began >= inc.signalled) and (e.end is None or (e.ended or 0) >= inc.cold_at)
+        ]
         ctx.facts.cold_tokens.update(e.token for e in cut)
         ctx.note(f"cold stop {inc.name}: {len(cut)} execution(s) interrupted")
     if inc.returncode != 0:

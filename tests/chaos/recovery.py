@@ -66,45 +66,73 @@ class CleanupPass:
     unowned: list[WipEntry] = field(default_factory=list)  # final pass: stale, yet no dead worker owned them
 
 
-def recover_abandoned(conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False) -> CleanupPass:
+def _last_beat(conn: redis.Redis, worker: str) -> float | None:
+    from rq.utils import utcparse
+
+    raw = conn.hget(f"rq:worker:{worker}", "last_heartbeat")
+    if not raw:
+        return None
+    try:
+        return float(utcparse(raw.decode()).timestamp())
+    except ValueError:
+        return None
+
+
+def recover_abandoned(
+    conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False, patience: float = 60.0
+) -> CleanupPass:
     """RQ's ``StartedJobRegistry.cleanup`` with ``T`` = the latest deadline among dead workers'
     executions, once no other execution's deadline is at or before ``T`` (see the module doc).
 
-    ``final`` (faults are over, every live worker heart-beats each second): an execution whose
-    deadline did not move for ``settle`` seconds is not being heart-beaten by anyone, so RQ's
-    maintenance will fail it as abandoned when the clock reaches its deadline, whoever's name it
-    bears; such executions are cleaned too and returned in ``unowned`` (a claim no task runs)."""
+    ``final`` (faults are over): an execution of a live worker whose deadline did not move while
+    that worker heart-beat (twice, over a second apart: its heartbeat refreshes every execution it
+    runs in the same script) is run by no one, so RQ's maintenance will fail it as abandoned when
+    the clock reaches its deadline; so is one whose owner is unknown (its execution record gone)
+    after ``settle`` seconds.  Such executions are cleaned too and returned in ``unowned`` (a claim
+    that no task runs).  A worker that does not heart-beat within ``patience`` seconds is left alone."""
+
     def key(e: WipEntry) -> tuple[str, str, str]:
         return (e.queue, e.job_id, e.execution_id)
 
+    t0 = time.time()
     first = {key(e): e.score for e in read_wip(conn)}
-    deadline = time.monotonic() + settle
+    start = time.monotonic()
     while True:
         entries = read_wip(conn)
+        waited = time.monotonic() - start
         targets = [e for e in entries if e.owner in dead]
         if final:
             unmoved = [e for e in entries if e.owner not in dead and first.get(key(e)) == e.score]
-            if unmoved and time.monotonic() < deadline:
-                time.sleep(0.1)  # poll: each live execution's deadline moves at its next heartbeat
+            beats = {o: _last_beat(conn, o) for o in {e.owner for e in unmoved if e.owner is not None}}
+            confirmed, pending = [], []
+            for e in unmoved:
+                beat = beats.get(e.owner) if e.owner is not None else None
+                if beat is not None and beat >= t0 + 1.5:
+                    confirmed.append(e)  # its worker heart-beat since, without it
+                elif (e.owner is None or beat is None) and waited >= settle:
+                    confirmed.append(e)  # nobody left to heart-beat it
+                else:
+                    pending.append(e)
+            if pending and waited < patience:
+                time.sleep(0.1)
                 continue
-            targets += unmoved
+            targets += confirmed
         if not targets:
             return CleanupPass()
         stamp = max(e.score for e in targets)
         chosen = {key(e) for e in targets}
         blockers = [e for e in entries if key(e) not in chosen and e.score <= stamp]
-        if not blockers or time.monotonic() >= deadline:
+        if not blockers or waited >= settle:
             break
         time.sleep(0.1)
-    mine = targets
     if blockers:
         stamp = min(e.score for e in blockers) - 0.001
-    cleaned = [e for e in mine if e.score <= stamp]
+    cleaned = [e for e in targets if e.score <= stamp]
     if cleaned:
         for q in QUEUES:
             StartedJobRegistry(q, connection=conn).cleanup(timestamp=stamp)
     unowned = [e for e in cleaned if e.owner not in dead]
-    return CleanupPass(len(cleaned), len(mine) - len(cleaned), unowned)
+    return CleanupPass(len(cleaned), len(targets) - len(cleaned), unowned)
 
 
 def intermediate_ids(conn: redis.Redis) -> list[tuple[str, str]]:

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -140,6 +142,41 @@ def test_recovery_fails_only_what_dead_workers_owned(sync_redis: redis.Redis) ->
     assert dead.get_status(refresh=True) == "failed"
     assert "AbandonedJobError" in (dead.latest_result().exc_string or "")
     assert live.get_status(refresh=True) == "started"
+
+
+def test_final_recovery_fails_a_claim_its_live_worker_does_not_heartbeat(sync_redis: redis.Redis) -> None:
+    """After the faults, an execution that its (live) worker's heartbeats leave out is run by nobody:
+    RQ would fail it at its deadline, so the final pass does, and names it; a heart-beaten one stays."""
+    from rq.utils import utcformat
+
+    conn = sync_redis
+    q = Queue("chaos", connection=conn)
+    q.enqueue("tests.chaos.jobs.sync_work", key="a", seconds=0, job_id="phantom")
+    q.enqueue("tests.chaos.jobs.sync_work", key="b", seconds=0, job_id="running")
+    phantom = _start(conn, q, "alive")
+    running = _start(conn, q, "alive-too")
+    member = next(m for m in conn.zrange("rq:wip:chaos", 0, -1) if m.startswith(b"running:"))
+    stop = threading.Event()
+
+    def heartbeats() -> None:  # both workers beat; only "running" is refreshed, as a real heartbeat does
+        score = time.time() + 300
+        while not stop.wait(0.3):
+            score += 1
+            stamp = utcformat(datetime.now(UTC))
+            conn.hset("rq:worker:alive", "last_heartbeat", stamp)
+            conn.hset("rq:worker:alive-too", "last_heartbeat", stamp)
+            conn.zadd("rq:wip:chaos", {member: score}, xx=True)
+
+    beater = threading.Thread(target=heartbeats, daemon=True)
+    beater.start()
+    try:
+        done = recover_abandoned(conn, set(), settle=5.0, final=True, patience=20.0)
+    finally:
+        stop.set()
+        beater.join()
+    assert [e.job_id for e in done.unowned] == ["phantom"]
+    assert phantom.get_status(refresh=True) == "failed"
+    assert running.get_status(refresh=True) == "started"
 
 
 @pytest.mark.timeout(300)
