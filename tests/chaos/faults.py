@@ -124,7 +124,7 @@ def sigkill(ctx: Ctx) -> None:
             ctx.stop.wait(rng.uniform(0.0, 0.5))  # a kill during start-up (registration, first claim)
             ctx.sigkill(new)
             ctx.restart(inc.slot)
-        ctx.recover(settle=2.0)
+        ctx.recover(settle=0.0)  # what is not safely recoverable yet waits for a later pass
 
 
 # ------------------------------------------------------------- Redis restart
@@ -151,11 +151,11 @@ def proxy(ctx: Ctx) -> None:
     px = ctx.cluster.proxy
     assert px is not None, "the proxy scenario needs via_proxy=True"
     slow = (SOCKET_TIMEOUT + 0.3, SOCKET_TIMEOUT + 1.5)
-    px.chaos(seed=rng.randrange(1 << 30), p_delay=0.002, p_drop=0.002, p_cut=0.001, delay=slow)
+    px.chaos(seed=rng.randrange(1 << 30), p_delay=0.003, p_drop=0.003, p_cut=0.0015, delay=slow)
     # A kill-free run can still strand an id in the intermediate list: a lost BLMOVE reply.
     ctx.facts.intermediate_failures_allowed = True
     try:
-        while not ctx.stop.wait(rng.uniform(1.0, 3.0)):
+        while not ctx.stop.wait(rng.uniform(0.8, 2.5)):
             roll = rng.random()
             if roll < 0.35:
                 px.cut_connections()
@@ -239,23 +239,27 @@ def sigterm(ctx: Ctx) -> None:
     SIGTERM during start-up, and SIGTERM while Redis is unreachable at start-up."""
     rng = ctx.rng
     cl = ctx.cluster
-    while not ctx.stop.wait(rng.uniform(0.5, 2.0)):
+    # Workers whose Redis is unreachable at start-up, in the background: blackholed, then refused.
+    unreachable = threading.Thread(
+        target=lambda: [_unreachable_start(ctx, blackholed=b) for b in (True, False)], daemon=True
+    )
+    unreachable.start()
+    while not ctx.stop.wait(rng.uniform(0.3, 1.5)):
         victims = cl.asyncjobs_workers()
         if not victims:
             continue
         inc = rng.choice(victims)
-        mode = rng.choice(["warm", "warm", "cold", "cold", "startup", "unreachable"])
+        mode = rng.choice(["warm", "cold", "cold", "startup"])
         if mode in ("warm", "cold"):
             _shutdown(ctx, inc, cold=mode == "cold")
             ctx.restart(inc.slot)
-        elif mode == "startup":
+        else:
             _shutdown(ctx, inc, cold=False)
             new = ctx.restart(inc.slot)
             ctx.stop.wait(rng.uniform(0.0, 0.4))
             _term_at_startup(ctx, new, what="during start-up")
             ctx.restart(inc.slot)
-        else:
-            _unreachable_start(ctx)
+    unreachable.join(60)
 
 
 def _shutdown(ctx: Ctx, inc: Incarnation, *, cold: bool) -> None:
@@ -320,14 +324,13 @@ def _term_at_startup(ctx: Ctx, inc: Incarnation, *, what: str, limit: float = 20
     ctx.sigkill(inc)
 
 
-def _unreachable_start(ctx: Ctx) -> None:
+def _unreachable_start(ctx: Ctx, *, blackholed: bool) -> None:
     """A worker whose Redis does not answer (a blackholed address, or a closed port) must still
     honour SIGTERM before it ever registers."""
     from testsupport.faultproxy import FaultProxy
     from testsupport.redis_server import free_port
 
     cl = ctx.cluster
-    blackholed = ctx.rng.random() < 0.5
     px: FaultProxy | None = None
     if blackholed:
         px = FaultProxy("127.0.0.1", cl.redis.port).start()
@@ -339,7 +342,7 @@ def _unreachable_start(ctx: Ctx) -> None:
     name_slot = "unreachable"
     inc = cl.spawn(name_slot, cl.asyncjobs_argv(f"{ctx.tag}-unreachable-{len(cl.incarnations)}", url), track=False)
     try:
-        ctx.stop.wait(ctx.rng.uniform(0.5, 1.5))
+        time.sleep(1.0 if blackholed else 0.5)  # let it reach its connection-retry loop
         inc.expected_exit = True
         inc.how = "startup-term"
         inc.signal(signal.SIGTERM)
