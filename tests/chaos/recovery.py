@@ -78,18 +78,24 @@ def _last_beat(conn: redis.Redis, worker: str) -> float | None:
         return None
 
 
+STALE_AFTER = 25.0  # > the worker's longest wait before re-sending a claim (10 s backoff + timeouts)
+
+
 def recover_abandoned(
-    conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False, patience: float = 60.0
+    conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False, patience: float = 60.0,
+    stale_after: float = STALE_AFTER,
 ) -> CleanupPass:
     """RQ's ``StartedJobRegistry.cleanup`` with ``T`` = the latest deadline among dead workers'
     executions, once no other execution's deadline is at or before ``T`` (see the module doc).
 
-    ``final`` (faults are over): an execution of a live worker whose deadline did not move while
-    that worker heart-beat (twice, over a second apart: its heartbeat refreshes every execution it
-    runs in the same script) is run by no one, so RQ's maintenance will fail it as abandoned when
-    the clock reaches its deadline; so is one whose owner is unknown (its execution record gone)
-    after ``settle`` seconds.  Such executions are cleaned too and returned in ``unowned`` (a claim
-    that no task runs).  A worker that does not heart-beat within ``patience`` seconds is left alone."""
+    ``final`` (faults are over): an execution of a live worker whose deadline has not moved for
+    ``stale_after`` seconds while that worker kept heart-beating (its heartbeat refreshes every
+    execution it runs, in the same script) is run by no one, so RQ's maintenance will fail it as
+    abandoned when the clock reaches its deadline; so is one whose owner is unknown (its execution
+    record gone) after ``settle`` seconds.  Such executions are cleaned too and returned in
+    ``unowned`` (a claim that no task runs).  ``stale_after`` exceeds the time a worker may still
+    be re-sending a claim whose reply a fault lost (it learns its jobs when the re-send answers).
+    A worker that does not heart-beat within ``patience`` seconds is left alone."""
 
     def key(e: WipEntry) -> tuple[str, str, str]:
         return (e.queue, e.job_id, e.execution_id)
@@ -107,13 +113,13 @@ def recover_abandoned(
             confirmed, pending = [], []
             for e in unmoved:
                 beat = beats.get(e.owner) if e.owner is not None else None
-                if beat is not None and beat >= t0 + 1.5:
-                    confirmed.append(e)  # its worker heart-beat since, without it
+                if beat is not None and waited >= stale_after and beat >= t0 + stale_after - 1.0:
+                    confirmed.append(e)  # its worker keeps heart-beating, without it
                 elif (e.owner is None or beat is None) and waited >= settle:
                     confirmed.append(e)  # nobody left to heart-beat it
                 else:
                     pending.append(e)
-            if pending and waited < patience:
+            if pending and waited < max(patience, stale_after + 5.0):
                 time.sleep(0.1)
                 continue
             targets += confirmed

@@ -170,7 +170,7 @@ def test_final_recovery_fails_a_claim_its_live_worker_does_not_heartbeat(sync_re
     beater = threading.Thread(target=heartbeats, daemon=True)
     beater.start()
     try:
-        done = recover_abandoned(conn, set(), settle=5.0, final=True, patience=20.0)
+        done = recover_abandoned(conn, set(), settle=5.0, final=True, patience=20.0, stale_after=2.0)
     finally:
         stop.set()
         beater.join()
