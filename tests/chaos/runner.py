@@ -35,7 +35,7 @@ from tests.chaos import faults as F
 from tests.chaos import ledger as ledger_mod
 from tests.chaos.checker import TERMINAL, Problem, Verdict, check
 from tests.chaos.cluster import Cluster
-from tests.chaos.plan import DEFAULT_MIX, Plan, Producer, make_plan, probe_plan
+from tests.chaos.plan import DEFAULT_MIX, Plan, Producer, enqueue, make_plan, probe_plan
 from tests.chaos.recovery import clean_intermediate, intermediate_ids, read_wip
 
 NO_PROGRESS = 30.0  # drain gives up after this long without a job reaching a terminal state
@@ -117,6 +117,7 @@ def run_scenario(
     extra_problems: list[Problem] = []
     plan = make_plan(tag, jobs, rng, sc.mix)
     ctx.kinds = {s.id: s.kind for s in plan.specs}
+    producer_conn: redis.Redis | None = None
     try:
         cluster.start()
         cluster.wait_registered(cluster.all_current())
@@ -162,6 +163,8 @@ def run_scenario(
         verdict: Verdict = check(conn, plan.specs, ledger_mod.read(cluster.ledger_path), ctx.facts)
     finally:
         ctx.stop.set()
+        if producer_conn is not None:
+            producer_conn.close()
         cluster.close()
     problems = extra_problems + ctx.problems + verdict.problems
     passed = not problems
@@ -183,6 +186,7 @@ def run_scenario(
         (run_dir / "problems.txt").write_text("\n".join(str(p) for p in problems) + "\n")
         (run_dir / "events.txt").write_text("\n".join(ctx.log) + "\n")
         (run_dir / "plan.json").write_text(json.dumps([s.to_json() for s in plan.specs], indent=0))
+        (run_dir / "stock-problems.txt").write_text("\n".join(str(p) for p in verdict.stock_problems) + "\n")
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
@@ -282,8 +286,6 @@ def _probe(ctx: F.Ctx, plan: Plan, side_url: str) -> list[Problem]:
     side.delete(barrier)
     side.close()
     probes = probe_plan(f"{ctx.tag}probe", n, barrier)
-    from tests.chaos.plan import enqueue
-
     enqueue(cl.conn(), probes.specs)
     plan.specs.extend(probes.specs)
     ids = [s.id for s in probes.specs]
