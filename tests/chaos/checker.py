@@ -47,7 +47,7 @@ STUCK = "stuck in intermediate queue"
 KILLED = "Work-horse terminated unexpectedly"
 TIMEOUT = "JobTimeoutException"
 PLANNED = "PlannedFailure"
-STOP_GRACE = 3.0  # a stop-job takes milliseconds; a stopped ``long`` job would otherwise run 6 s
+STOP_GRACE = 8.0  # a stop-job takes milliseconds; a stopped ``long`` job would otherwise run 15 s
 
 
 @dataclass

@@ -8,8 +8,8 @@ ok             finishes (async or sync, 0-200 ms; some async ones spend their
                time awaiting Redis round trips)
 retry          ``Retry(max=m)``, fails its first ``f`` attempts (f may exceed m)
 boom           raises, no retry: failed with the exception's traceback
-timeout        runs past its 1 s ``job_timeout``: failed with JobTimeoutException
-long           runs 6 s; in the storms, a stop-job is sent as soon as it runs
+timeout        would run 30 s, past its 1 s ``job_timeout``: failed with JobTimeoutException
+long           runs 3 s (15 s in the storms, where a stop-job is sent as soon as it runs)
 child          depends on an earlier ``ok`` job (``allow_failure=True``)
 cancel         runs 0.3 s; the storms cancel some while they are queued
 probe          enqueued after recovery: all must run at once (every slot free)
@@ -33,7 +33,9 @@ from tests.chaos.cluster import QUEUES
 
 J = "tests.chaos.jobs"
 RESULT_TTL = 24 * 3600  # finished jobs outlive the longest soak round
-LONG_SECONDS = 6.0  # long jobs: stop-job targets; a stop that does not land shows as a late finish
+# A timeout job would run this long; its 1 s timeout must end it long before, even on a machine
+# that stalls for seconds (seen on this shared 2-core box: every process frozen for 2.6 s).
+TIMEOUT_JOB_SECONDS = 30.0
 
 
 @dataclass
@@ -70,7 +72,9 @@ class Plan:
         return {s.id: s for s in self.specs}
 
 
-def make_plan(tag: str, n: int, rng: random.Random, mix: dict[str, float] | None = None) -> Plan:
+def make_plan(
+    tag: str, n: int, rng: random.Random, mix: dict[str, float] | None = None, long_seconds: float = 3.0
+) -> Plan:
     mix = mix or DEFAULT_MIX
     kinds = list(mix)
     weights = [mix[k] for k in kinds]
@@ -100,11 +104,11 @@ def make_plan(tag: str, n: int, rng: random.Random, mix: dict[str, float] | None
             kwargs.update(seconds=0.01, fail_first=1)
         elif kind == "timeout":
             spec.timeout = 1
-            kwargs["seconds"] = 2.5
+            kwargs["seconds"] = TIMEOUT_JOB_SECONDS
             if use_async and rng.random() < 0.5:
                 kwargs["ping"] = True  # a timeout landing as a Redis round trip completes
         elif kind == "long":
-            kwargs["seconds"] = LONG_SECONDS
+            kwargs["seconds"] = long_seconds
             if use_async:
                 kwargs["ping"] = True
         elif kind == "child":

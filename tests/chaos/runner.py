@@ -50,6 +50,7 @@ class Scenario:
     aof: bool = False
     via_proxy: bool = False
     poison: bool = False
+    long_seconds: float = 3.0  # duration of ``long`` jobs
 
 
 STORM_MIX = {"ok": 0.55, "boom": 0.05, "timeout": 0.12, "long": 0.08, "child": 0.05, "cancel": 0.15}
@@ -60,7 +61,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("sigkill", "SIGKILL of asyncjobs workers at random moments, restarts, RQ's abandoned-job cleanup", F.sigkill),
         Scenario("redis-restart", "Redis (AOF on) stopped and restarted mid-run", F.redis_restart, aof=True),
         Scenario("proxy", "fault proxy: replies delayed past the socket timeout, dropped; connections cut; blackouts", F.proxy, via_proxy=True),
-        Scenario("storms", "storms of stop-job, kill-horse, Job.cancel and job timeouts", F.storms, mix=STORM_MIX),
+        Scenario("storms", "storms of stop-job, kill-horse, Job.cancel and job timeouts", F.storms, mix=STORM_MIX,
+                 long_seconds=15.0),
         Scenario("poison", "poison queue entries between good jobs (non-hash keys, missing/empty hashes, bad data/function/fields)", None, poison=True),
         Scenario("sigterm", "repeated warm and cold SIGTERM/SIGINT, SIGTERM during start-up and while Redis is unreachable", F.sigterm),
     ]
@@ -115,7 +117,7 @@ def run_scenario(
     ctx = F.Ctx(cluster, rng, tag)
     t0 = time.monotonic()
     extra_problems: list[Problem] = []
-    plan = make_plan(tag, jobs, rng, sc.mix)
+    plan = make_plan(tag, jobs, rng, sc.mix, long_seconds=sc.long_seconds)
     ctx.kinds = {s.id: s.kind for s in plan.specs}
     producer_conn: redis.Redis | None = None
     try:
