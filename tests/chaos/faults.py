@@ -325,22 +325,23 @@ def _term_at_startup(ctx: Ctx, inc: Incarnation, *, what: str, limit: float = 20
 
 
 def _unreachable_start(ctx: Ctx, *, blackholed: bool) -> None:
-    """A worker whose Redis does not answer (a blackholed address, or a closed port) must still
-    honour SIGTERM before it ever registers."""
-    from testsupport.faultproxy import FaultProxy
+    """A worker whose Redis does not answer (an address that accepts connections and never
+    replies, or a closed port) must still honour SIGTERM before it ever registers."""
+    import socket
+
     from testsupport.redis_server import free_port
 
     cl = ctx.cluster
-    px: FaultProxy | None = None
+    hole: socket.socket | None = None
     if blackholed:
-        px = FaultProxy("127.0.0.1", cl.redis.port).start()
-        px.blackhole(True)
-        port = px.port
+        hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)  # the kernel completes connections; nobody ever reads or answers
+        port = hole.getsockname()[1]
     else:
         port = free_port()  # nothing listens there
     url = f"redis://127.0.0.1:{port}/0?socket_timeout={SOCKET_TIMEOUT:g}&socket_connect_timeout={SOCKET_TIMEOUT:g}"
-    name_slot = "unreachable"
-    inc = cl.spawn(name_slot, cl.asyncjobs_argv(f"{ctx.tag}-unreachable-{len(cl.incarnations)}", url), track=False)
+    inc = cl.spawn("unreachable", cl.asyncjobs_argv(f"{ctx.tag}-unreachable-{len(cl.incarnations)}", url), track=False)
     try:
         time.sleep(1.0 if blackholed else 0.5)  # let it reach its connection-retry loop
         inc.expected_exit = True
@@ -354,8 +355,8 @@ def _unreachable_start(ctx: Ctx, *, blackholed: bool) -> None:
             inc.signal(signal.SIGKILL)
             inc.proc.wait(10)
     finally:
-        if px is not None:
-            px.close()
+        if hole is not None:
+            hole.close()
 
 
 # ------------------------------------------------------------------ poison
