@@ -61,6 +61,7 @@ class Facts:
     canceled: set[str] = field(default_factory=set)
     poison: dict[str, str] = field(default_factory=dict)  # id -> poison kind
     intermediate_failures_allowed: bool = False  # a worker died between BLMOVE and its start write
+    abandoned_executions: set[tuple[str, str]] = field(default_factory=set)  # (job, execution) a dead worker left in rq:wip
     unowned: dict[str, str] = field(default_factory=dict)  # job -> live owner of a claim no task ran (never heart-beaten)
     left_in_intermediate: set[str] = field(default_factory=set)  # left there by a stock worker that died
     asyncjobs_pids: set[int] = field(default_factory=set)  # every asyncjobs worker process of the run
@@ -82,7 +83,7 @@ class Verdict:
     jobs: int = 0
     terminal: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
-    stock_problems: list[Problem] = field(default_factory=list)  # jobs only the stock worker touched
+    rq_problems: list[Problem] = field(default_factory=list)  # jobs only the stock worker touched
     rerun_after_crash: int = 0  # extra runs within the crash bound
     failed_by_maintenance: int = 0  # failed by RQ maintenance: abandoned by a killed worker, or stuck in an intermediate list
 
@@ -194,7 +195,7 @@ def check(
         if spec.id in queued_twice:
             v.problems.append(Problem("state", spec.id, f"on its queue {queued_twice[spec.id]} times (it would run again)"))
         if len(v.problems) > before and _stock_only(view, ledger, facts):
-            v.stock_problems += v.problems[before:]
+            v.rq_problems += v.problems[before:]
             del v.problems[before:]
     for jid, kind in facts.poison.items():
         _check_poison(jid, kind, hashes.get(jid), results.get(jid, []), places.get(jid, set()), types.get(jid), v)
@@ -221,14 +222,17 @@ def _stock_only(view: JobView, ledger: Ledger, facts: Facts) -> bool:
     )
 
 
-def _broken_executions(conn: redis.Redis, jid: str) -> set[str]:
-    """Execution ids listed for ``jid`` whose ``rq:execution:`` hash lacks what RQ needs to load it."""
-    out = set()
+def _broken_executions(conn: redis.Redis, jid: str) -> tuple[set[str], set[str]]:
+    """Execution ids listed for ``jid`` whose ``rq:execution:`` hash RQ cannot load:
+    (present but without ``created_at``: re-created by a heartbeat, gone altogether: expired)."""
+    partial, expired = set(), set()
     for eid in conn.zrange(f"rq:executions:{jid}", 0, -1):
         fields = conn.hgetall(f"rq:execution:{jid}:{eid.decode()}")
-        if b"created_at" not in fields:
-            out.add(eid.decode())
-    return out
+        if not fields:
+            expired.add(eid.decode())
+        elif b"created_at" not in fields:
+            partial.add(eid.decode())
+    return partial, expired
 
 
 def _duplicates_on_queues(conn: redis.Redis) -> dict[str, int]:
@@ -301,15 +305,20 @@ def _check_job(
     try:
         Job.fetch(jid, connection=conn).get_executions()
     except Exception as exc:
-        broken = _broken_executions(conn, jid)
+        partial, expired = _broken_executions(conn, jid)
         stock_eids = {r["execution_id"] for r in view.results if r["worker_name"] in facts.stock_names}
+        left = {eid for j, eid in facts.abandoned_executions if j == jid}
         problem = Problem(
-            "executions", jid, f"Job.get_executions() raised {type(exc).__name__}: {exc} (records {sorted(broken)})"
+            "executions", jid,
+            f"Job.get_executions() raised {type(exc).__name__}: {exc} (re-created records {sorted(partial)}, "
+            f"expired records {sorted(expired)})",
         )
-        if broken and broken <= stock_eids:
-            # Stock's monitor heart-beats its own execution after the horse finished it (rq 2.12's
-            # maintain_heartbeats writes unconditionally): RQ's own race, on stock's own record.
-            v.stock_problems.append(problem)
+        if (partial or expired) and partial <= stock_eids and expired <= left:
+            # RQ's own behaviour on records no asyncjobs worker touches any more: stock's monitor
+            # heart-beats its execution after the horse finished it (rq 2.12's maintain_heartbeats
+            # writes unconditionally), and an execution a dead worker left behind expires 60 s
+            # before its rq:executions entry (both TTLs are RQ's, rq-protocol.md §3.3 and §6.2).
+            v.rq_problems.append(problem)
         else:
             problems.append(problem)
 

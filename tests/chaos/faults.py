@@ -21,7 +21,7 @@ from rq.job import Job
 from tests.chaos import ledger as ledger_mod
 from tests.chaos.checker import Facts, Problem
 from tests.chaos.cluster import QUEUES, SOCKET_TIMEOUT, Cluster, Incarnation
-from tests.chaos.recovery import inflight_of, intermediate_ids, recover_abandoned
+from tests.chaos.recovery import inflight_of, intermediate_ids, read_wip, recover_abandoned
 
 POISON_QUEUE = QUEUES[0]
 
@@ -48,7 +48,7 @@ class Ctx:
     def sigkill(self, inc: Incarnation) -> None:
         """SIGKILL a worker, then record what it had in flight (its executions still in rq:wip)."""
         self.cluster.kill(inc)
-        jobs = inflight_of(self.cluster.conn(), inc.name)
+        jobs = self.left_behind(inc.name)
         self.facts.crash_inflight.update(jobs)
         self.dead.add(inc.name)
         # A kill between BLMOVE and the start write leaves the id in the intermediate list,
@@ -69,7 +69,7 @@ class Ctx:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
             psutil.wait_procs(alive, timeout=10)
-            jobs = inflight_of(cl.conn(), inc.name)
+            jobs = self.left_behind(inc.name)
             self.facts.crash_inflight.update(jobs)
             self.facts.intermediate_failures_allowed = True
             if inc.kind == "stock":
@@ -79,6 +79,13 @@ class Ctx:
                 self.facts.left_in_intermediate.update(j for j in jobs if j in inter)
             self.dead.add(inc.name)
             self.note(f"{inc.kind} worker {inc.name} exited on its own (code {inc.returncode}): {len(jobs)} execution(s) in flight")
+
+    def left_behind(self, name: str) -> list[str]:
+        """Jobs whose execution the dead worker ``name`` still owns in rq:wip (read after its death);
+        their execution records are left for RQ to expire (rq-protocol.md §6.2)."""
+        mine = [e for e in read_wip(self.cluster.conn()) if e.owner == name]
+        self.facts.abandoned_executions.update((e.job_id, e.execution_id) for e in mine)
+        return [e.job_id for e in mine]
 
     def restart(self, slot: str) -> Incarnation:
         inc = self.cluster.spawn(slot)
@@ -103,6 +110,7 @@ class Ctx:
             return
         for e in done.unowned:
             self.facts.unowned[e.job_id] = e.owner or "an expired execution record"
+            self.facts.abandoned_executions.add((e.job_id, e.execution_id))
         if done.cleaned:
             self.faults["abandoned-recovered"] += done.cleaned
             self.note(f"abandoned-job cleanup: {done.cleaned} recovered ({len(done.unowned)} never heart-beaten), {done.deferred} deferred")
@@ -295,7 +303,7 @@ def _shutdown(ctx: Ctx, inc: Incarnation, *, cold: bool) -> None:
         ctx.note(f"cold stop {inc.name}: {len(cut)} execution(s) interrupted")
     if inc.returncode != 0:
         ctx.problems.append(Problem("worker", None, f"{inc.name} exited with code {inc.returncode} after a {inc.how} shutdown:\n{inc.tail(8)}"))
-    left = inflight_of(cl.conn(), inc.name)
+    left = ctx.left_behind(inc.name)
     if left:
         ctx.problems.append(Problem(
             "worker", left[0],
@@ -312,7 +320,7 @@ def _term_at_startup(ctx: Ctx, inc: Incarnation, *, what: str, limit: float = 20
     inc.signal(signal.SIGTERM)
     ctx.faults["term-at-startup"] += 1
     if ctx.cluster.wait_exit(inc, limit):
-        left = inflight_of(ctx.cluster.conn(), inc.name)
+        left = ctx.left_behind(inc.name)
         if left:
             ctx.problems.append(Problem(
                 "worker", left[0], f"SIGTERM {what} of {inc.name} left {len(left)} job(s) in StartedJobRegistry: {left[:5]}",

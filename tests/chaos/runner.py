@@ -88,7 +88,7 @@ class Row:
     verdict: str
     terminal: dict[str, int]
     problem_samples: list[str]
-    stock_problems: list[str]  # on jobs only the stock worker touched: reported, not asyncjobs' verdict
+    rq_problems: list[str]  # on jobs only the stock worker touched: reported, not asyncjobs' verdict
     run_dir: str | None
     notes: list[str]
 
@@ -181,14 +181,14 @@ def run_scenario(
         recover_s=round(recover_s, 2), duration_s=round(time.monotonic() - t0, 1),
         problems=len(problems), verdict="pass" if passed else "FAIL",
         terminal=dict(sorted(verdict.terminal.items())), problem_samples=samples,
-        stock_problems=[str(p) for p in verdict.stock_problems[:25]],
+        rq_problems=[str(p) for p in verdict.rq_problems[:25]],
         run_dir=None if passed and not keep else str(run_dir), notes=ctx.log[-50:],
     )
     if not passed or keep:
         (run_dir / "problems.txt").write_text("\n".join(str(p) for p in problems) + "\n")
         (run_dir / "events.txt").write_text("\n".join(ctx.log) + "\n")
         (run_dir / "plan.json").write_text(json.dumps([s.to_json() for s in plan.specs], indent=0))
-        (run_dir / "stock-problems.txt").write_text("\n".join(str(p) for p in verdict.stock_problems) + "\n")
+        (run_dir / "rq-problems.txt").write_text("\n".join(str(p) for p in verdict.rq_problems) + "\n")
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return row
