@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"chaos: the harness failed in scenario {name} (seed {seed}); logs in {work}", file=sys.stderr)
                     return 1
                 rows.append(row)
-                print(f"  {row.scenario}: {row.verdict} ({row.problems} problem(s), {row.duration_s:.0f}s)")
+                own = f", {len(row.rq_problems)} of RQ's own" if row.rq_problems else ""
+                print(f"  {row.scenario}: {row.verdict} ({row.problems} problem(s){own}, {row.duration_s:.0f}s)")
                 for sample in row.problem_samples[:5]:
                     print("    " + sample.splitlines()[0][:240])
                 if soak and time.monotonic() - started > args.minutes * 60:

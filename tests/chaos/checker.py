@@ -83,7 +83,7 @@ class Verdict:
     jobs: int = 0
     terminal: Counter[str] = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
-    rq_problems: list[Problem] = field(default_factory=list)  # jobs only the stock worker touched
+    rq_problems: list[Problem] = field(default_factory=list)  # RQ's own behaviour, not asyncjobs'
     rerun_after_crash: int = 0  # extra runs within the crash bound
     failed_by_maintenance: int = 0  # failed by RQ maintenance: abandoned by a killed worker, or stuck in an intermediate list
 

@@ -64,6 +64,11 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
             out.append("")
             out += [f"- `{p.splitlines()[0][:300]}`" for p in r.problem_samples[:15]]
             out.append("")
+    rq_own = [r for r in rows if r.rq_problems]
+    if rq_own:
+        out += ["", "## RQ's own behaviour seen during the run (not counted against asyncjobs)", ""]
+        for r in rq_own:
+            out.append(f"- **{r.scenario}** (seed {r.seed}): " + "; ".join(f"`{p.splitlines()[0][:200]}`" for p in r.rq_problems[:3]))
     out += ["", "Columns and the exact invariants: see tests/chaos/README.md.", ""]
     return "\n".join(out)
 

@@ -88,7 +88,7 @@ class Row:
     verdict: str
     terminal: dict[str, int]
     problem_samples: list[str]
-    rq_problems: list[str]  # on jobs only the stock worker touched: reported, not asyncjobs' verdict
+    rq_problems: list[str]  # RQ's own behaviour (stock worker, RQ's TTLs): reported, not asyncjobs' verdict
     run_dir: str | None
     notes: list[str]
 
