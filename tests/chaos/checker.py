@@ -215,10 +215,11 @@ def _stock_only(view: JobView, ledger: Ledger, facts: Facts) -> bool:
     names = {r["worker_name"] for r in view.results if r["worker_name"]}
     if view.fields.get("worker_name"):
         names.add(view.fields["worker_name"])
+    unowned_by = facts.unowned.get(view.spec.id)
     return (
         all(e.pid not in facts.asyncjobs_pids for e in execs)
         and bool(names) and names <= facts.stock_names
-        and view.spec.id not in facts.unowned
+        and (unowned_by is None or unowned_by in facts.stock_names)
     )
 
 

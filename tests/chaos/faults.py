@@ -97,7 +97,8 @@ class Ctx:
         also for executions nobody heart-beats (claims that no task runs)."""
         self.settle_dead()
         try:
-            done = recover_abandoned(self.cluster.conn(), self.dead, settle, final=final)
+            stock = {i.name for i in self.cluster.incarnations if i.kind == "stock"}
+            done = recover_abandoned(self.cluster.conn(), self.dead, settle, final=final, one_job_workers=stock)
         except ValueError as exc:
             # RQ's cleanup fetches each expired job; one with a malformed field raises and stops
             # the whole pass (every maintenance run, `rq info` too) while it stays in rq:wip.
@@ -109,8 +110,9 @@ class Ctx:
                 ))
             return
         for e in done.unowned:
-            self.facts.unowned[e.job_id] = e.owner or "an expired execution record"
+            self.facts.unowned[e.job_id] = e.owner or "an unknown worker (execution record gone)"
             self.facts.abandoned_executions.add((e.job_id, e.execution_id))
+            self.note(f"no one runs {e.job_id}:{e.execution_id} (owner {e.owner}, deadline {e.score:.0f}): failed as abandoned")
         if done.cleaned:
             self.faults["abandoned-recovered"] += done.cleaned
             self.note(f"abandoned-job cleanup: {done.cleaned} recovered ({len(done.unowned)} never heart-beaten), {done.deferred} deferred")

@@ -83,7 +83,7 @@ STALE_AFTER = 25.0  # > the worker's longest wait before re-sending a claim (10 
 
 def recover_abandoned(
     conn: redis.Redis, dead: set[str], settle: float = 5.0, *, final: bool = False, patience: float = 60.0,
-    stale_after: float = STALE_AFTER,
+    stale_after: float = STALE_AFTER, one_job_workers: set[str] | None = None,
 ) -> CleanupPass:
     """RQ's ``StartedJobRegistry.cleanup`` with ``T`` = the latest deadline among dead workers'
     executions, once no other execution's deadline is at or before ``T`` (see the module doc).
@@ -95,13 +95,18 @@ def recover_abandoned(
     record gone) after ``settle`` seconds.  Such executions are cleaned too and returned in
     ``unowned`` (a claim that no task runs).  ``stale_after`` exceeds the time a worker may still
     be re-sending a claim whose reply a fault lost (it learns its jobs when the re-send answers).
+    A stock worker (``one_job_workers``) heart-beats only while busy, and names the one job it
+    runs in ``current_job``: its execution is stale once it names another job (or none).
     A worker that does not heart-beat within ``patience`` seconds is left alone."""
 
     def key(e: WipEntry) -> tuple[str, str, str]:
         return (e.queue, e.job_id, e.execution_id)
 
     t0 = time.time()
-    first = {key(e): e.score for e in read_wip(conn)}
+    seen = read_wip(conn)
+    first = {key(e): e.score for e in seen}
+    first_owner = {key(e): e.owner for e in seen}  # an execution record may expire while we wait
+    single = one_job_workers or set()
     start = time.monotonic()
     while True:
         entries = read_wip(conn)
@@ -113,7 +118,10 @@ def recover_abandoned(
             confirmed, pending = [], []
             for e in unmoved:
                 beat = beats.get(e.owner) if e.owner is not None else None
-                if beat is not None and waited >= stale_after and beat >= t0 + stale_after - 1.0:
+                if e.owner in single and beat is not None and waited >= stale_after:
+                    running = conn.hget(f"rq:worker:{e.owner}", "current_job")
+                    (pending if running and running.decode() == e.job_id else confirmed).append(e)
+                elif beat is not None and waited >= stale_after and beat >= t0 + stale_after - 1.0:
                     confirmed.append(e)  # its worker keeps heart-beating, without it
                 elif (e.owner is None or beat is None) and waited >= settle:
                     confirmed.append(e)  # nobody left to heart-beat it
@@ -137,7 +145,10 @@ def recover_abandoned(
     if cleaned:
         for q in QUEUES:
             StartedJobRegistry(q, connection=conn).cleanup(timestamp=stamp)
-    unowned = [e for e in cleaned if e.owner not in dead]
+    unowned = [
+        WipEntry(e.queue, e.job_id, e.execution_id, e.score, e.owner or first_owner.get(key(e)))
+        for e in cleaned if e.owner not in dead
+    ]
     return CleanupPass(len(cleaned), len(targets) - len(cleaned), unowned)
 
 
