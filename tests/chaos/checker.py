@@ -60,7 +60,7 @@ class Facts:
     kill_horse_to: set[str] = field(default_factory=set)  # worker names
     canceled: set[str] = field(default_factory=set)
     poison: dict[str, str] = field(default_factory=dict)  # id -> poison kind
-    intermediate_failures_allowed: bool = False  # a worker died between BLMOVE and its start write
+    intermediate_failures_allowed: bool = False  # a stock worker died (it may have died between BLMOVE and start)
     abandoned_executions: set[tuple[str, str]] = field(default_factory=set)  # (job, execution) a dead worker left in rq:wip
     unowned: dict[str, str] = field(default_factory=dict)  # job -> live owner of a claim no task ran (never heart-beaten)
     left_in_intermediate: set[str] = field(default_factory=set)  # left there by a stock worker that died
