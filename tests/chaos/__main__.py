@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    # SIGTERM (CI cancelling a job, `kill <pid>`) unwinds like Ctrl-C, so every server and worker
+    # this run started is stopped by the cleanup code on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.getLogger("rq").setLevel(logging.ERROR)  # RQ's cleanup logs each abandoned job it fails
     names = [s for s in args.scenarios.split(",") if s]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="asyncjobs-chaos-"))

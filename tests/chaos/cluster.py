@@ -130,6 +130,12 @@ class Cluster:
                 inc.signal(signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     inc.proc.wait(10)
+        # Work-horses of stock workers killed above were adopted by us (subreaper): end them too.
+        orphans = self.orphans()
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(orphans, timeout=10)
         if self.proxy is not None:
             self.proxy.close()
         if self._conn is not None:
