@@ -78,12 +78,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    print(f"chaos: stopped by {signal.Signals(signum).name}; stopping the servers and workers it started", flush=True)
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     # SIGTERM (CI cancelling a job, `kill <pid>`) unwinds like Ctrl-C, so every server and worker
     # this run started is stopped by the cleanup code on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     logging.getLogger("rq").setLevel(logging.ERROR)  # RQ's cleanup logs each abandoned job it fails
     names = [s for s in args.scenarios.split(",") if s]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="asyncjobs-chaos-"))

@@ -147,8 +147,11 @@ def run_scenario(
         t_faults_end = time.monotonic()
         # ---- heal: every slot runs a registered worker, the dead are recovered
         cluster.wait_registered(cluster.all_current(), timeout=60)
+        t_final = time.monotonic()
         ctx.recover(settle=5.0, final=True)
+        ctx.note(f"final recovery took {time.monotonic() - t_final:.1f}s")
         drained, stuck = _drain(ctx, plan, say)
+        ctx.note(f"drained {time.monotonic() - t_faults_end:.1f}s after the faults ended")
         recover_s = time.monotonic() - t_faults_end
         if not drained:
             extra_problems.append(Problem("drain", None, f"jobs still not terminal {NO_PROGRESS:.0f}s after the last progress"))
@@ -157,7 +160,9 @@ def run_scenario(
         # ---- slots back to idle, usable all at once
         extra_problems += _probe(ctx, plan, side_url)
         extra_problems += _idle(cluster)
-        extra_problems += cluster.stop_all(timeout=cluster.shutdown_timeout + 30)
+        extra_problems += [Problem("worker", None, p) for p in cluster.stop_all(timeout=cluster.shutdown_timeout + 30)]
+        for note in cluster.notes:
+            ctx.note(note)
         for crash in cluster.crashes:
             extra_problems.append(Problem("worker", None, crash))
         ctx.facts.asyncjobs_pids = {i.pid for i in cluster.incarnations if i.kind == "asyncjobs"}
