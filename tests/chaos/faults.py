@@ -69,11 +69,10 @@ class Ctx:
             jobs = self.left_behind(inc.name)
             self.facts.crash_inflight.update(jobs)
             if inc.kind == "stock":
-                # A stock worker that dies between its BLMOVE and its horse's start write leaves
-                # the id in the intermediate list, where RQ's §6.3 maintenance fails it.
+                # Stock's horse takes a BLMOVEd id out of the intermediate list when it starts the
+                # job: a stock worker that died before that leaves it there, where RQ's §6.3
+                # maintenance fails it a minute later (if not started) or leaves it for good.
                 self.facts.intermediate_failures_allowed = True
-                # Stock's horse takes the id out of the intermediate list; a stock worker that died
-                # before that leaves it there for good (RQ's §6.3 maintenance would fail it later).
                 inter = {j for _, j in intermediate_ids(cl.conn())}
                 self.facts.left_in_intermediate.update(j for j in jobs if j in inter)
             self.dead.add(inc.name)
