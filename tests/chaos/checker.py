@@ -318,7 +318,7 @@ def _check_job(
             # RQ's own behaviour on records no asyncjobs worker touches any more: stock's monitor
             # heart-beats its execution after the horse finished it (rq 2.12's maintain_heartbeats
             # writes unconditionally), and an execution a dead worker left behind expires 60 s
-            # before its rq:executions entry (both TTLs are RQ's, rq-protocol.md §3.3 and §6.2).
+            # before its rq:executions entry (both TTLs are RQ's, docs/rq-protocol.md §5.3 and §10.2).
             v.rq_problems.append(problem)
         else:
             problems.append(problem)

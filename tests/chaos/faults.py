@@ -70,7 +70,7 @@ class Ctx:
             self.facts.crash_inflight.update(jobs)
             if inc.kind == "stock":
                 # Stock's horse takes a BLMOVEd id out of the intermediate list when it starts the
-                # job: a stock worker that died before that leaves it there, where RQ's §6.3
+                # job: a stock worker that died before that leaves it there, where RQ's maintenance
                 # maintenance fails it a minute later (if not started) or leaves it for good.
                 self.facts.intermediate_failures_allowed = True
                 inter = {j for _, j in intermediate_ids(cl.conn())}
@@ -80,7 +80,7 @@ class Ctx:
 
     def left_behind(self, name: str) -> list[str]:
         """Jobs whose execution the dead worker ``name`` still owns in rq:wip (read after its death);
-        their execution records are left for RQ to expire (rq-protocol.md §6.2)."""
+        their execution records are left for RQ to expire (docs/rq-protocol.md §10.2)."""
         mine = [e for e in read_wip(self.cluster.conn()) if e.owner == name]
         self.facts.abandoned_executions.update((e.job_id, e.execution_id) for e in mine)
         return [e.job_id for e in mine]

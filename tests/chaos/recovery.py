@@ -3,9 +3,9 @@
 A SIGKILLed worker leaves its executions in ``rq:wip:<q>`` with a heartbeat
 deadline about 61 s ahead (``--job-monitoring-interval 1``: TTL = interval + 60).
 Stock RQ recovers them once that deadline has passed, in ``StartedJobRegistry.cleanup``
-(rq-protocol.md §6.2).  Waiting a minute per kill would make the bounded run
+(docs/rq-protocol.md §10.2).  Waiting a minute per kill would make the bounded run
 long, so the harness calls that same function with a *timestamp* past the
-deadlines instead of waiting for the clock, which is how §6.2 was confirmed.
+deadlines instead of waiting for the clock (the same function, run a little early).
 
 It must not fail a job that a live worker is still running, which a future
 timestamp could do, so the timestamp ``T`` is the latest deadline among
@@ -160,7 +160,7 @@ def intermediate_ids(conn: redis.Redis) -> list[tuple[str, str]]:
 
 
 def clean_intermediate(conn: redis.Redis, ids: list[tuple[str, str]], worker_name: str) -> int:
-    """One pass of RQ's intermediate-list maintenance (rq-protocol.md §6.3), with RQ's own methods,
+    """One pass of RQ's intermediate-list maintenance (docs/rq-protocol.md §10.3), with RQ's own methods,
     for the given (queue, job id) pairs only: first sight is recorded; an id seen more than 60 s
     earlier and still not started is failed (``handle_job_failure``) and removed.  Returns how many
     were failed.  (RQ's own pass walks the whole list, including ids a dead stock worker left

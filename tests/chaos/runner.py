@@ -264,7 +264,7 @@ def _drain(ctx: F.Ctx, plan: Plan, say: Callable[[str], None]) -> tuple[bool, in
         ctx.recover(settle=2.0)
         # Ids in an intermediate list that no execution owns, for jobs not yet ended, that stay
         # there: stuck (a worker died, or lost the reply, between BLMOVE and its start write).
-        # RQ's §6.3 maintenance fails them once it has seen them for 60 s.
+        # RQ's maintenance (docs/rq-protocol.md §10.3) fails them once it has seen them for 60 s.
         owned = {e.job_id for e in read_wip(conn)}
         candidates = [(q, j) for q, j in intermediate_ids(conn) if j not in owned and j not in ctx.facts.left_in_intermediate]
         status = dict(zip([j for _, j in candidates], _statuses(conn, [j for _, j in candidates]), strict=True))

@@ -112,7 +112,7 @@ def test_a_rerun_is_allowed_only_for_a_run_cut_by_a_crash(
 
 
 def _start(conn: redis.Redis, queue: Queue, name: str) -> Job:
-    """A stock worker ``name`` dequeues and starts one job (rq-protocol.md §3.3) and is never heard of again."""
+    """A stock worker ``name`` dequeues and starts one job (docs/rq-protocol.md §6.1) and is never heard of again."""
     worker = SimpleWorker([queue], connection=conn, name=name)
     worker.register_birth()
     result = worker.dequeue_job_and_maintain_ttl(None)

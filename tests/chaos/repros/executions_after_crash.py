@@ -2,8 +2,8 @@
 
 The claim writes ``rq:execution:<id>:<eid>`` with the heartbeat TTL (interval + 60 s) and its
 ``rq:executions:<id>`` entry with a score and TTL 60 s longer, exactly as stock RQ does; nobody
-deletes them after a crash (RQ's abandoned-job cleanup leaves them to expire, rq-protocol.md
-§6.2).  So from the hash's expiry until the entry's, ``get_executions()`` lists the execution
+deletes them after a crash (RQ's abandoned-job cleanup leaves them to expire, docs/rq-protocol.md
+§10.2).  So from the hash's expiry until the entry's, ``get_executions()`` lists the execution
 and then cannot load it: ``ValueError: Execution ... not found in Redis``.  Stock RQ has the same
 window; asyncjobs could close it for its own executions by giving the hash the entry's TTL (in
 the claim and the heartbeat).  Deterministic: fails every run, about 65 s (interval 1 s).
