@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit compat bench dist clean
+.PHONY: install demo test lint typecheck unit compat bench chaos dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,10 @@ dist: install
 bench: install
 	$(BIN)/python -m benchmarks run
 
+# Fault-injection suite (issue 9): a bounded run of every scenario (a few minutes), or a soak
+# with CHAOS_MINUTES=N.  Prints a table; writes tests/chaos/results/latest.{json,md}.
+chaos: install
+	$(BIN)/python -m tests.chaos
+
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache dist build
+	rm -rf $(VENV) .venv313 .demo .mypy_cache .ruff_cache .pytest_cache dist build

