@@ -62,7 +62,7 @@ local function start(q, qk, jid, eid)
   record(q, jid, eid)
   local ek = 'rq:execution:' .. jid .. ':' .. eid
   redis.call('HSET', ek, 'id', eid, 'created_at', now_f, 'last_heartbeat', now_f, 'worker_name', worker)
-  redis.call('EXPIRE', ek, hb_ttl)
+  redis.call('EXPIRE', ek, exec_ttl)  -- as long as its rq:executions entry (stock: hb_ttl; see header)
   redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
   redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)
   redis.call('HSET', jk, 'status', 'started', 'started_at', now_ts, 'last_heartbeat', now_ts, 'worker_name', worker)

@@ -16,7 +16,7 @@ for i = 9, #ARGV, 3 do
   if redis.call('ZSCORE', wip, member) then
     local ek = 'rq:execution:' .. jid .. ':' .. eid
     redis.call('HSET', ek, 'last_heartbeat', now_f)
-    redis.call('EXPIRE', ek, hb_ttl)
+    redis.call('EXPIRE', ek, exec_ttl)  -- as long as its rq:executions entry (claim.lua)
     redis.call('ZADD', wip, 'XX', wip_score, member)
     redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
     redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)

@@ -1,0 +1,75 @@
+"""The store's scripts against a real Redis: replays, deadlines and execution records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlparse
+
+import pytest
+import redis
+from redis.asyncio import Redis
+from rq import Queue
+from rq.job import Job
+
+from asyncjobs.protocol.store import RedisStore
+from testsupport.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    conn = Redis.from_url(redis_url)
+    try:
+        yield RedisStore(conn, "store-test", heartbeat_ttl=90)
+    finally:
+        await conn.aclose()
+
+
+async def test_a_replayed_claim_refreshes_the_deadline_of_what_it_returns(
+    redis_url: str, sync_redis: redis.Redis
+) -> None:
+    """A claim whose reply was lost for longer than the heartbeat TTL is answered by its replay with
+    the jobs it took: their deadline is renewed then, or RQ's cleanup would take a running job."""
+    parsed = urlparse(redis_url)
+    with FaultProxy(parsed.hostname or "127.0.0.1", parsed.port or 6379) as proxy:
+        conn = Redis.from_url(proxy.url(), retry=None)
+        try:
+            store = RedisStore(conn, "store-test", heartbeat_ttl=90)
+            await store.exchange(None, store.claim_request(["empty"], 1, ["a" * 32]))  # scripts loaded
+            job = Queue("default", connection=sync_redis).enqueue("operator.add", 1, 2)
+            request = store.claim_request(["default"], 1, ["e" * 32])
+            proxy.drop_next_reply(b"rq:asyncjobs:claim:")
+            with pytest.raises(redis.exceptions.ConnectionError):
+                await store.exchange(None, request)  # it ran; its reply was lost
+            member = f"{job.id}:{'e' * 32}"
+            assert sync_redis.zscore("rq:wip:default", member)
+            sync_redis.zadd("rq:wip:default", {member: 1}, xx=True)  # its deadline passed meanwhile
+            replay = await store.exchange(None, request)
+        finally:
+            await conn.aclose()
+    assert [c.job_id for c in replay.jobs] == [job.id]
+    assert (sync_redis.zscore("rq:wip:default", member) or 0) > time.time() + 60
+    assert Queue("default", connection=sync_redis).count == 0  # and nothing new was claimed
+
+
+async def test_an_execution_record_lives_as_long_as_its_index_entry(
+    store: RedisStore, sync_redis: redis.Redis
+) -> None:
+    """``Job.get_executions()`` reads rq:executions:<id> and raises for an entry whose record has
+    expired: after a crash the record must not expire before the entry does."""
+    job = Queue("default", connection=sync_redis).enqueue("operator.add", 1, 2)
+    claimed = (await store.exchange(None, store.claim_request(["default"], 1, ["f" * 32]))).jobs[0]
+    for _ in range(2):  # as claimed, then as refreshed by a heartbeat
+        entry_expires = (sync_redis.zscore(f"rq:executions:{job.id}", claimed.execution_id) or 0) - time.time()
+        record_ttl = sync_redis.ttl(f"rq:execution:{job.id}:{claimed.execution_id}")
+        assert record_ttl >= entry_expires - 2, (record_ttl, entry_expires)
+        assert len(Job.fetch(job.id, connection=sync_redis).get_executions()) == 1
+        await store.heartbeat([claimed_running(claimed)], 480)
+
+
+def claimed_running(claimed):  # type: ignore[no-untyped-def]
+    from asyncjobs.protocol.store import Running
+
+    return Running(claimed.queue, claimed.job_id, claimed.execution_id)
