@@ -30,8 +30,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import redis
 
-from testsupport.redis_server import RedisServer, find_redis_server
-from testsupport.sinks import SinkProcess
+from tests.testsupport.redis_server import RedisServer, find_redis_server
+from tests.testsupport.sinks import SinkProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -24,7 +24,7 @@ from compat.support import (
     wait_status,
     worker_hash,
 )
-from testsupport.workers import run_rq_cli, wait_for
+from tests.testsupport.workers import run_rq_cli, wait_for
 
 
 def wait_subscribed(conn: redis.Redis, name: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.harness import Bench, asyncjobs_available, token
-from testsupport.sinks import SinkProcess
+from tests.testsupport.sinks import SinkProcess
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,7 +17,7 @@ import redis
 from rq import Queue
 
 from asyncjobs import __version__
-from testsupport.workers import PROJECT_ROOT
+from tests.testsupport.workers import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "asyncjobs"
 OPTIONAL = ("sqlalchemy", "aiohttp", "aiosmtplib", "httpx", "pydantic", "pydantic_settings", "aiosqlite")

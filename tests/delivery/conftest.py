@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,8 @@ from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import OutboxNotification as T
 from asyncjobs.outbox.models import utcnow
 from asyncjobs.settings import reload_settings
-from testsupport.redis_server import free_port
-from testsupport.workers import BIN_DIR, PROJECT_ROOT
+from tests.testsupport.redis_server import free_port
+from tests.testsupport.workers import BIN_DIR, PROJECT_ROOT
 
 SF = async_sessionmaker[AsyncSession]
 

@@ -19,7 +19,7 @@ from asyncjobs import notifications, runtime
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import NAMING_CONVENTION, OutboxNotification, utcnow
 from asyncjobs.settings import reload_settings
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 SF = async_sessionmaker[AsyncSession]
 T = OutboxNotification

@@ -7,7 +7,7 @@ import re
 from asyncjobs import notifications
 from asyncjobs.outbox import processor as processor_module
 from asyncjobs.outbox import repository as repo
-from testsupport.workers import PROJECT_ROOT
+from tests.testsupport.workers import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
 OVERCLAIMS = re.compile(r"never (be )?sent twice|(?<!not )exactly[- ]once", re.IGNORECASE)

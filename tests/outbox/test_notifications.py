@@ -20,7 +20,7 @@ from asyncjobs.outbox.models import OutboxNotification, utcnow
 from asyncjobs.outbox.repository import ClaimedNotification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage
 from asyncjobs.settings import reload_settings
-from testsupport.redis_server import RedisServer
+from tests.testsupport.redis_server import RedisServer
 
 SF = async_sessionmaker[AsyncSession]
 

@@ -19,9 +19,9 @@ from asyncjobs.redact import redact_url
 from asyncjobs.settings import Settings, SettingsError, load_settings
 from asyncjobs.tasks import send_sms
 from asyncjobs.worker.config import WorkerConfig
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import free_port
-from testsupport.workers import run_asyncjobs_worker
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import free_port
+from tests.testsupport.workers import run_asyncjobs_worker
 
 SECRETS = ("s3cret-q", "s3cret-p", "s3cret-u")
 
