@@ -27,7 +27,7 @@ from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE, format_size
-from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.config import WorkerConfig, parse_size
 from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
@@ -49,20 +49,6 @@ class _ConfigOrConcurrency(argparse.Action):
             namespace.concurrency = int(text)
         else:
             namespace.config = text
-
-
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
-               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
-
-
-def parse_size(text: str, option: str = "--max-payload-size") -> int:
-    """``"64M"`` / ``"64MiB"`` / ``"512K"`` / ``"1048576"`` -> bytes (binary units)."""
-    value = text.strip().upper().replace(" ", "")
-    digits = value.rstrip("KMGIB")
-    unit = value[len(digits):]
-    if not digits.isdigit() or unit not in _SIZE_UNITS:
-        raise ValueError(f"{option} {text!r} is not a size: use bytes or K/M/G (binary units), e.g. 64M")
-    return int(digits) * _SIZE_UNITS[unit]
 
 
 def _version_text() -> str:

@@ -11,6 +11,19 @@ from asyncjobs.worker.connection import RedisTarget
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
 
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_size(text: str, option: str = "--max-payload-size") -> int:
+    """``"64M"`` / ``"64MiB"`` / ``"512K"`` / ``"1048576"`` -> bytes (binary units)."""
+    value = text.strip().upper().replace(" ", "")
+    digits = value.rstrip("KMGIB")
+    unit = value[len(digits):]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise ValueError(f"{option} {text!r} is not a size: use bytes or K/M/G (binary units), e.g. 64M")
+    return int(digits) * _SIZE_UNITS[unit]
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class WorkerConfig:
