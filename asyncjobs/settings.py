@@ -24,6 +24,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the install
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
     )
 
     # Redis / queues
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
 
     # Email
     email_backend: Literal["auto", "smtp", "console"] = "auto"
@@ -109,7 +110,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://localhost:6379/0")
+            raise ValueError(f"must start with redis://, rediss:// or unix://, e.g. {DEFAULT_REDIS_URL}")
         return value
 
     @field_validator("smtp_from_email")

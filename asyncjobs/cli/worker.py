@@ -26,8 +26,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
-from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE, format_size
-from asyncjobs.worker.config import WorkerConfig, parse_size
+from asyncjobs.protocol.codec import format_size
+from asyncjobs.worker.config import DEFAULTS, WorkerConfig, parse_size
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
@@ -71,19 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(p)
     p.add_argument("-c", dest="config_or_concurrency", action=_ConfigOrConcurrency, metavar="MODULE|N",
                    help="settings module as `rq worker -c` (e.g. -c myapp.rq_settings); a number is --concurrency")
-    p.add_argument("--concurrency", type=int, default=10, help="jobs in flight at once (default 10)")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"], help="jobs in flight at once (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="thread pool size for sync jobs (default: concurrency)")
     p.add_argument("--burst", "-b", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", "-n", default=None,
                    help="worker name (default: -c NAME, else asyncjobs-c<concurrency>-<random hex>)")
-    p.add_argument("--serializer", "-S", default="pickle", help="pickle, json, or a dotted path (like rq worker -S)")
-    p.add_argument("--results-ttl", type=int, default=500, help="default result TTL in seconds (default 500)")
-    p.add_argument("--worker-ttl", type=int, default=420, help="worker key TTL in seconds (default 420)")
-    p.add_argument("--job-monitoring-interval", type=float, default=30.0, help="heartbeat interval (default 30 s)")
+    p.add_argument("--serializer", "-S", default=DEFAULTS["serializer"], help="pickle, json, or a dotted path (like rq worker -S)")
+    p.add_argument("--results-ttl", type=int, default=DEFAULTS["default_result_ttl"], help="default result TTL in seconds (default %(default)s)")
+    p.add_argument("--worker-ttl", type=int, default=DEFAULTS["worker_ttl"], help="worker key TTL in seconds (default %(default)s)")
+    p.add_argument("--job-monitoring-interval", type=float, default=DEFAULTS["job_monitoring_interval"], help="heartbeat interval (default %(default)g s)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument(
-        "--dequeue-strategy", default="default", choices=["default", "round_robin", "random"],
+        "--dequeue-strategy", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
     )
     p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (default: .)")
@@ -92,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (default), json (one JSON object per line), or a logging format string as rq's")
     p.add_argument("--date-format", default=None, help="strftime format of log timestamps")
     p.add_argument("--pid", default=None, metavar="FILE", help="write the process id to FILE (as `rq worker --pid`)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="grace period for in-flight jobs after SIGTERM before they are put back (default 30 s)")
+    p.add_argument("--shutdown-timeout", type=float, default=DEFAULTS["shutdown_timeout"],
+                   help="grace period for in-flight jobs after SIGTERM before they are put back (default %(default)g s)")
     p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
-    p.add_argument("--maintenance-interval", type=float, default=600.0, help="registry cleanup interval (600 s)")
+    p.add_argument("--maintenance-interval", type=float, default=DEFAULTS["maintenance_interval"], help="registry cleanup interval (default %(default)g s)")
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
                    help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
                    "it anyone who can write to Redis can run code in the worker (as with rq worker)")
-    p.add_argument("--max-payload-size", default=format_size(DEFAULT_MAX_PAYLOAD_SIZE).replace(" ", ""),
+    p.add_argument("--max-payload-size", default=format_size(DEFAULTS["max_payload_size"]).replace(" ", ""),
                    metavar="SIZE",
                    help="largest job payload to decode, once decompressed, e.g. 64M (default); "
                    "bigger jobs fail with a readable reason")
@@ -132,7 +133,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
     name = args.name or (settings or {}).get("NAME") or f"asyncjobs-c{args.concurrency}-{uuid.uuid4().hex[:12]}"
     return WorkerConfig(
         queues=tuple(dict.fromkeys(queues)),
-        redis_url=target.url or "redis://localhost:6379/0",
+        redis_url=target.url or DEFAULT_REDIS_URL,
         redis=target,
         name=str(name),
         concurrency=args.concurrency,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from types import MappingProxyType
+from typing import Any, Literal
 
 from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.redact import redact_url
-from asyncjobs.worker.connection import RedisTarget
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
 
@@ -28,7 +30,7 @@ def parse_size(text: str, option: str = "--max-payload-size") -> int:
 @dataclass(frozen=True, slots=True, repr=False)
 class WorkerConfig:
     queues: tuple[str, ...]
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     name: str | None = None
     concurrency: int = 10
     threads: int | None = None  # sync-job thread pool size; default = concurrency
@@ -99,3 +101,10 @@ class WorkerConfig:
     @property
     def idle_worker_key_ttl(self) -> int:
         return self.worker_ttl + 60
+
+
+#: :class:`WorkerConfig`'s default values by field name: the one source of the worker's defaults
+#: (``asyncjobs-worker``'s flags and ``rq worker -w asyncjobs.AsyncWorker`` take theirs from here).
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(WorkerConfig) if f.default is not MISSING}
+)

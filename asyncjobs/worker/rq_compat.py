@@ -22,8 +22,7 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
-from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
-from asyncjobs.worker.config import WorkerConfig, parse_size
+from asyncjobs.worker.config import DEFAULTS, WorkerConfig, parse_size
 from asyncjobs.worker.connection import RedisTarget
 from asyncjobs.worker.runner import run_worker, setup_logging
 
@@ -62,7 +61,7 @@ class AsyncWorker(RQWorker):
             # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
             redis=RedisTarget.from_client(self.connection),
             name=self.name,
-            concurrency=int(os.environ.get("ASYNCJOBS_CONCURRENCY", "10")),
+            concurrency=int(os.environ.get("ASYNCJOBS_CONCURRENCY") or DEFAULTS["concurrency"]),
             burst=burst,
             serializer=spec,
             default_result_ttl=int(self.default_result_ttl),
@@ -81,7 +80,7 @@ class AsyncWorker(RQWorker):
                 m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
             ),
             max_payload_size=parse_size(
-                os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULT_MAX_PAYLOAD_SIZE)),
+                os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULTS["max_payload_size"])),
                 "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
         )
