@@ -85,9 +85,8 @@ def _imports(path: Path) -> set[str]:
 
 def test_protocol_and_worker_import_no_battery() -> None:
     """One-way layers: the engine knows nothing of delivery, the outbox or their composition."""
-    batteries = ("asyncjobs.delivery", "asyncjobs.outbox", "asyncjobs.tasks", "asyncjobs.runtime",
-                 "asyncjobs.settings", "asyncjobs.notifications", "asyncjobs.queues", "asyncjobs.ratelimit",
-                 "asyncjobs.cli")
+    batteries = ("asyncjobs.delivery", "asyncjobs.outbox", "asyncjobs.tasks", "asyncjobs.notifications",
+                 "asyncjobs.queues", "asyncjobs.cli")
     offenders = []
     for layer in ("protocol", "worker"):
         for path in sorted((PACKAGE / layer).rglob("*.py")):

@@ -62,8 +62,8 @@ async def task_env(
     clean_env: pytest.MonkeyPatch, smtp_server: SmtpTestServer, http_server: HttpTestServer
 ) -> AsyncIterator[pytest.MonkeyPatch]:
     """Settings pointing the tasks at the in-process SMTP and Twilio-shaped servers."""
-    from asyncjobs import runtime
-    from asyncjobs.settings import get_settings
+    from asyncjobs.delivery import runtime
+    from asyncjobs.delivery.settings import get_settings
 
     for key, value in task_env_vars(smtp_server, http_server).items():
         clean_env.setenv(key, value)

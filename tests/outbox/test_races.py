@@ -115,7 +115,7 @@ CRASHING_WORKER = textwrap.dedent(
     """
     import asyncio, sys
     import aiosmtplib
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
 
     async def deliver_then_hang(claimed, message):
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=int(sys.argv[2]))

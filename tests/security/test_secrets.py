@@ -14,9 +14,9 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from asyncjobs.delivery.settings import Settings, SettingsError, load_settings
 from asyncjobs.delivery.sms import HttpSmsProvider, SmsProviderConfig
 from asyncjobs.redact import redact_url
-from asyncjobs.settings import Settings, SettingsError, load_settings
 from asyncjobs.tasks import send_sms
 from asyncjobs.worker.config import WorkerConfig
 from tests.testsupport.http_server import HttpTestServer
