@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from asyncjobs.delivery import queues as _queues
-from asyncjobs.delivery.queues import QUEUE_NAMES, get_connection, get_queue, reset_queues
+from asyncjobs.delivery import queues as _impl
+from asyncjobs.delivery.queues import *  # noqa: F403  (QUEUE_NAMES, get_queue, get_connection, reset_queues)
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -20,20 +20,9 @@ if TYPE_CHECKING:
     exports_queue: Queue
     summaries_queue: Queue
 
-__all__ = [
-    "QUEUE_NAMES",
-    "default_queue",
-    "emails_queue",
-    "exports_queue",
-    "get_connection",
-    "get_queue",
-    "imports_queue",
-    "reset_queues",
-    "sms_queue",
-    "summaries_queue",
-]
+__all__ = [*_impl.__all__, *(f"{name}_queue" for name in _impl.QUEUE_NAMES)]
 
 
 def __getattr__(name: str) -> Any:
     """``emails_queue`` and the other ``<name>_queue`` attributes, created on first use."""
-    return getattr(_queues, name)
+    return getattr(_impl, name)

@@ -1,7 +1,11 @@
 """Named RQ queues bound to ``REDIS_URL``, created on first use (never at import).
 
-from asyncjobs.queues import emails_queue  # the public face of this module
-emails_queue.enqueue(send_email, "user@example.com", "Subject", "Body")
+Their public face is :mod:`asyncjobs.queues` (typed ``emails_queue`` ... attributes)::
+
+    from asyncjobs.queues import emails_queue
+    emails_queue.enqueue(send_email, "user@example.com", "Subject", "Body")
+
+Here ``<name>_queue`` for every name in :data:`QUEUE_NAMES` is served by the module's ``__getattr__``.
 """
 
 from __future__ import annotations
@@ -13,25 +17,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from rq import Queue
 
-    default_queue: Queue
-    emails_queue: Queue
-    sms_queue: Queue
-    imports_queue: Queue
-    exports_queue: Queue
-    summaries_queue: Queue
-
-__all__ = [
-    "QUEUE_NAMES",
-    "default_queue",
-    "emails_queue",
-    "exports_queue",
-    "get_connection",
-    "get_queue",
-    "imports_queue",
-    "reset_queues",
-    "sms_queue",
-    "summaries_queue",
-]
+__all__ = ["QUEUE_NAMES", "get_connection", "get_queue", "reset_queues"]
 
 QUEUE_NAMES = ("default", "emails", "sms", "imports", "exports", "summaries")
 
