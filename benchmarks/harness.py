@@ -75,7 +75,9 @@ def workloads(smtp_delay_ms: float = 20.0, sms_delay_ms: float = 30.0,
 
 # --------------------------------------------------------------------------- contenders
 
-_CONTENDER_RE = re.compile(r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?$")
+_CONTENDER_RE = re.compile(
+    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(?:@([\w.~^/-]+))?$"
+)
 
 # Rough no-op rates on a 2-core machine, used only to size N so that a measurement lasts about --seconds.
 _NOMINAL_RATE = {"rq-fork": 40.0, "rq-simple": 250.0, "asyncjobs": 2000.0, "saq": 1000.0, "ceiling": 50000.0}
@@ -89,6 +91,9 @@ class Contender:
     kind: str
     concurrency: int = 1  # per process
     processes: int = 1  # -p for asyncjobs (one supervised command) or -x for parallel RQ workers
+    #: ``asyncjobs-c50@REF``: the asyncjobs package as of git revision REF of this repository
+    #: (before/after comparisons of a change, measured in the same run as the current code)
+    source: str | None = None
 
     @property
     def total_concurrency(self) -> int:
@@ -105,9 +110,12 @@ class Contender:
         if not m:
             raise ValueError(
                 f"unknown contender {name!r}: use rq-fork, rq-simple, rq-simple-xK, asyncjobs-cC, "
-                "asyncjobs-cC-pP, saq-cC or ceiling-cC (K, C, P integers)"
+                "asyncjobs-cC-pP, saq-cC or ceiling-cC (K, C, P integers; asyncjobs-...@REF for the "
+                "package at git revision REF)"
             )
-        kind, x, c, p = m.groups()
+        kind, x, c, p, ref = m.groups()
+        if ref and kind != "asyncjobs":
+            raise ValueError(f"contender {name!r}: @REF applies to asyncjobs only")
         if kind in ("rq-fork", "rq-simple"):
             if c or p or (x and kind == "rq-fork"):
                 raise ValueError(f"contender {name!r}: stock RQ takes only -xK (rq-simple-xK)")
@@ -117,7 +125,7 @@ class Contender:
         conc = int(c or 50)
         if kind != "asyncjobs" and p:
             raise ValueError(f"contender {name!r}: -pP applies to asyncjobs only")
-        return cls(name, kind, conc, int(p or 1))
+        return cls(name, kind, conc, int(p or 1), ref)
 
     def expected_rate(self, w: Workload) -> float:
         """A rough guess of this contender's rate on ``w``; sizes N only, never reported."""
@@ -299,9 +307,22 @@ class Bench:
 
     # ----------------------------------------------------------------- environment for workers
 
+    def package_at(self, ref: str) -> Path:
+        """A directory holding only the ``asyncjobs`` package as of git revision ``ref`` (extracted
+        once per run); put first on a worker's PYTHONPATH, it shadows the installed package while
+        the benchmark's own job modules still come from this checkout."""
+        dest = self.tmp / "src" / re.sub(r"[^\w.-]", "_", ref)
+        if not dest.exists():
+            dest.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "asyncjobs"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return dest
+
     def worker_env(self, w: Workload, c: Contender, ledger: Path) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        source = [str(self.package_at(c.source))] if c.source else []
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*source, str(ROOT), env.get("PYTHONPATH", "")]))
         env["BENCH_LEDGER"] = str(ledger)
         env["BENCH_LOOP"] = self.loop
         env["PYTHONUNBUFFERED"] = "1"

@@ -79,3 +79,28 @@ def test_sinks_count_duplicates() -> None:
         assert counts["total"] == 3 and counts["distinct"] == 2 and counts["duplicated"] == 1
         sink.reset()
         assert sink.counts()["total"] == 0
+
+
+def test_contender_at_a_git_revision_runs_that_revision(tmp_path: Path) -> None:
+    """``asyncjobs-cC@REF`` (before/after comparisons in one run) runs the package as of REF."""
+    import subprocess
+
+    from benchmarks.harness import ROOT, Contender, workloads
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    c = Contender.parse("asyncjobs-c10@HEAD")
+    assert (c.kind, c.concurrency, c.source) == ("asyncjobs", 10, "HEAD")
+    with pytest.raises(ValueError, match="@REF applies to asyncjobs only"):
+        Contender.parse("rq-simple@HEAD")
+    with Bench() as bench:
+        src = bench.package_at("HEAD")
+        committed = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:asyncjobs/worker/worker.py"],
+                                   capture_output=True, check=True).stdout
+        assert (src / "asyncjobs" / "worker" / "worker.py").read_bytes() == committed
+        assert sorted(p.name for p in src.iterdir()) == ["asyncjobs"]  # nothing else shadows this checkout
+        env = bench.worker_env(workloads()["noop"], c, tmp_path / "ledger")
+        assert env["PYTHONPATH"].split(":")[0] == str(src)
+        rec = bench.measure(workloads()["noop"], c, 5)
+    assert rec["verified"], rec["problems"]
