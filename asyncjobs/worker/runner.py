@@ -16,11 +16,12 @@ log = logging.getLogger("asyncjobs")
 def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
     from asyncjobs.protocol.serializers import SerializerError
     from asyncjobs.protocol.store import WorkerNameTaken
+    from asyncjobs.worker.hooks import HookError, StartupHookFailed
     from asyncjobs.worker.worker import Worker
 
     try:
         worker = Worker(config)
-    except SerializerError as exc:
+    except (SerializerError, HookError) as exc:
         log.error("%s", exc)
         return 2
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
@@ -44,7 +45,7 @@ def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
                 uvloop.run(main())
                 return 0
         asyncio.run(main())
-    except WorkerNameTaken as exc:
+    except (WorkerNameTaken, StartupHookFailed) as exc:
         log.error("%s", exc)
         return 1
     return 0
