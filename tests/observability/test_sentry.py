@@ -3,8 +3,10 @@ stock RQ patched by Sentry's own RQ integration, jobs run by a real worker again
 
 from __future__ import annotations
 
+import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from sentry_sdk.integrations.rq import RqIntegration
 from sentry_sdk.transport import Transport
 
 from tests.worker.conftest import eventually
+from tests.testsupport.sentry_server import SentryIngest
+from tests.testsupport.workers import PROJECT_ROOT, WorkerProcess, asyncjobs_worker_command, rq_command
 
 J = "tests.observability.jobs"
 
@@ -116,3 +120,35 @@ async def test_one_event_per_failed_job_with_the_producers_trace(
     assert [t["transaction"] for t in by_trace[fine_trace]] == [f"{J}.ok"]
     assert by_trace[fine_trace][0]["contexts"]["trace"]["status"] == "ok"
     assert by_trace[sync_trace][0]["contexts"]["trace"]["status"] == "internal_error"
+
+
+@pytest.mark.parametrize("runner", ["asyncjobs-worker", "rq worker -w"])
+def test_sentry_set_up_as_sentrys_rq_docs_say(
+    runner: str, redis_url: str, sync_redis: redis.Redis, tmp_path: Path, transport: CapturingTransport
+) -> None:
+    """Sentry's RQ docs: ``sentry_sdk.init(..., integrations=[RqIntegration()])`` in a settings module
+    given with ``-c``.  The worker process sends over HTTP to a real endpoint, nothing else to do."""
+    with SentryIngest() as ingest:
+        (tmp_path / "sentry_rq_settings.py").write_text(textwrap.dedent(f"""
+            import sentry_sdk
+            from sentry_sdk.integrations.rq import RqIntegration
+
+            REDIS_URL = {redis_url!r}
+            sentry_sdk.init(dsn={ingest.dsn!r}, integrations=[RqIntegration()], traces_sample_rate=1.0)
+        """))
+        q = Queue("sentryq", connection=sync_redis)
+        bad, trace_id = enqueue_in_a_trace(q, f"{J}.boom", "settings kaput")
+        env = {"PYTHONPATH": f"{tmp_path}:{PROJECT_ROOT}"}
+        if runner == "asyncjobs-worker":
+            argv = [*asyncjobs_worker_command(), "-c", "sentry_rq_settings", "--burst", "sentryq"]
+        else:
+            argv = [*rq_command(), "worker", "-c", "sentry_rq_settings", "-w", "asyncjobs.AsyncWorker",
+                    "--burst", "sentryq"]
+        with WorkerProcess(argv, env=env) as worker:
+            assert worker.wait(60) == 0, worker.output()  # the SDK flushes at exit
+        assert status(sync_redis, bad.id) == "failed"
+        events = ingest.items("event")
+        assert len(events) == 1, events
+        assert events[0]["contexts"]["trace"]["trace_id"] == trace_id
+        assert events[0]["extra"]["rq-job"]["job_id"] == bad.id
+        assert events[0]["exception"]["values"][-1]["value"] == "settings kaput"
