@@ -3,6 +3,7 @@ with stock RQ instrumented by ``opentelemetry-instrumentation-rq``, jobs run by 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,8 +56,15 @@ def consumer_spans(exporter: InMemorySpanExporter, job_id: str) -> list[Readable
             if s.kind is trace.SpanKind.CONSUMER and (s.attributes or {}).get("rq.job.id") == job_id]
 
 
+def no_hook_or_context_errors(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r.getMessage() for r in caplog.records
+           if r.name.startswith(("asyncjobs.worker.hooks", "opentelemetry")) and r.levelno >= logging.WARNING]
+    assert bad == []
+
+
 async def test_each_job_is_a_span_child_of_the_producers_publish_span(
-    sync_redis: redis.Redis, start_worker, exporter: InMemorySpanExporter, instrumented: None
+    sync_redis: redis.Redis, start_worker, exporter: InMemorySpanExporter, instrumented: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     tracer = trace.get_tracer("test-producer")
     q = Queue("reports", connection=sync_redis)
@@ -92,10 +100,11 @@ async def test_each_job_is_a_span_child_of_the_producers_publish_span(
     assert [e.attributes["exception.message"] for e in bad_span.events if e.name == "exception"] == ["report kaput"]  # type: ignore[index]
     attempts = sorted(consumer_spans(exporter, retried.id), key=lambda s: s.start_time or 0)
     assert [s.attributes["rq.job.status"] for s in attempts] == ["retried", "failed"]  # type: ignore[index]
+    no_hook_or_context_errors(caplog)  # e.g. "Failed to detach context": before/after share a context
 
 
 async def test_explicit_hooks_follow_w3c_context_in_job_meta(
-    sync_redis: redis.Redis, start_worker, exporter: InMemorySpanExporter
+    sync_redis: redis.Redis, start_worker, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Without the instrumentation: ``--hooks asyncjobs.observability.otel`` and a producer that
     propagates the context itself; spans the job creates are children of the job's span."""
@@ -112,3 +121,4 @@ async def test_explicit_hooks_follow_w3c_context_in_job_meta(
     assert span.attributes["rq.job.status"] == "finished"  # type: ignore[index]
     (child,) = [s for s in exporter.get_finished_spans() if s.name == "child work"]
     assert child.parent is not None and child.parent.span_id == span.context.span_id
+    no_hook_or_context_errors(caplog)

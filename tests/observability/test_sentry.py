@@ -77,7 +77,7 @@ def job_events(transport: CapturingTransport, job_id: str) -> list[dict[str, Any
 
 
 async def test_one_event_per_failed_job_with_the_producers_trace(
-    sync_redis: redis.Redis, start_worker, transport: CapturingTransport
+    sync_redis: redis.Redis, start_worker, transport: CapturingTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     q = Queue("mail", connection=sync_redis)
     sync_job, sync_trace = enqueue_in_a_trace(q, f"{J}.boom", "sync kaput")
@@ -120,6 +120,7 @@ async def test_one_event_per_failed_job_with_the_producers_trace(
     assert [t["transaction"] for t in by_trace[fine_trace]] == [f"{J}.ok"]
     assert by_trace[fine_trace][0]["contexts"]["trace"]["status"] == "ok"
     assert by_trace[sync_trace][0]["contexts"]["trace"]["status"] == "internal_error"
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncjobs.worker.hooks"] == []
 
 
 @pytest.mark.parametrize("runner", ["asyncjobs-worker", "rq worker -w"])
