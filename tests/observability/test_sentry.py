@@ -17,9 +17,9 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.integrations.rq import RqIntegration
 from sentry_sdk.transport import Transport
 
-from tests.worker.conftest import eventually
 from tests.testsupport.sentry_server import SentryIngest
 from tests.testsupport.workers import PROJECT_ROOT, WorkerProcess, asyncjobs_worker_command, rq_command
+from tests.worker.conftest import eventually
 
 J = "tests.observability.jobs"
 
