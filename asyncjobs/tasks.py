@@ -21,12 +21,14 @@ stores in the job hash at enqueue time is the producer's: pass
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
-from asyncjobs import runtime
+from asyncjobs import metrics, runtime
 from asyncjobs.delivery.email import EmailMessage, EmailSendResult, build_mime
-from asyncjobs.delivery.retry import retry_async
+from asyncjobs.delivery.errors import PermanentDeliveryError
+from asyncjobs.delivery.retry import RetriesExhaustedError, retry_async
 from asyncjobs.delivery.sms import SmsMessage, SmsResult
 from asyncjobs.redact import mask_email, mask_phone
 from asyncjobs.settings import get_settings
@@ -51,6 +53,24 @@ def _describe_sms(to: object, body: object = "", *args: object, **kwargs: object
     return f"asyncjobs.tasks.send_sms(to={mask_phone(to)}, body=<{len(str(body))} chars>)"
 
 
+@contextlib.contextmanager
+def _counted(channel: str) -> Iterator[None]:
+    """``asyncjobs_delivery_total{channel,result}``: sent, rejected (permanent: bad address,
+    refused, invalid input), exhausted (transient failures through every attempt) or error."""
+    try:
+        yield
+    except RetriesExhaustedError:
+        metrics.delivery(channel, "exhausted")
+        raise
+    except (PermanentDeliveryError, ValueError):
+        metrics.delivery(channel, "rejected")
+        raise
+    except Exception:
+        metrics.delivery(channel, "error")
+        raise
+    metrics.delivery(channel, "sent")
+
+
 @log_description(_describe_email)
 async def send_email(
     to: str | list[str],
@@ -72,6 +92,24 @@ async def send_email(
     given here replaces the generated one).  Returns ``{"message_id",
     "accepted", "refused", "backend", "attempts"}``.
     """
+    with _counted("email"):
+        return await _send_email(to, subject, body, html_body, reply_to=reply_to, cc=cc, bcc=bcc,
+                                 headers=headers, from_email=from_email, from_name=from_name)
+
+
+async def _send_email(
+    to: str | list[str],
+    subject: str,
+    body: str,
+    html_body: str | None,
+    *,
+    reply_to: str | list[str] | None,
+    cc: str | list[str] | None,
+    bcc: str | list[str] | None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    from_email: str | None,
+    from_name: str | None,
+) -> dict[str, object]:
     settings = get_settings()
     header_items: tuple[tuple[str, str], ...] = ()
     if headers is not None:
@@ -107,6 +145,11 @@ async def send_email(
 @log_description(_describe_sms)
 async def send_sms(to: str, body: str, *, from_number: str | None = None) -> dict[str, object]:
     """Send one SMS through ``SMS_PROVIDER``; returns ``{"provider", "provider_id", "to", "status", "attempts"}``."""
+    with _counted("sms"):
+        return await _send_sms(to, body, from_number)
+
+
+async def _send_sms(to: str, body: str, from_number: str | None) -> dict[str, object]:
     settings = get_settings()
     message = SmsMessage(to=to, body=body, from_number=from_number)
     message.validate()  # before anything is sent

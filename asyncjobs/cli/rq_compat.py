@@ -12,7 +12,10 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--log-format`` (a format string), ``--date-format``.  Options RQ's CLI does not have come from
 environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
 (JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
-``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).
+``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).  Metrics and health probes:
+``ASYNCJOBS_METRICS_PORT``, ``ASYNCJOBS_METRICS_HOST``, ``ASYNCJOBS_HEALTH_PORT``,
+``ASYNCJOBS_HEALTH_HOST``, ``ASYNCJOBS_MAX_LOOP_LAG``, in the ``-c`` settings module or the
+environment (the settings module wins, as for RQ's own settings).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
-from asyncjobs.cli.worker import parse_size
+from asyncjobs.cli.rqconfig import read_settings_module
+from asyncjobs.cli.worker import ops_options, parse_size
 from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.connection import RedisTarget
@@ -85,11 +89,24 @@ class AsyncWorker(RQWorker):
                 os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULT_MAX_PAYLOAD_SIZE)),
                 "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
+            **ops_options({}, _rq_settings()),
         )
         return run_worker(config) == 0
 
     def __repr__(self) -> str:
         return f"AsyncWorker({self.name!r})"
+
+
+def _rq_settings() -> dict[str, Any] | None:
+    """The ``-c`` settings module RQ's CLI was given (read from its click context), if any."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    module = (ctx.params.get("config") if ctx is not None else None) or os.environ.get("RQ_CONFIG")
+    return read_settings_module(str(module)) if module else None
 
 
 __all__ = ["AsyncWorker"]

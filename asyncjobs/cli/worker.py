@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
+    ops = p.add_argument_group(
+        "Metrics and health probes (also ASYNCJOBS_METRICS_PORT ... in the -c settings module or the environment)"
+    )
+    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the [metrics] extra); "
+                     "with --processes the supervisor serves all children")
+    ops.add_argument("--metrics-host", default=None, metavar="HOST", help="address for --metrics-port (0.0.0.0)")
+    ops.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                     help="serve /livez and /readyz probes (may equal --metrics-port)")
+    ops.add_argument("--health-host", default=None, metavar="HOST", help="address for --health-port (0.0.0.0)")
+    ops.add_argument("--max-loop-lag", type=float, default=None, metavar="SECONDS",
+                     help="/livez fails once the event loop has been blocked this long (default 10)")
     p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
     p.add_argument("--version", action="version", version=_version_text())
     return p
@@ -130,6 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
     module = args.config or os.environ.get("RQ_CONFIG") or None
     return read_settings_module(module) if module else None
+
+
+#: Options for the ops endpoints: flag, else the -c settings module, else the environment (same name).
+OPS_SETTINGS: dict[str, tuple[str, Any]] = {
+    "metrics_port": ("ASYNCJOBS_METRICS_PORT", int),
+    "metrics_host": ("ASYNCJOBS_METRICS_HOST", str),
+    "health_port": ("ASYNCJOBS_HEALTH_PORT", int),
+    "health_host": ("ASYNCJOBS_HEALTH_HOST", str),
+    "max_loop_lag": ("ASYNCJOBS_MAX_LOOP_LAG", float),
+}
+
+
+def ops_options(
+    given: dict[str, Any], settings: dict[str, Any] | None, env: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """WorkerConfig keyword arguments for metrics and health, with ``rq worker``'s precedence."""
+    out: dict[str, Any] = {}
+    for field, (key, kind) in OPS_SETTINGS.items():
+        value = given.get(field)
+        source = f"--{field.replace('_', '-')}"
+        if value is None and settings and settings.get(key) is not None:
+            value, source = settings[key], f"{key} in the settings module"
+        if value is None and env.get(key):
+            value, source = env[key], f"${key}"
+        if value is None:
+            continue
+        try:
+            out[field] = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source} = {value!r} is not a {'number' if kind is not str else 'string'}") from None
+    return out
 
 
 def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None = None) -> WorkerConfig:
@@ -167,6 +210,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
         log_job_description=not args.disable_job_desc_logging,
+        **ops_options({f: getattr(args, f) for f in OPS_SETTINGS}, settings),
     )
 
 

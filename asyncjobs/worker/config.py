@@ -40,6 +40,14 @@ class WorkerConfig:
     log_job_description: bool = True
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None
+    #: Prometheus ``/metrics`` (needs the ``[metrics]`` extra); None = off
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    #: ``/livez`` and ``/readyz``; None = off
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
+    #: ``/livez`` fails once the event loop has not run for this many seconds
+    max_loop_lag: float = 10.0
 
     @property
     def connection(self) -> RedisTarget:
@@ -75,6 +83,11 @@ class WorkerConfig:
             raise ValueError(
                 f"--max-payload-size must be at least 1K (1024 bytes), got {self.max_payload_size}"
             )
+        for flag, port in (("--metrics-port", self.metrics_port), ("--health-port", self.health_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must be a TCP port (0-65535, 0 = any free port), got {port}")
+        if self.max_loop_lag <= 0:
+            raise ValueError(f"--max-loop-lag must be a positive number of seconds, got {self.max_loop_lag}")
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
 

@@ -54,6 +54,7 @@ from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.joblog import started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
+from asyncjobs.worker.ops import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
@@ -130,8 +131,9 @@ class InFlight:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, *, redis: Redis | None = None) -> None:
+    def __init__(self, config: WorkerConfig, *, redis: Redis | None = None, observer: Observer | None = None) -> None:
         self.config = config
+        self.observer = observer or Observer()
         self.name = config.name or uuid.uuid4().hex
         self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
@@ -160,6 +162,7 @@ class Worker:
         """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
         if not self._stopping.is_set():
             log.info("warm shutdown requested: finishing %d job(s) in flight", len(self._inflight))
+            self.observer.draining()
             self._stopping.set()
             self._slot_freed.set()
 
@@ -225,6 +228,7 @@ class Worker:
             "worker %s started: queues=%s concurrency=%d burst=%s",
             self.name, ",".join(self.config.queues), self.config.concurrency, self.config.burst,
         )
+        self.observer.registered(self.config.concurrency)
         commands = CommandListener(redis_conn, self.name, self)
         heartbeat = asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat")
         # These end on their own: the recorder once closed, the listener once _closed is set,
@@ -233,6 +237,8 @@ class Worker:
             asyncio.create_task(self.recorder.run(), name="asyncjobs-recorder"),
             asyncio.create_task(commands.run(self._closed), name="asyncjobs-commands"),
         ]
+        if self.observer.monitors_loop:
+            background.append(asyncio.create_task(self.observer.monitor_loop(self._closed), name="asyncjobs-loop"))
         try:
             background += await self._start_extras()
             await self._retrying(lambda: self.store.set_state("idle"), "set state")
@@ -254,6 +260,7 @@ class Worker:
                 log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
                 task.cancel()
             await run_shutdown_hooks()
+            self.observer.stopped()
             try:
                 await asyncio.wait_for(self.store.register_death(self.config.queues), 10)
             except (*REDIS_ERRORS, TimeoutError, redis.exceptions.ResponseError) as exc:
@@ -523,6 +530,8 @@ class Worker:
 
     async def _execute(self, key: str, item: InFlight) -> None:
         claimed = item.claimed
+        self.observer.job_began()
+        t0 = time.monotonic()
         try:
             outcome = await self._perform(item)
         except asyncio.CancelledError:
@@ -534,6 +543,7 @@ class Worker:
             outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
         self.successful += outcome.succeeded
         self.failed += outcome.failed
+        self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
             self._held_give_backs.append((item, outcome, key))
             self._release_give_backs()
@@ -596,6 +606,7 @@ class Worker:
             return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
         started = utcnow()
         t0 = time.monotonic()
+        self.observer.job_running(claimed.queue, record.enqueued_at, started)
         log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description))
         work = asyncio.create_task(
             self.executor.run(func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item)),
