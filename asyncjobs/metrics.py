@@ -39,10 +39,13 @@ __all__ = [
     "delivery",
     "enable",
     "enabled",
+    "exposition",
     "job_began",
     "job_delay",
     "job_ended",
+    "mark_process_dead",
     "new_registry",
+    "preload",
     "redis_error",
     "set_concurrency",
     "set_loop_lag",
@@ -148,6 +151,27 @@ def new_registry(multiprocess_dir: str | None) -> Any:
     registry = prom.CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     return registry
+
+
+def exposition(registry: Any, accept: str) -> tuple[bytes, str]:
+    """The registry in the format the scraper asked for: (body, content type)."""
+    from prometheus_client.exposition import choose_encoder
+
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+def mark_process_dead(pid: int, multiprocess_dir: str) -> None:
+    """A supervisor's child died: drop its live gauges (its counters stay in the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+def preload() -> None:
+    """Import what serving needs now, not from a server thread while the supervisor forks."""
+    import prometheus_client.exposition
+    import prometheus_client.multiprocess  # noqa: F401
 
 
 # ------------------------------------------------------------------ reporting (no-ops when disabled)

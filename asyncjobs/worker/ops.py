@@ -234,10 +234,8 @@ class OpsServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics" and server.registry is not None:
-                    from prometheus_client.exposition import choose_encoder
-
-                    encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-                    self._send(200, encoder(server.registry), ctype)
+                    body, ctype = metrics.exposition(server.registry, self.headers.get("Accept", ""))
+                    self._send(200, body, ctype)
                 elif path == "/livez" and server.board is not None:
                     ok, text = server.livez()
                     self._send(200 if ok else 503, text.encode() + b"\n", "text/plain; charset=utf-8")

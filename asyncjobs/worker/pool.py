@@ -83,15 +83,15 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
         config = replace(config, name=f"asyncjobs-c{config.concurrency}-{uuid.uuid4().hex[:12]}")
     board = HealthBoard(processes)
     mp_dir = tempfile.mkdtemp(prefix="asyncjobs-metrics-") if config.metrics_port is not None else None
+    if mp_dir is not None:
+        log.info("metrics of %d worker processes aggregated through %s (removed at exit)", processes, mp_dir)
     sampler: Any = None
     try:
         if mp_dir is not None:
             # Before prometheus_client is imported here, so forked children write to files too.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
             registry = metrics.new_registry(mp_dir)
-            # Imported now, not by a server thread while a child is being forked.
-            import prometheus_client.exposition
-            import prometheus_client.multiprocess  # noqa: F401
+            metrics.preload()
             sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
             registry.register(sampler)
         else:
@@ -197,9 +197,9 @@ def _loop(
             if board is not None:
                 board.slots[i].reset()
             if mp_dir is not None and proc.pid:
-                from prometheus_client import multiprocess
+                from asyncjobs import metrics
 
-                multiprocess.mark_process_dead(proc.pid, mp_dir)  # type: ignore[no-untyped-call]
+                metrics.mark_process_dead(proc.pid, mp_dir)
             if stopping["count"] or config.burst or proc.exitcode == 0:
                 continue
             name = child_config(i).name
