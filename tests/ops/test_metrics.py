@@ -33,6 +33,7 @@ from testsupport.workers import (
     wait_for,
 )
 from tests.ops import jobs
+from tests.ops.test_deploy_files import METRICS
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -130,6 +131,9 @@ def test_processes_2_one_scrape_shows_every_child(
     assert expected == {"queued": 0, "started": 0, "failed": 3, "scheduled": 0, "deferred": 0}
     wait_for(lambda: sampled() == expected, 40, message=lambda: f"{sampled()} == {expected}")
     wait_for(lambda: value(scrape(mport), "asyncjobs_workers_live") == 2, 40, message="2 live workers")
+    # Every name the shipped alerts and dashboard use is exported (delivery only by email/SMS jobs).
+    exported = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _ in scrape(mport)}
+    assert METRICS - {"asyncjobs_delivery_total"} <= exported, sorted(METRICS - exported)
     # One sampler for the queue across the deployment: the lock is held by this supervisor.
     assert sync_redis.exists("asyncjobs:metrics:sampler:mq")
 
