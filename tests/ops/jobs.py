@@ -42,7 +42,7 @@ async def block_loop(seconds: float) -> str:
     """Blocks the event loop (a blocking call inside ``async def``): what /livez must catch."""
     import time
 
-    time.sleep(seconds)  # noqa: ASYNC251 - the point of this job
+    time.sleep(seconds)
     return "unblocked"
 
 
@@ -50,7 +50,7 @@ async def wait_for_file(path: str, timeout: float = 60.0) -> str:
     """Run until ``path`` exists (the test decides when the job ends), polling without blocking."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not os.path.exists(path):
+    while not os.path.exists(path):  # noqa: ASYNC240 - a stat, polled
         if loop.time() > deadline:
             raise TimeoutError(f"{path} never appeared")
         await asyncio.sleep(0.05)

@@ -18,10 +18,10 @@ import redis
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
-from testsupport.redis_server import RedisServer, free_port
-from testsupport.workers import WorkerProcess, run_asyncjobs_worker, wait_for
 from tests.ops import jobs
 from tests.ops.test_metrics import get, scrape, value
+from testsupport.redis_server import RedisServer, free_port
+from testsupport.workers import WorkerProcess, run_asyncjobs_worker, wait_for
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_readyz_fails_while_redis_is_down_and_livez_does_not(worker_box: list[Wo
         assert _probe(port, "/livez") == (200, "ok\n")
 
         server.stop()
-        code, text = wait_for(lambda: (r := _probe(port, "/readyz"))[0] == 503 and r, 30,
+        _code, text = wait_for(lambda: (r := _probe(port, "/readyz"))[0] == 503 and r, 30,
                               message=lambda: f"/readyz 503, got {_probe(port, '/readyz')}")
         assert "Redis unreachable" in text, text
         assert _probe(port, "/livez") == (200, "ok\n")
@@ -76,7 +76,7 @@ def test_livez_fails_while_a_job_blocks_the_event_loop(
     wait_for(lambda: _probe(port, "/readyz")[0] == 200, 30, message=lambda: worker.output())
     job = Queue("hq", connection=sync_redis).enqueue(jobs.block_loop, 5)
 
-    code, text = wait_for(lambda: (r := _probe(port, "/livez"))[0] == 503 and r, 30,
+    _code, text = wait_for(lambda: (r := _probe(port, "/livez"))[0] == 503 and r, 30,
                           message=lambda: f"/livez 503 during the block\n{worker.output()}")
     assert "event loop blocked" in text, text
     # The watchdog reports the lag while the loop cannot.
@@ -103,7 +103,7 @@ def test_readyz_fails_after_sigterm_while_the_job_in_flight_finishes(
     wait_for(lambda: StartedJobRegistry(queue=queue).count == 1, 30, message=lambda: worker.output())
 
     worker.stop()  # SIGTERM: warm shutdown, the job keeps running
-    code, text = wait_for(lambda: (r := _probe(port, "/readyz"))[0] == 503 and r, 30,
+    _code, text = wait_for(lambda: (r := _probe(port, "/readyz"))[0] == 503 and r, 30,
                           message=lambda: f"/readyz 503 while draining\n{worker.output()}")
     assert "draining" in text, text
     assert _probe(port, "/livez")[0] == 200

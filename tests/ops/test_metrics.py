@@ -24,6 +24,8 @@ from rq import Queue
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker as RQWorker
 
+from tests.ops import jobs
+from tests.ops.test_deploy_files import METRICS
 from testsupport.redis_server import free_port
 from testsupport.smtp_server import SmtpTestServer
 from testsupport.workers import (
@@ -32,11 +34,9 @@ from testsupport.workers import (
     run_rq_worker_with_asyncjobs_class,
     wait_for,
 )
-from tests.ops import jobs
-from tests.ops.test_deploy_files import METRICS
 
 pytest.importorskip("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
