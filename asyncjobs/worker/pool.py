@@ -155,14 +155,11 @@ def _supervise(
 
     servers: list[OpsServer] = []
     if board is not None:
-        servers = start_servers(
-            metrics_port=config.metrics_port, metrics_host=config.metrics_host,
-            health_port=config.health_port, health_host=config.health_host,
-            board=board, names=[child_config(i).name or "" for i in range(processes)],
-            redis_client=lambda: config.connection.sync_client(socket_timeout=3, socket_connect_timeout=3),
-            max_loop_lag=config.max_loop_lag, registry=registry,
-            draining=lambda: stopping["count"] > 0, alive=alive,
-        )
+        try:
+            servers = _start(config, processes, board, registry, child_config, stopping, alive)
+        except OSError as exc:
+            log.error("%s", exc)
+            return 2
     try:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -173,6 +170,25 @@ def _supervise(
     finally:
         close_servers(servers)
     return 0
+
+
+def _start(
+    config: WorkerConfig,
+    processes: int,
+    board: HealthBoard,
+    registry: Any,
+    child_config: Any,
+    stopping: dict[str, int],
+    alive: Any,
+) -> list[OpsServer]:
+    return start_servers(
+        metrics_port=config.metrics_port, metrics_host=config.metrics_host,
+        health_port=config.health_port, health_host=config.health_host,
+        board=board, names=[child_config(i).name or "" for i in range(processes)],
+        redis_client=lambda: config.connection.sync_client(socket_timeout=3, socket_connect_timeout=3),
+        max_loop_lag=config.max_loop_lag, registry=registry,
+        draining=lambda: stopping["count"] > 0, alive=alive,
+    )
 
 
 def _loop(

@@ -113,3 +113,33 @@ def test_readyz_fails_after_sigterm_while_the_job_in_flight_finishes(
     assert worker.wait(60) == 0, worker.output()
     assert job.get_status(refresh=True) == "finished"
     assert job.return_value() == "done"
+
+
+def test_a_port_in_use_is_refused_with_a_readable_error(redis_url: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for extra in ((), ("--processes", "2")):
+            worker = run_asyncjobs_worker(redis_url, "hq", "--burst", "--health-port", str(port),
+                                          "--health-host", "127.0.0.1", *extra)
+            try:
+                assert worker.wait(60) == 2, worker.output()
+                assert f"cannot listen on 127.0.0.1:{port} for /livez, /readyz" in worker.output()
+                assert "choose a free port" in worker.output()
+            finally:
+                worker.close()
+
+
+def test_ops_options_precedence_flag_then_settings_then_env() -> None:
+    from asyncjobs.cli.worker import ops_options
+
+    env = {"ASYNCJOBS_METRICS_PORT": "9300", "ASYNCJOBS_HEALTH_PORT": "8300", "ASYNCJOBS_MAX_LOOP_LAG": "4"}
+    settings = {"ASYNCJOBS_METRICS_PORT": 9200, "ASYNCJOBS_HEALTH_HOST": "127.0.0.1"}
+    got = ops_options({"metrics_port": 9100, "health_port": None}, settings, env)
+    assert got == {"metrics_port": 9100, "health_port": 8300, "health_host": "127.0.0.1", "max_loop_lag": 4.0}
+    assert ops_options({}, settings, env)["metrics_port"] == 9200
+    with pytest.raises(ValueError, match=r"\$ASYNCJOBS_HEALTH_PORT = 'eighty' is not a number"):
+        ops_options({}, None, {"ASYNCJOBS_HEALTH_PORT": "eighty"})
