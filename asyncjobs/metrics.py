@@ -40,7 +40,6 @@ __all__ = [
     "enable",
     "enabled",
     "exposition",
-    "job_began",
     "job_delay",
     "job_ended",
     "mark_process_dead",
@@ -48,6 +47,7 @@ __all__ = [
     "preload",
     "redis_error",
     "set_concurrency",
+    "set_in_flight",
     "set_loop_lag",
 ]
 
@@ -177,10 +177,10 @@ def preload() -> None:
 # ------------------------------------------------------------------ reporting (no-ops when disabled)
 
 
-def job_began() -> None:
-    """A claimed job is now the worker's (in flight until :func:`job_ended`)."""
+def set_in_flight(jobs: int) -> None:
+    """Jobs in flight now (the worker publishes its count a few times a second, not per job)."""
     if _metrics is not None:
-        _metrics.in_flight.inc()
+        _metrics.in_flight.set(jobs)
 
 
 def job_delay(queue: str, seconds: float) -> None:
@@ -194,7 +194,6 @@ def job_ended(queue: str, status: str, duration: float | None) -> None:
     m = _metrics
     if m is None:
         return
-    m.in_flight.dec()
     count, hist = m.ended_children(queue, status)
     count.inc()
     if duration is not None:

@@ -111,6 +111,8 @@ class Observer:
     def __init__(self, slot: Slot | None = None, *, metrics_on: bool = False) -> None:
         self.slot = slot
         self.metrics_on = metrics_on
+        #: jobs between job_began and job_ended; published by monitor_loop (4 times a second), not per job
+        self.in_flight = 0
 
     @property
     def monitors_loop(self) -> bool:
@@ -136,8 +138,7 @@ class Observer:
 
     # -- per job (the hot path: a couple of dict lookups and counter increments)
     def job_began(self) -> None:
-        if self.metrics_on:
-            metrics.job_began()
+        self.in_flight += 1
 
     def job_running(self, queue: str, enqueued_at: datetime | None, started: datetime) -> None:
         if self.metrics_on and enqueued_at is not None:
@@ -145,6 +146,7 @@ class Observer:
 
     def job_ended(self, queue: str, kind: Kind, duration: float) -> None:
         """Every job :meth:`job_began` ends here once; a job given back is not timed."""
+        self.in_flight -= 1
         if self.metrics_on:
             metrics.job_ended(queue, STATUS[kind], None if kind is Kind.REQUEUE else duration)
 
@@ -159,9 +161,12 @@ class Observer:
                 await asyncio.sleep(LOOP_BEAT_INTERVAL)
                 if self.metrics_on:
                     metrics.set_loop_lag(max(0.0, time.monotonic() - t - LOOP_BEAT_INTERVAL))
+                    metrics.set_in_flight(self.in_flight)
         finally:
             if slot is not None:
                 slot.beat = 0.0  # the worker is done: nothing left to watch
+            if self.metrics_on:
+                metrics.set_in_flight(self.in_flight)
 
 
 class Watchdog:
