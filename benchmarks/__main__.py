@@ -388,13 +388,23 @@ def cmd_ops(args: argparse.Namespace) -> int:
         out = Path.cwd() / out
     newest = max(out.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
     rows = [json.loads(line) for line in newest.read_text().splitlines() if line.strip()]
-    text = format_ops(rows, _rel(newest))
+    costs = {m: observer_cost(m) for m in ("off", "single", "mp")}
+    text = format_ops(rows, _rel(newest), costs)
     (out / "ops-latest.md").write_text(text)
     print(text)
     return rc
 
 
-def format_ops(rows: list[dict[str, Any]], source: str) -> str:
+def observer_cost(mode: str) -> float:
+    """Per-job CPU microseconds of the worker's metrics calls, measured in a fresh process."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.runners", "observer-cost", "--mode", mode],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out)["us_per_job"])
+
+
+def format_ops(rows: list[dict[str, Any]], source: str, costs: dict[str, float] | None = None) -> str:
     prov = next(r for r in rows if r["type"] == "provenance")
     by = {(r["workload"], r["contender"]): r for r in rows if r["type"] == "summary"}
     lines = [
@@ -419,6 +429,24 @@ def format_ops(rows: list[dict[str, Any]], source: str) -> str:
             f"{s['cpu_s_per_1k'] or 0:.3f} | {pct(s['cpu_s_per_1k'], base['cpu_s_per_1k']) if base else ''} | "
             f"{(s['latency_start_ms'] or {}).get('p50') or 0:,.1f} | {s['peak_rss_mb'] or 0:.0f} |"
         )
+    if costs:
+        noop_cpu = {cn: s["cpu_s_per_1k"] for (wl, cn), s in by.items() if wl == "noop" and s["cpu_s_per_1k"]}
+        single = costs["single"] - costs["off"]
+        mp = costs["mp"] - costs["off"]
+        lines += [
+            "",
+            f"Per-job CPU of the metrics calls themselves (best of 5 x 100,000 in a fresh process): "
+            f"{single:.1f} us in one process, {mp:.1f} us in multiprocess mode (`--processes`), "
+            f"against a whole no-op job's {1000 * noop_cpu.get('asyncjobs-c50', 0):.0f} us / "
+            f"{1000 * noop_cpu.get('asyncjobs-c50-p2', 0):.0f} us of worker CPU above: "
+            + (f"{single / (1000 * noop_cpu['asyncjobs-c50']) * 100:.1f}% / "
+               f"{mp / (1000 * noop_cpu['asyncjobs-c50-p2']) * 100:.1f}% of the cheapest possible job."
+               if noop_cpu.get("asyncjobs-c50") and noop_cpu.get("asyncjobs-c50-p2") else ""),
+        ]
+    spreads = [s["spread_pct"] for s in by.values() if s.get("spread_pct") is not None]
+    if spreads:
+        lines.append(f"\nSpread of jobs/s across repetitions: median {sorted(spreads)[len(spreads) // 2]:.0f}% "
+                     "(a differing row within that spread is noise, not overhead).")
     return "\n".join(lines) + "\n"
 
 
