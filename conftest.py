@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from testsupport.redis_server import RedisServer
+from tests.testsupport.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,7 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """SQLAlchemy URL of a fresh PostgreSQL database, dropped at session end."""
-    from testsupport.postgres import create_database, drop_database
+    from tests.testsupport.postgres import create_database, drop_database
 
     try:
         name, url = asyncio.run(create_database())

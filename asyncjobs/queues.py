@@ -1,16 +1,16 @@
-"""Named RQ queues bound to ``REDIS_URL``, created on first use (never at import).
+"""Named RQ queues bound to ``REDIS_URL``, by their public name (``from asyncjobs.queues import emails_queue``).
 
-from asyncjobs.queues import emails_queue
-emails_queue.enqueue(send_email, "user@example.com", "Subject", "Body")
+A thin face over :mod:`asyncjobs.delivery.queues`; queues are created on first use, never at import.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
+from asyncjobs.delivery import queues as _impl
+from asyncjobs.delivery.queues import *  # noqa: F403  (QUEUE_NAMES, get_queue, get_connection, reset_queues)
+
 if TYPE_CHECKING:
-    from redis import Redis
     from rq import Queue
 
     default_queue: Queue
@@ -20,68 +20,9 @@ if TYPE_CHECKING:
     exports_queue: Queue
     summaries_queue: Queue
 
-__all__ = [
-    "QUEUE_NAMES",
-    "default_queue",
-    "emails_queue",
-    "exports_queue",
-    "get_connection",
-    "get_queue",
-    "imports_queue",
-    "reset_queues",
-    "sms_queue",
-    "summaries_queue",
-]
-
-QUEUE_NAMES = ("default", "emails", "sms", "imports", "exports", "summaries")
-
-_lock = threading.Lock()
-_connections: dict[str, Redis] = {}
-_queues: dict[tuple[str, str], Queue] = {}
-
-
-def get_connection() -> Redis:
-    """The synchronous Redis connection for ``REDIS_URL`` (one per URL, created lazily)."""
-    from redis import Redis
-
-    from asyncjobs.settings import get_settings
-
-    url = get_settings().redis_url
-    with _lock:
-        conn = _connections.get(url)
-        if conn is None:
-            conn = _connections[url] = Redis.from_url(url)
-        return conn
-
-
-def get_queue(name: str = "default", **kwargs: Any) -> Queue:
-    """A stock ``rq.Queue`` called ``name`` on ``REDIS_URL`` (cached when no kwargs are given)."""
-    from rq import Queue
-
-    connection = get_connection()
-    if kwargs:
-        return Queue(name, connection=connection, **kwargs)
-    from asyncjobs.settings import get_settings
-
-    key = (get_settings().redis_url, name)
-    with _lock:
-        queue = _queues.get(key)
-        if queue is None:
-            queue = _queues[key] = Queue(name, connection=connection)
-        return queue
-
-
-def reset_queues() -> None:
-    """Forget cached queues and close their connections (tests, or after changing REDIS_URL)."""
-    with _lock:
-        conns = list(_connections.values())
-        _connections.clear()
-        _queues.clear()
-    for conn in conns:
-        conn.close()
+__all__ = [*_impl.__all__, *(f"{name}_queue" for name in _impl.QUEUE_NAMES)]
 
 
 def __getattr__(name: str) -> Any:
-    if name.endswith("_queue") and name[: -len("_queue")] in QUEUE_NAMES:
-        return get_queue(name[: -len("_queue")])
-    raise AttributeError(f"module 'asyncjobs.queues' has no attribute {name!r}")
+    """``emails_queue`` and the other ``<name>_queue`` attributes, created on first use."""
+    return getattr(_impl, name)

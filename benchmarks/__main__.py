@@ -188,7 +188,7 @@ def run_paced(bench: Bench, wl: dict[str, Workload], measurements: list[dict[str
 
 def run_transport(bench: Bench, args: argparse.Namespace, progress: Progress) -> list[dict[str, Any]]:
     from benchmarks.transport import VARIANTS, measure
-    from testsupport.sinks import SinkProcess
+    from tests.testsupport.sinks import SinkProcess
 
     n = args.n if args.n else (300 if args.quick else 3000)
     rows = []

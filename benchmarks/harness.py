@@ -30,8 +30,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import redis
 
-from testsupport.redis_server import RedisServer, find_redis_server, free_port
-from testsupport.sinks import SinkProcess
+from tests.testsupport.redis_server import RedisServer, find_redis_server, free_port
+from tests.testsupport.sinks import SinkProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,7 +76,7 @@ def workloads(smtp_delay_ms: float = 20.0, sms_delay_ms: float = 30.0,
 # --------------------------------------------------------------------------- contenders
 
 _CONTENDER_RE = re.compile(
-    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(-ops)?$"
+    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(-ops)?(?:@([\w.~^/-]+))?$"
 )
 
 # Rough no-op rates on a 2-core machine, used only to size N so that a measurement lasts about --seconds.
@@ -121,6 +121,9 @@ class Contender:
     concurrency: int = 1  # per process
     processes: int = 1  # -p for asyncjobs (one supervised command) or -x for parallel RQ workers
     ops: bool = False  # asyncjobs with --metrics-port and --health-port (the "-ops" suffix)
+    #: ``asyncjobs-c50@REF``: the asyncjobs package as of git revision REF of this repository
+    #: (before/after comparisons of a change, measured in the same run as the current code)
+    source: str | None = None
 
     @property
     def total_concurrency(self) -> int:
@@ -137,11 +140,14 @@ class Contender:
         if not m:
             raise ValueError(
                 f"unknown contender {name!r}: use rq-fork, rq-simple, rq-simple-xK, asyncjobs-cC, "
-                "asyncjobs-cC-pP[-ops], saq-cC or ceiling-cC (K, C, P integers)"
+                "asyncjobs-cC-pP[-ops], saq-cC or ceiling-cC (K, C, P integers; asyncjobs-...@REF for the "
+                "package at git revision REF)"
             )
-        kind, x, c, p, ops = m.groups()
+        kind, x, c, p, ops, ref = m.groups()
         if ops and kind != "asyncjobs":
             raise ValueError(f"contender {name!r}: -ops (metrics and health ports) applies to asyncjobs only")
+        if ref and kind != "asyncjobs":
+            raise ValueError(f"contender {name!r}: @REF applies to asyncjobs only")
         if kind in ("rq-fork", "rq-simple"):
             if c or p or (x and kind == "rq-fork"):
                 raise ValueError(f"contender {name!r}: stock RQ takes only -xK (rq-simple-xK)")
@@ -151,7 +157,7 @@ class Contender:
         conc = int(c or 50)
         if kind != "asyncjobs" and p:
             raise ValueError(f"contender {name!r}: -pP applies to asyncjobs only")
-        return cls(name, kind, conc, int(p or 1), bool(ops))
+        return cls(name, kind, conc, int(p or 1), bool(ops), ref)
 
     def expected_rate(self, w: Workload) -> float:
         """A rough guess of this contender's rate on ``w``; sizes N only, never reported."""
@@ -333,9 +339,22 @@ class Bench:
 
     # ----------------------------------------------------------------- environment for workers
 
+    def package_at(self, ref: str) -> Path:
+        """A directory holding only the ``asyncjobs`` package as of git revision ``ref`` (extracted
+        once per run); put first on a worker's PYTHONPATH, it shadows the installed package while
+        the benchmark's own job modules still come from this checkout."""
+        dest = self.tmp / "src" / re.sub(r"[^\w.-]", "_", ref)
+        if not dest.exists():
+            dest.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "asyncjobs"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return dest
+
     def worker_env(self, w: Workload, c: Contender, ledger: Path) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        source = [str(self.package_at(c.source))] if c.source else []
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*source, str(ROOT), env.get("PYTHONPATH", "")]))
         env["BENCH_LEDGER"] = str(ledger)
         env["BENCH_LOOP"] = self.loop
         env["PYTHONUNBUFFERED"] = "1"

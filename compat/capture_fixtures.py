@@ -48,8 +48,8 @@ from rq.serializers import JSONSerializer
 from rq.webhook import Webhook
 
 from compat import jobs
-from testsupport.redis_server import RedisServer
-from testsupport.workers import run_rq_worker, wait_for
+from tests.testsupport.redis_server import RedisServer
+from tests.testsupport.workers import run_rq_worker, wait_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SIMPLE = "rq.worker.SimpleWorker"

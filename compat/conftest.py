@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from compat.support import STOCK, Launcher, WorkerKind
-from testsupport.workers import asyncjobs_worker_available
+from tests.testsupport.workers import asyncjobs_worker_available
 
 _ASYNCJOBS_OK: bool | None = None
 

@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.results import Result
 from rq.worker import Worker
 
-from testsupport.workers import (
+from tests.testsupport.workers import (
     WorkerProcess,
     run_asyncjobs_worker,
     run_rq_cli,

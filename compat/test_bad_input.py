@@ -132,8 +132,8 @@ def test_a_malformed_job_abandoned_by_a_crash_does_not_break_rqs_maintenance(
 
     from rq.registry import StartedJobRegistry
 
-    from testsupport.faultproxy import FaultProxy
-    from testsupport.workers import rq_command, run_asyncjobs_worker, wait_for
+    from tests.testsupport.faultproxy import FaultProxy
+    from tests.testsupport.workers import rq_command, run_asyncjobs_worker, wait_for
 
     parsed = urlparse(redis_url)
     proxy = FaultProxy(parsed.hostname or "127.0.0.1", parsed.port or 6379).start()

@@ -21,7 +21,7 @@ from compat.support import (
     wait_status,
     worker_hash,
 )
-from testsupport.workers import wait_for
+from tests.testsupport.workers import wait_for
 
 # ------------------------------------------------------------------ concurrency
 

@@ -31,7 +31,7 @@ from compat.support import (
     wait_status,
     worker_hash,
 )
-from testsupport.workers import wait_for
+from tests.testsupport.workers import wait_for
 
 
 def test_success_and_failure_read_back_through_rq(

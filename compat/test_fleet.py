@@ -22,7 +22,7 @@ from compat.support import (
     wait_held,
     wait_status,
 )
-from testsupport.workers import wait_for
+from tests.testsupport.workers import wait_for
 
 
 @pytest.mark.slow

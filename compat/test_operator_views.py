@@ -27,7 +27,7 @@ from rq.worker import Worker
 
 from compat import jobs
 from compat.support import Launcher, WorkerKind, release, wait_held, wait_status
-from testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, run_rq_cli, wait_for
+from tests.testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, run_rq_cli, wait_for
 
 AJ = "ops-aj"
 STOCK_NAME = "ops-stock"

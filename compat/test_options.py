@@ -19,7 +19,7 @@ from rq.webhook import Webhook
 
 from compat import jobs
 from compat.support import Launcher, WorkerKind, fetch, records, unique_name
-from testsupport.workers import WorkerProcess, asyncjobs_worker_command, wait_for
+from tests.testsupport.workers import WorkerProcess, asyncjobs_worker_command, wait_for
 
 
 def test_max_idle_time(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis) -> None:

@@ -24,13 +24,22 @@ from compat.support import (
     wait_status,
     worker_hash,
 )
-from testsupport.workers import run_rq_cli, wait_for
+from tests.testsupport.workers import run_rq_cli, wait_for
 
 
 def wait_subscribed(conn: redis.Redis, name: str) -> None:
-    """Commands published before the worker subscribes are lost (for stock too): wait for SUBSCRIBE."""
+    """Commands published before the worker subscribes are lost (for stock too): wait for SUBSCRIBE.
+
+    Then wait until the worker has left state ``started`` for its work loop: stock RQ subscribes in
+    ``bootstrap()`` but installs its signal handlers only after it, so a shutdown command (which
+    sends the worker SIGINT) landing in between aborts it with exit code 1 ("Aborted!"; 29 of 30
+    tries when sent at the instant of SUBSCRIBE)."""
     wait_for(
         lambda: conn.pubsub_numsub(f"rq:pubsub:{name}")[0][1] >= 1, 30, message=f"rq:pubsub:{name} subscriber"
+    )
+    wait_for(
+        lambda: conn.hget(f"rq:worker:{name}", "state") not in (None, b"started"), 30,
+        message=f"rq:worker:{name} in its work loop",
     )
 
 

@@ -303,7 +303,7 @@ class SignupAborted(Exception):
 
 async def enqueue_outbox(out: Enqueued) -> None:
     """Write notifications in SQLAlchemy transactions: one committed, one rolled back."""
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
     from asyncjobs.outbox.repository import create_all
 
     try:
@@ -552,7 +552,7 @@ def run_demo(demo_dir: Path, *, say: Printer = print, environ: dict[str, str] | 
         env = demo_environment(target.url, database_url)
         with _patched_environ(env):
             from asyncjobs import queues
-            from asyncjobs.settings import reload_settings
+            from asyncjobs.delivery.settings import reload_settings
 
             reload_settings()
             queues.reset_queues()
@@ -560,7 +560,7 @@ def run_demo(demo_dir: Path, *, say: Printer = print, environ: dict[str, str] | 
     finally:
         target.close()
         with contextlib.suppress(Exception):
-            from asyncjobs.settings import reload_settings
+            from asyncjobs.delivery.settings import reload_settings
 
             reload_settings()
 

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.harness import Bench, asyncjobs_available, token
-from testsupport.sinks import SinkProcess
+from tests.testsupport.sinks import SinkProcess
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,6 +81,31 @@ def test_sinks_count_duplicates() -> None:
         assert sink.counts()["total"] == 0
 
 
+def test_contender_at_a_git_revision_runs_that_revision(tmp_path: Path) -> None:
+    """``asyncjobs-cC@REF`` (before/after comparisons in one run) runs the package as of REF."""
+    import subprocess
+
+    from benchmarks.harness import ROOT, Contender, workloads
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    c = Contender.parse("asyncjobs-c10@HEAD")
+    assert (c.kind, c.concurrency, c.source) == ("asyncjobs", 10, "HEAD")
+    with pytest.raises(ValueError, match="@REF applies to asyncjobs only"):
+        Contender.parse("rq-simple@HEAD")
+    with Bench() as bench:
+        src = bench.package_at("HEAD")
+        committed = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:asyncjobs/worker/worker.py"],
+                                   capture_output=True, check=True).stdout
+        assert (src / "asyncjobs" / "worker" / "worker.py").read_bytes() == committed
+        assert sorted(p.name for p in src.iterdir()) == ["asyncjobs"]  # nothing else shadows this checkout
+        env = bench.worker_env(workloads()["noop"], c, tmp_path / "ledger")
+        assert env["PYTHONPATH"].split(":")[0] == str(src)
+        rec = bench.measure(workloads()["noop"], c, 5)
+    assert rec["verified"], rec["problems"]
+
+
 def test_tiny_ops_run_compares_with_and_without_metrics_and_health(tmp_path: Path) -> None:
     """`python -m benchmarks ops`: each asyncjobs contender with and without both ports, stock RQ beside."""
     if not asyncjobs_available():
@@ -105,6 +130,8 @@ def test_ops_suffix_only_for_asyncjobs() -> None:
 
     c = Contender.parse("asyncjobs-c50-p2-ops")
     assert (c.kind, c.concurrency, c.processes, c.ops) == ("asyncjobs", 50, 2, True)
+    c = Contender.parse("asyncjobs-c50-ops@HEAD")
+    assert (c.ops, c.source) == (True, "HEAD")
     assert not Contender.parse("asyncjobs-c50").ops
     with pytest.raises(ValueError, match="-ops"):
         Contender.parse("rq-simple-ops")

@@ -107,7 +107,7 @@ def test_demo_starts_and_stops_its_own_redis(tmp_path: Path) -> None:
 
 def test_demo_falls_back_to_a_private_redis_when_redis_url_is_dead(tmp_path: Path) -> None:
     """REDIS_URL set to a dead server falls back to a private Redis and says so."""
-    from testsupport.redis_server import free_port
+    from tests.testsupport.redis_server import free_port
 
     proc = run_demo(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
 

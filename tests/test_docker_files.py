@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from asyncjobs.settings import Settings
+from asyncjobs.delivery.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -293,7 +293,7 @@ def test_env_example_names_are_settings() -> None:
     names = _env_example_names()
     assert len(names) == len(set(names)), "a variable is listed twice"
     unknown = set(names) - SETTINGS_VARS - {"REDIS_PASSWORD", "POSTGRES_PASSWORD"}
-    assert not unknown, f"{sorted(unknown)} in docker/.env.example are not fields of asyncjobs.settings.Settings"
+    assert not unknown, f"{sorted(unknown)} in docker/.env.example are not fields of asyncjobs.delivery.settings.Settings"
 
 
 def test_env_example_documents_every_setting() -> None:
@@ -453,7 +453,7 @@ def test_compose_requires_passwords_from_env(compose: dict[str, Any]) -> None:
 
 def test_compose_keeps_smtp_auth_off_clear_text(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The bundled stack defaults to SMTP_TLS=none (Mailpit): adding SMTP credentials must not send them in clear."""
-    from asyncjobs.settings import SettingsError, load_settings
+    from asyncjobs.delivery.settings import SettingsError, load_settings
 
     worker_env = _resolved(compose["services"]["worker"], {"REDIS_PASSWORD": "x", "POSTGRES_PASSWORD": "y"})
     for name in SETTINGS_VARS:

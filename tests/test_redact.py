@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from asyncjobs.delivery.settings import Settings
 from asyncjobs.redact import redact_url
-from asyncjobs.settings import Settings
 from asyncjobs.worker.config import WorkerConfig
 
 

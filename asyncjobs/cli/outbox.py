@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _create_tables() -> None:
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
     from asyncjobs.outbox.repository import create_all
 
     engine = notifications.get_engine()
@@ -87,7 +87,7 @@ async def _create_tables() -> None:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if getattr(args, "database_url", None):
         os.environ["DATABASE_URL"] = args.database_url
-    from asyncjobs.settings import SettingsError, reload_settings
+    from asyncjobs.delivery.settings import SettingsError, reload_settings
 
     try:
         reload_settings()

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from asyncjobs.worker.connection import RedisTarget, parse_sentinels
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget, parse_sentinels
 
 __all__ = [
     "add_connection_args",
@@ -38,7 +38,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, config_short: bool = True
     g = p.add_argument_group("Redis connection (precedence as `rq worker`: --url/--sentinel, -c settings, env)")
     g.add_argument("--url", "-u", default=None,
                    help="Redis URL: redis://, rediss:// (TLS) or unix:// (default: -c settings, $REDIS_URL, "
-                        "redis://localhost:6379/0)")
+                        f"{DEFAULT_REDIS_URL})")
     if config_short:
         g.add_argument("--config", default=None, metavar="MODULE",
                        help="RQ settings module (REDIS_URL, SENTINEL, REDIS_HOST..., QUEUES, NAME, DICT_CONFIG), "
@@ -170,7 +170,7 @@ def resolve_target(
     elif any(k in env for k in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_SSL")):
         target = target_from_settings(env, allow_sentinel=False)
     else:
-        target = RedisTarget(url="redis://localhost:6379/0")
+        target = RedisTarget(url=DEFAULT_REDIS_URL)
     return _with_overrides(target, args)
 
 

@@ -22,12 +22,13 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
-from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE, format_size
-from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.protocol.codec import format_size
+from asyncjobs.worker.config import DEFAULTS, OPS_SETTINGS, WorkerConfig, ops_options, parse_size
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
@@ -51,20 +52,6 @@ class _ConfigOrConcurrency(argparse.Action):
             namespace.config = text
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
-               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
-
-
-def parse_size(text: str, option: str = "--max-payload-size") -> int:
-    """``"64M"`` / ``"64MiB"`` / ``"512K"`` / ``"1048576"`` -> bytes (binary units)."""
-    value = text.strip().upper().replace(" ", "")
-    digits = value.rstrip("KMGIB")
-    unit = value[len(digits):]
-    if not digits.isdigit() or unit not in _SIZE_UNITS:
-        raise ValueError(f"{option} {text!r} is not a size: use bytes or K/M/G (binary units), e.g. 64M")
-    return int(digits) * _SIZE_UNITS[unit]
-
-
 def _version_text() -> str:
     import redis
     import rq
@@ -85,19 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(p)
     p.add_argument("-c", dest="config_or_concurrency", action=_ConfigOrConcurrency, metavar="MODULE|N",
                    help="settings module as `rq worker -c` (e.g. -c myapp.rq_settings); a number is --concurrency")
-    p.add_argument("--concurrency", type=int, default=10, help="jobs in flight at once (default 10)")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"], help="jobs in flight at once (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="thread pool size for sync jobs (default: concurrency)")
     p.add_argument("--burst", "-b", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", "-n", default=None,
                    help="worker name (default: -c NAME, else asyncjobs-c<concurrency>-<random hex>)")
-    p.add_argument("--serializer", "-S", default="pickle", help="pickle, json, or a dotted path (like rq worker -S)")
-    p.add_argument("--results-ttl", type=int, default=500, help="default result TTL in seconds (default 500)")
-    p.add_argument("--worker-ttl", type=int, default=420, help="worker key TTL in seconds (default 420)")
-    p.add_argument("--job-monitoring-interval", type=float, default=30.0, help="heartbeat interval (default 30 s)")
+    p.add_argument("--serializer", "-S", default=DEFAULTS["serializer"], help="pickle, json, or a dotted path (like rq worker -S)")
+    p.add_argument("--results-ttl", type=int, default=DEFAULTS["default_result_ttl"], help="default result TTL in seconds (default %(default)s)")
+    p.add_argument("--worker-ttl", type=int, default=DEFAULTS["worker_ttl"], help="worker key TTL in seconds (default %(default)s)")
+    p.add_argument("--job-monitoring-interval", type=float, default=DEFAULTS["job_monitoring_interval"], help="heartbeat interval (default %(default)g s)")
     p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument(
-        "--dequeue-strategy", default="default", choices=["default", "round_robin", "random"],
+        "--dequeue-strategy", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
     )
     p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (default: .)")
@@ -106,14 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (default), json (one JSON object per line), or a logging format string as rq's")
     p.add_argument("--date-format", default=None, help="strftime format of log timestamps")
     p.add_argument("--pid", default=None, metavar="FILE", help="write the process id to FILE (as `rq worker --pid`)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="grace period for in-flight jobs after SIGTERM before they are put back (default 30 s)")
+    p.add_argument("--shutdown-timeout", type=float, default=DEFAULTS["shutdown_timeout"],
+                   help="grace period for in-flight jobs after SIGTERM before they are put back (default %(default)g s)")
     p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
-    p.add_argument("--maintenance-interval", type=float, default=600.0, help="registry cleanup interval (600 s)")
+    p.add_argument("--maintenance-interval", type=float, default=DEFAULTS["maintenance_interval"], help="registry cleanup interval (default %(default)g s)")
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
                    help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
                    "it anyone who can write to Redis can run code in the worker (as with rq worker)")
-    p.add_argument("--max-payload-size", default=format_size(DEFAULT_MAX_PAYLOAD_SIZE).replace(" ", ""),
+    p.add_argument("--max-payload-size", default=format_size(DEFAULTS["max_payload_size"]).replace(" ", ""),
                    metavar="SIZE",
                    help="largest job payload to decode, once decompressed, e.g. 64M (default); "
                    "bigger jobs fail with a readable reason")
@@ -144,37 +131,6 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
     return read_settings_module(module) if module else None
 
 
-#: Options for the ops endpoints: flag, else the -c settings module, else the environment (same name).
-OPS_SETTINGS: dict[str, tuple[str, Any]] = {
-    "metrics_port": ("ASYNCJOBS_METRICS_PORT", int),
-    "metrics_host": ("ASYNCJOBS_METRICS_HOST", str),
-    "health_port": ("ASYNCJOBS_HEALTH_PORT", int),
-    "health_host": ("ASYNCJOBS_HEALTH_HOST", str),
-    "max_loop_lag": ("ASYNCJOBS_MAX_LOOP_LAG", float),
-}
-
-
-def ops_options(
-    given: dict[str, Any], settings: dict[str, Any] | None, env: Mapping[str, str] = os.environ
-) -> dict[str, Any]:
-    """WorkerConfig keyword arguments for metrics and health, with ``rq worker``'s precedence."""
-    out: dict[str, Any] = {}
-    for field, (key, kind) in OPS_SETTINGS.items():
-        value = given.get(field)
-        source = f"--{field.replace('_', '-')}"
-        if value is None and settings and settings.get(key) is not None:
-            value, source = settings[key], f"{key} in the settings module"
-        if value is None and env.get(key):
-            value, source = env[key], f"${key}"
-        if value is None:
-            continue
-        try:
-            out[field] = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source} = {value!r} is not a {'number' if kind is not str else 'string'}") from None
-    return out
-
-
 def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None = None) -> WorkerConfig:
     """Flags first, then the ``-c`` settings module (QUEUES, NAME, connection), then the environment."""
     queues: list[str] = list(args.queue_names)
@@ -189,7 +145,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
     name = args.name or (settings or {}).get("NAME") or f"asyncjobs-c{args.concurrency}-{uuid.uuid4().hex[:12]}"
     return WorkerConfig(
         queues=tuple(dict.fromkeys(queues)),
-        redis_url=target.url or "redis://localhost:6379/0",
+        redis_url=target.url or DEFAULT_REDIS_URL,
         redis=target,
         name=str(name),
         concurrency=args.concurrency,
@@ -210,7 +166,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
         log_job_description=not args.disable_job_desc_logging,
-        **ops_options({f: getattr(args, f) for f in OPS_SETTINGS}, settings),
+        **ops_options({f: getattr(args, f) for f in OPS_SETTINGS}, settings, os.environ),
     )
 
 

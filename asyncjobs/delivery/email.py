@@ -2,7 +2,7 @@
 
 Nothing here reads settings or knows about Redis or the worker: senders are
 built from a plain :class:`SmtpConfig` by the composition layer
-(:mod:`asyncjobs.runtime`).
+(:mod:`asyncjobs.delivery.runtime`).
 """
 
 from __future__ import annotations

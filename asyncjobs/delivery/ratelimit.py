@@ -1,4 +1,14 @@
-"""Per-process async rate limiting (token bucket) and rate parsing ("14/s", "600/m")."""
+"""Rate limiting for the delivery jobs: one concept, two scopes.
+
+* :func:`parse_rate` reads ``"14/s"``, ``"600/m"``...; :class:`Rate` is the parsed value.
+* :class:`LocalRateLimiter`: a token bucket for one process (``RATE_LIMIT_SCOPE=process``).
+* :class:`RedisRateLimiter`: GCRA in a Lua script on the Redis server's clock, shared by every
+  process using the same key, so that all workers together never exceed a provider's quota
+  (``RATE_LIMIT_SCOPE=redis``).  Each call reserves the next slot atomically and returns how
+  long the caller must wait for it.
+
+Each of them is a :class:`RateLimiter`: ``await limiter.acquire()``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +17,16 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["LocalRateLimiter", "Rate", "RateLimiter", "UnlimitedRateLimiter", "parse_rate"]
+from redis.exceptions import RedisError
+
+from asyncjobs.delivery.errors import TransientDeliveryError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["LocalRateLimiter", "Rate", "RateLimiter", "RedisRateLimiter", "UnlimitedRateLimiter", "parse_rate"]
 
 _UNITS = {
     "s": 1.0,
@@ -114,3 +131,60 @@ class LocalRateLimiter:
 
     def __repr__(self) -> str:
         return f"LocalRateLimiter({self.rate})"
+
+
+# GCRA with reservation: KEYS[1] holds the theoretical arrival time (TAT, ms).
+# ARGV[1] = emission interval (ms), ARGV[2] = burst tolerance (ms).
+# Returns the wait in ms (as a string, to keep fractions) before the reserved slot.
+_GCRA_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now + tolerance + 1000))
+return string.format('%.3f', wait)
+"""
+
+
+class RedisRateLimiter:
+    """Rate limit shared by every process using the same Redis ``key``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        key: str,
+        rate: Rate,
+        *,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.redis = redis
+        self.key = key
+        self.rate = rate
+        self._sleep = sleep
+        self._script: Any = redis.register_script(_GCRA_LUA)
+        self._interval_ms = 1000.0 * rate.period / rate.count
+        self._tolerance_ms = self._interval_ms * (rate.count - 1)
+
+    async def reserve(self) -> float:
+        """Reserve the next slot; return seconds to wait before using it."""
+        try:
+            raw = await self._script(keys=[self.key], args=[self._interval_ms, self._tolerance_ms])
+        except (RedisError, OSError) as exc:
+            raise TransientDeliveryError(
+                f"rate limiter could not reach Redis for {self.key!r} ({type(exc).__name__}: {exc}): "
+                "transient, will be retried"
+            ) from None
+        return float(raw) / 1000.0
+
+    async def acquire(self) -> None:
+        wait = await self.reserve()
+        if wait > 0:
+            await self._sleep(wait)
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimiter(key={self.key!r}, rate={self.rate})"

@@ -10,8 +10,9 @@ Message-ID (:meth:`ClaimedNotification.message_id`) so receivers can tell.
 * :mod:`asyncjobs.outbox.templates` -- 2FA code (email, SMS) and user invitation (email) messages.
 * :mod:`asyncjobs.outbox.processor` -- processing one row, and the polling :class:`OutboxProcessor`.
 
-This package knows nothing of SMTP, SMS providers, Redis or settings; see
-:mod:`asyncjobs.notifications` for the ready-made composition.
+These core modules know nothing of SMTP, SMS providers, Redis or settings.
+:mod:`asyncjobs.outbox.notifications` is the battery's composition (settings, RQ queues,
+delivery through :mod:`asyncjobs.delivery`); its public face is :mod:`asyncjobs.notifications`.
 """
 
 from __future__ import annotations

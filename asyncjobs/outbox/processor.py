@@ -1,7 +1,7 @@
 """Processing one notification, and the polling :class:`OutboxProcessor`.
 
 Nothing here knows SMTP, SMS providers, Redis or settings: the composition
-layer (:mod:`asyncjobs.notifications`) injects a ``deliver`` coroutine
+layer (:mod:`asyncjobs.outbox.notifications`) injects a ``deliver`` coroutine
 function, ``enqueue`` and ``missing_jobs`` coroutine functions and plain
 configuration values.
 """

@@ -2,20 +2,67 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from types import MappingProxyType
+from typing import Any, Literal
 
 from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.redact import redact_url
-from asyncjobs.worker.connection import RedisTarget
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+               "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_size(text: str, option: str = "--max-payload-size") -> int:
+    """``"64M"`` / ``"64MiB"`` / ``"512K"`` / ``"1048576"`` -> bytes (binary units)."""
+    value = text.strip().upper().replace(" ", "")
+    digits = value.rstrip("KMGIB")
+    unit = value[len(digits):]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise ValueError(f"{option} {text!r} is not a size: use bytes or K/M/G (binary units), e.g. 64M")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+#: Options for the ops endpoints: flag, else the -c settings module, else the environment (same name).
+OPS_SETTINGS: dict[str, tuple[str, Any]] = {
+    "metrics_port": ("ASYNCJOBS_METRICS_PORT", int),
+    "metrics_host": ("ASYNCJOBS_METRICS_HOST", str),
+    "health_port": ("ASYNCJOBS_HEALTH_PORT", int),
+    "health_host": ("ASYNCJOBS_HEALTH_HOST", str),
+    "max_loop_lag": ("ASYNCJOBS_MAX_LOOP_LAG", float),
+}
+
+
+def ops_options(
+    given: Mapping[str, Any], settings: Mapping[str, Any] | None, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """WorkerConfig keyword arguments for metrics and health, with ``rq worker``'s precedence
+    (``env`` is passed in: this module reads no environment itself)."""
+    out: dict[str, Any] = {}
+    for field, (key, kind) in OPS_SETTINGS.items():
+        value = given.get(field)
+        source = f"--{field.replace('_', '-')}"
+        if value is None and settings and settings.get(key) is not None:
+            value, source = settings[key], f"{key} in the settings module"
+        if value is None and env.get(key):
+            value, source = env[key], f"${key}"
+        if value is None:
+            continue
+        try:
+            out[field] = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source} = {value!r} is not a {'number' if kind is not str else 'string'}") from None
+    return out
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class WorkerConfig:
     queues: tuple[str, ...]
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     name: str | None = None
     concurrency: int = 10
     threads: int | None = None  # sync-job thread pool size; default = concurrency
@@ -99,3 +146,10 @@ class WorkerConfig:
     @property
     def idle_worker_key_ttl(self) -> int:
         return self.worker_ttl + 60
+
+
+#: :class:`WorkerConfig`'s default values by field name: the one source of the worker's defaults
+#: (``asyncjobs-worker``'s flags and ``rq worker -w asyncjobs.AsyncWorker`` take theirs from here).
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {f.name: f.default for f in fields(WorkerConfig) if f.default is not MISSING}
+)

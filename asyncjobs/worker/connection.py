@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["PLAIN_OPTIONS", "RedisTarget", "parse_sentinels"]
+__all__ = ["DEFAULT_REDIS_URL", "PLAIN_OPTIONS", "RedisTarget", "parse_sentinels"]
+
+#: Where Redis is when nothing says otherwise (as ``rq worker``): the one place this default is written.
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 # Connection values that mean the same to redis.Redis and redis.asyncio.Redis.
 PLAIN_OPTIONS = frozenset(
@@ -71,7 +74,7 @@ def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
 class RedisTarget:
     """Where Redis is and how to talk to it (plain values); builds sync and asyncio clients."""
 
-    url: str | None = "redis://localhost:6379/0"
+    url: str | None = DEFAULT_REDIS_URL
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str = "mymaster"
     options: Mapping[str, Any] = field(default_factory=dict)

@@ -19,14 +19,11 @@ import asyncio
 import functools
 import logging
 import random
-import signal
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -44,9 +41,10 @@ from asyncjobs.protocol.codec import (
     timeout_message,
 )
 from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
-from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, Running, WorkerInfo
+from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
 from asyncjobs.protocol.transitions import Kind, Transition
+from asyncjobs.worker.admission import CancelReason, InFlight, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
@@ -58,6 +56,7 @@ from asyncjobs.worker.ops import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
+from asyncjobs.worker.shutdown import Shutdown
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -96,38 +95,8 @@ def _cancel_would_be_lost(task: asyncio.Task[Any]) -> bool:
     return False
 
 
-class CancelReason(StrEnum):
-    STOP = "stop"  # send_stop_job_command: ends `stopped`
-    KILL = "kill"  # send_kill_horse_command: ends failed, as a killed work-horse
-    TIMEOUT = "timeout"  # the job's timeout: ends failed with RQ's timeout message (or retried)
-    GIVE_BACK = "give_back"  # shutdown: back on its queue, unfinished
-
-
 class StopRequested(Exception):
     """SIGTERM/SIGINT (or a shutdown command) arrived while the worker was still starting."""
-
-
-@dataclass(eq=False)
-class InFlight:
-    claimed: Claimed
-    seq: int  # claim order: jobs given back go back in this order
-    task: asyncio.Task[None] | None = None  # turns the execution into an outcome; never cancelled
-    work: asyncio.Task[Any] | None = None  # the job's own code: what cancels target
-    cancel_reason: CancelReason | None = None
-    cancels: int = 0  # cancels delivered to ``work``
-    first_cancel: float = 0.0  # monotonic time of the first, 0 until then
-    reports: int = 0  # "ignores cancellation" errors logged
-    timer: asyncio.TimerHandle | None = None
-    after_recorded: Callable[[], None] | None = None  # e.g. webhooks, once the outcome is stored
-
-    @property
-    def running(self) -> Running:
-        c = self.claimed
-        return Running(c.queue, c.job_id, c.execution_id)
-
-    @property
-    def executing(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 class Worker:
@@ -138,17 +107,17 @@ class Worker:
         self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
-        self._inflight: dict[str, InFlight] = {}
-        self._held_give_backs: list[tuple[InFlight, Transition, str]] = []
-        self._slot_freed = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._cold = asyncio.Event()
+        self.slots = Slots(config.concurrency, config.max_jobs)
+        self.shutdown = Shutdown(
+            self.slots, config.shutdown_timeout, lambda i: self._cancel(i, CancelReason.GIVE_BACK),
+            on_stop=self.observer.draining,
+        )
+        self._stopping = self.shutdown.stopping
         self._waiters: dict[str, asyncio.Task[bool]] = {}
         self._unresolved_claim: ClaimRequest | None = None
         self._suspended = False  # what the last claim saw
         self._claimed_last = 0
         self._rr_offset = 0
-        self._started_jobs = 0
         self.successful = 0
         self.failed = 0
         self._sync_redis: Any = None
@@ -160,39 +129,20 @@ class Worker:
     # ------------------------------------------------------------------ public
     def request_stop(self) -> None:
         """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
-        if not self._stopping.is_set():
-            log.info("warm shutdown requested: finishing %d job(s) in flight", len(self._inflight))
-            self.observer.draining()
-            self._stopping.set()
-            self._slot_freed.set()
+        self.shutdown.request_stop()
 
     def request_cold_stop(self) -> None:
         """Cold shutdown: cancel what is left and put those jobs back on their queues."""
-        self.request_stop()
-        if not self._cold.is_set():
-            log.warning("cold shutdown: putting %d unfinished job(s) back on their queues", len(self._inflight))
-            self._cold.set()
-            for item in list(self._inflight.values()):
-                self._cancel(item, CancelReason.GIVE_BACK)
+        self.shutdown.request_cold_stop()
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown."""
-        loop = asyncio.get_running_loop()
-
-        def handler(signum: int) -> None:
-            if self._stopping.is_set():
-                self.request_cold_stop()
-            else:
-                log.info("received %s", signal.Signals(signum).name)
-                self.request_stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, handler, sig)
+        self.shutdown.install_signal_handlers()
 
     def stop_job(self, job_id: str, reason: str = CancelReason.STOP) -> bool:
         found = False
-        for item in list(self._inflight.values()):
-            if item.claimed.job_id == job_id and item.executing:
+        for item in self.slots.executing():
+            if item.claimed.job_id == job_id:
                 self._cancel(item, CancelReason(reason))
                 found = True
         return found
@@ -202,9 +152,8 @@ class Worker:
 
     def worker_state(self) -> WorkerState:
         """Busy with one of the jobs still executing (not those only awaiting their record), or idle."""
-        for item in self._inflight.values():
-            if item.executing:
-                return WorkerState("busy", item.claimed.job_id)
+        for item in self.slots.executing():
+            return WorkerState("busy", item.claimed.job_id)
         return WorkerState("idle")
 
     async def run(self) -> None:
@@ -246,28 +195,35 @@ class Worker:
         except StopRequested:
             log.info("stop requested while starting")
         finally:
-            self._stop_waiters()
-            self.recorder.go_autonomous()  # from here on nobody claims: it stores outcomes itself
-            await self._drain()
-            await self.recorder.flush(max(30.0, self.config.shutdown_timeout))
-            self.recorder.close()
-            self._closed.set()
-            self._stopping.set()
-            heartbeat.cancel()
-            # Bounded: a task stuck in a dead connection must not keep the process alive.
-            _, stuck = await asyncio.wait([heartbeat, *background], timeout=10)
-            for task in stuck:
-                log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
-                task.cancel()
-            await run_shutdown_hooks()
-            self.observer.stopped()
-            try:
-                await asyncio.wait_for(self.store.register_death(self.config.queues), 10)
-            except (*REDIS_ERRORS, TimeoutError, redis.exceptions.ResponseError) as exc:
-                log.error("could not register worker death (Redis unreachable: %s)", exc)
-            self.executor.shutdown()
-            await self._close_connections(redis_conn)
-            log.info("worker %s stopped: %d succeeded, %d failed", self.name, self.successful, self.failed)
+            await self._shut_down(redis_conn, heartbeat, background)
+
+    async def _shut_down(
+        self, redis_conn: Redis, heartbeat: asyncio.Task[None], background: list[asyncio.Task[None]]
+    ) -> None:
+        """The shutdown sequence, in order: stop waiting for work; drain the jobs in flight; store
+        every outcome; end the background tasks (bounded); shutdown hooks; deregister; close."""
+        self._stop_waiters()
+        self.recorder.go_autonomous()  # from here on nobody claims: it stores outcomes itself
+        await self._drain()
+        await self.recorder.flush(max(30.0, self.config.shutdown_timeout))
+        self.recorder.close()
+        self._closed.set()
+        self._stopping.set()
+        heartbeat.cancel()
+        # Bounded: a task stuck in a dead connection must not keep the process alive.
+        _, stuck = await asyncio.wait([heartbeat, *background], timeout=10)
+        for task in stuck:
+            log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
+            task.cancel()
+        await run_shutdown_hooks()
+        self.observer.stopped()
+        try:
+            await asyncio.wait_for(self.store.register_death(self.config.queues), 10)
+        except (*REDIS_ERRORS, TimeoutError, redis.exceptions.ResponseError) as exc:
+            log.error("could not register worker death (Redis unreachable: %s)", exc)
+        self.executor.shutdown()
+        await self._close_connections(redis_conn)
+        log.info("worker %s stopped: %d succeeded, %d failed", self.name, self.successful, self.failed)
 
     def _connect(self) -> Redis:
         """The worker's client: bounded waits, and no silent re-sends (a lost reply is the worker's
@@ -321,13 +277,6 @@ class Worker:
         return tasks
 
     # ------------------------------------------------------------ fetch loop
-    def _free(self, finishing: int = 0) -> int:
-        """Slots to claim for; ``finishing`` outcomes are stored in the same call, freeing theirs."""
-        free = self.config.concurrency - len(self._inflight) + finishing
-        if self.config.max_jobs is not None:
-            free = min(free, self.config.max_jobs - self._started_jobs)
-        return max(free, 0)
-
     def _execution_ids(self, n: int) -> list[str]:
         """32 lowercase hex characters like RQ's uuid4().hex: a random per-process prefix + a counter."""
         start = self._eid_counter
@@ -384,16 +333,16 @@ class Worker:
         backoff = Backoff()
         suspended_logged = False
         while not self._stopping.is_set():
-            if self.config.max_jobs is not None and self._started_jobs >= self.config.max_jobs:
+            if self.slots.max_jobs_reached:
                 log.info("max jobs (%d) reached", self.config.max_jobs)
                 break
             request = self._unresolved_claim
             if request is None:
                 # Outcomes waiting to be stored free their slots in the same round trip that claims.
-                free = self._free(len(self.recorder.pending))
+                free = self.slots.free(len(self.recorder.pending))
                 if free == 0 and not self.recorder.pending:
-                    self._slot_freed.clear()
-                    await self._slot_freed.wait()
+                    self.slots.freed.clear()
+                    await self.slots.freed.wait()
                     # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
                     await asyncio.sleep(0)
                     continue
@@ -418,18 +367,18 @@ class Worker:
             if self._claimed_last:
                 idle_since = time.monotonic()
                 continue
-            if self._inflight or self.recorder.pending:
+            if len(self.slots) or self.recorder.pending:
                 if self.config.burst:
                     # Jobs in flight may still enqueue work (retries, dependents): wait for one to end.
-                    self._slot_freed.clear()
+                    self.slots.freed.clear()
                     if not self.recorder.pending:
-                        await self._slot_freed.wait()
+                        await self.slots.freed.wait()
                     continue
             elif self.config.burst:
                 break
             if (
                 self.config.max_idle_time is not None
-                and not self._inflight
+                and not len(self.slots)
                 and time.monotonic() - idle_since >= self.config.max_idle_time
             ):
                 log.info("idle for %.0fs (--max-idle-time): exiting", self.config.max_idle_time)
@@ -441,18 +390,18 @@ class Worker:
         timeout = self.config.block_timeout
         if self.config.max_idle_time is not None:
             timeout = max(0.1, min(timeout, self.config.max_idle_time))
-        if self._free() > 0:
+        if self.slots.free() > 0:
             for queue in self.config.queues:
                 if queue not in self._waiters:
                     self._waiters[queue] = asyncio.create_task(self._waiter(queue, timeout))
         if not self._waiters:
             await wait_or(self._stopping, 0.05)
             return
-        self._slot_freed.clear()
+        self.slots.freed.clear()
         if self.recorder.pending:  # an outcome arrived while the last claim was on its way
             return
         stop = asyncio.create_task(self._stopping.wait())
-        freed = asyncio.create_task(self._slot_freed.wait())
+        freed = asyncio.create_task(self.slots.freed.wait())
         await asyncio.wait({stop, freed, *self._waiters.values()}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         freed.cancel()
@@ -475,14 +424,11 @@ class Worker:
 
     # ------------------------------------------------------------- executing
     def _launch(self, claimed: Claimed) -> None:
-        self._started_jobs += 1
-        item = InFlight(claimed, seq=self._started_jobs)
-        key = f"{claimed.job_id}:{claimed.execution_id}"
-        self._inflight[key] = item
+        item = self.slots.admit(claimed)
         if self._stopping.is_set():
             # Claimed as the worker stops (a claim in flight, or resolved at shutdown): never started.
             item.cancel_reason = CancelReason.GIVE_BACK
-        item.task = asyncio.create_task(self._execute(key, item), name=f"job-{claimed.job_id}")
+        item.task = asyncio.create_task(self._execute(item), name=f"job-{claimed.job_id}")
 
     def _cancel(self, item: InFlight, reason: CancelReason) -> None:
         """Cancel the job's code, and keep at it until it has ended.
@@ -528,7 +474,7 @@ class Worker:
             )
         asyncio.get_running_loop().call_later(delay, self._recancel, item, min(delay * 2, RECANCEL_MAX))
 
-    async def _execute(self, key: str, item: InFlight) -> None:
+    async def _execute(self, item: InFlight) -> None:
         claimed = item.claimed
         self.observer.job_began()
         t0 = time.monotonic()
@@ -545,30 +491,18 @@ class Worker:
         self.failed += outcome.failed
         self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
-            self._held_give_backs.append((item, outcome, key))
+            self.slots.hold_give_back(item, outcome)
             self._release_give_backs()
         else:
             # The slot stays taken until the outcome is stored: a parent's dependents (or a retry)
             # are on their queue before this worker fetches again, as with a stock worker.
-            self.recorder.submit(outcome, lambda: self._release(key), item.after_recorded)
-        self._slot_freed.set()  # wake the loop: it stores this outcome with its next claim
+            self.recorder.submit(outcome, lambda: self.slots.release(item), item.after_recorded)
+        self.slots.freed.set()  # wake the loop: it stores this outcome with its next claim
 
     def _release_give_backs(self, force: bool = False) -> None:
-        """Submit the jobs to give back together once none is still ending, last claimed first:
-        each is pushed to the front of its queue, so they end up in their original order."""
-        if not self._held_give_backs:
-            return
-        if not force and any(
-            i.cancel_reason is CancelReason.GIVE_BACK and i.executing for i in self._inflight.values()
-        ):
-            return
-        held, self._held_give_backs = self._held_give_backs, []
-        for _item, outcome, key in sorted(held, key=lambda h: h[0].seq, reverse=True):
-            self.recorder.submit(outcome, functools.partial(self._release, key))
-
-    def _release(self, key: str) -> None:
-        self._inflight.pop(key, None)
-        self._slot_freed.set()
+        """Submit the held give-backs together once none is still ending (see :class:`Slots`)."""
+        for g in self.slots.give_backs_ready(force):
+            self.recorder.submit(g.outcome, functools.partial(self.slots.release, g.item))
 
     def _execution(self, claimed: Claimed, started: Any, ended: Any = None) -> transitions.Execution:
         return transitions.Execution(
@@ -730,30 +664,9 @@ class Worker:
         """After the loop: resolve a claim whose reply was lost, wait for in-flight jobs (grace
         period), then cold-stop the rest; jobs to give back go back together, in claim order."""
         await self._resolve_unresolved_claim()
-        if self._inflight and self._stopping.is_set() and not self._cold.is_set():
+        if len(self.slots) and self._stopping.is_set() and not self.shutdown.cold.is_set():
             await self._safe(self.store.mark_shutdown_requested())
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        while True:
-            # Executions still running (finished ones only wait for the recorder, flushed later).
-            tasks = [i.task for i in self._inflight.values() if i.task is not None and not i.task.done()]
-            if not tasks:
-                break
-            if not self._stopping.is_set():
-                deadline = time.monotonic() + self.config.shutdown_timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if self._cold.is_set():
-                    log.error(
-                        "%d job(s) still running after cold shutdown (they ignore cancellation); they stay "
-                        "in StartedJobRegistry for RQ's abandoned-job maintenance", len(tasks),
-                    )
-                    break
-                self.request_cold_stop()
-                deadline = time.monotonic() + 30.0
-                continue
-            cold = asyncio.create_task(self._cold.wait())
-            await asyncio.wait({*tasks, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            cold.cancel()
+        await self.shutdown.wait_for_jobs()
         self._release_give_backs(force=True)
 
     async def _resolve_unresolved_claim(self) -> None:
@@ -764,7 +677,7 @@ class Worker:
         while self._unresolved_claim is not None and time.monotonic() < deadline:
             if await self._exchange(self._unresolved_claim):
                 return
-            await backoff.wait("resolve a claim whose reply was lost", self._cold)
+            await backoff.wait("resolve a claim whose reply was lost", self.shutdown.cold)
         if self._unresolved_claim is not None:
             log.error(
                 "could not learn which jobs a claim took before exit (Redis unreachable); any it took stay "
@@ -778,7 +691,7 @@ class Worker:
         while True:
             await asyncio.sleep(min(interval, 15.0))
             # Only jobs still executing: one whose outcome is being stored must not be refreshed.
-            running = [i.running for i in self._inflight.values() if i.executing]
+            running = [i.running for i in self.slots.executing()]
             ttl = self.config.heartbeat_ttl if running else self.config.idle_worker_key_ttl
             try:
                 alive = await self.store.heartbeat(running, ttl)

@@ -27,8 +27,8 @@ from typing import Any
 
 from tests.chaos import report
 from tests.chaos.runner import SCENARIOS, Row, run_scenario
-from testsupport.redis_server import RedisServer
-from testsupport.workers import PROJECT_ROOT
+from tests.testsupport.redis_server import RedisServer
+from tests.testsupport.workers import PROJECT_ROOT
 
 DEFAULT_OUT = PROJECT_ROOT / "tests" / "chaos" / "results"
 

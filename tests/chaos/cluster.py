@@ -24,9 +24,9 @@ from pathlib import Path
 import psutil
 import redis
 
-from testsupport.faultproxy import FaultProxy
-from testsupport.redis_server import RedisServer
-from testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, rq_command
+from tests.testsupport.faultproxy import FaultProxy
+from tests.testsupport.redis_server import RedisServer
+from tests.testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, rq_command
 
 QUEUES = ("chaos-high", "chaos")  # asyncjobs listens on both, highest priority first
 STOCK_QUEUES = ("chaos",)  # the stock worker shares the main queue (poison entries go to chaos-high only)

@@ -335,7 +335,7 @@ def _unreachable_start(ctx: Ctx, *, blackholed: bool) -> None:
     replies, or a closed port) must still honour SIGTERM before it ever registers."""
     import socket
 
-    from testsupport.redis_server import free_port
+    from tests.testsupport.redis_server import free_port
 
     cl = ctx.cluster
     hole: socket.socket | None = None

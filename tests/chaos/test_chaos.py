@@ -26,7 +26,7 @@ from tests.chaos.cluster import QUEUES
 from tests.chaos.plan import JobSpec, enqueue, make_plan
 from tests.chaos.recovery import recover_abandoned
 from tests.chaos.runner import SCENARIOS, run_scenario
-from testsupport.workers import run_rq_worker
+from tests.testsupport.workers import run_rq_worker
 
 UNIT_MIX = {"ok": 0.45, "retry": 0.35, "boom": 0.1, "child": 0.1}
 

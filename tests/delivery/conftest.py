@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +62,8 @@ async def task_env(
     clean_env: pytest.MonkeyPatch, smtp_server: SmtpTestServer, http_server: HttpTestServer
 ) -> AsyncIterator[pytest.MonkeyPatch]:
     """Settings pointing the tasks at the in-process SMTP and Twilio-shaped servers."""
-    from asyncjobs import runtime
-    from asyncjobs.settings import get_settings
+    from asyncjobs.delivery import runtime
+    from asyncjobs.delivery.settings import get_settings
 
     for key, value in task_env_vars(smtp_server, http_server).items():
         clean_env.setenv(key, value)

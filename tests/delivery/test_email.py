@@ -24,7 +24,7 @@ from asyncjobs.delivery.errors import (
     RecipientRejectedError,
     TransientDeliveryError,
 )
-from testsupport.smtp_server import SmtpTestServer, free_port
+from tests.testsupport.smtp_server import SmtpTestServer, free_port
 
 
 def msg(to: str | list[str] = "bob@example.com", **kw: object) -> EmailMessage:

@@ -7,12 +7,13 @@ import pytest
 import redis
 from rq import Queue
 
-from asyncjobs.settings import get_settings
+from asyncjobs.delivery.settings import get_settings
+from tests.testsupport.workers import PROJECT_ROOT
 
 
 def test_import_creates_no_connection() -> None:
     code = (
-        "import asyncjobs.queues as q, asyncjobs.tasks, asyncjobs.runtime, sys;"
+        "import asyncjobs.delivery.queues as q, asyncjobs.queues, asyncjobs.tasks, asyncjobs.delivery.runtime;"
         "assert q._connections == {} and q._queues == {};"
         "print('ok')"
     )
@@ -20,7 +21,7 @@ def test_import_creates_no_connection() -> None:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd="/work/main",
+        cwd=PROJECT_ROOT,  # this checkout's asyncjobs, first on sys.path
         env={"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin"},
         check=True,
     )

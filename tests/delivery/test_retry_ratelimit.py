@@ -6,9 +6,8 @@ import pytest
 from redis.asyncio import Redis
 
 from asyncjobs.delivery.errors import PermanentDeliveryError, TransientDeliveryError
-from asyncjobs.delivery.ratelimit import LocalRateLimiter, Rate, parse_rate
+from asyncjobs.delivery.ratelimit import LocalRateLimiter, Rate, RedisRateLimiter, parse_rate
 from asyncjobs.delivery.retry import RetriesExhaustedError, RetryPolicy, retry_async
-from asyncjobs.ratelimit import RedisRateLimiter
 
 
 def test_backoff_full_jitter_capped_and_retry_after() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncjobs.settings import SettingsError, get_settings, load_settings, reload_settings
+from asyncjobs.delivery.settings import SettingsError, get_settings, load_settings, reload_settings
 
 
 def test_defaults(clean_env: pytest.MonkeyPatch) -> None:

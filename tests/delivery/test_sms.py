@@ -28,8 +28,8 @@ from asyncjobs.delivery.sms import (
     parse_retry_after,
     validate_e164,
 )
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import free_port
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import free_port
 
 
 class MyProvider:

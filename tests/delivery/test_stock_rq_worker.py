@@ -11,8 +11,8 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 from .conftest import task_env_vars
 

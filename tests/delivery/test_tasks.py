@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from asyncjobs import runtime
+from asyncjobs.delivery import runtime
 from asyncjobs.delivery.errors import (
     InvalidAddressError,
     InvalidPhoneNumberError,
@@ -14,10 +14,10 @@ from asyncjobs.delivery.errors import (
     RecipientRejectedError,
 )
 from asyncjobs.delivery.retry import RetriesExhaustedError
-from asyncjobs.settings import get_settings
+from asyncjobs.delivery.settings import get_settings
 from asyncjobs.tasks import send_email, send_sms
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 
 async def test_send_email_delivers_once(task_env: pytest.MonkeyPatch, smtp_server: SmtpTestServer) -> None:

@@ -40,9 +40,9 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 
 from asyncjobs.redact import mask_phone
 from asyncjobs.tasks import send_email, send_sms
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer, _Handler, _State
-from testsupport.workers import run_asyncjobs_worker
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer, _Handler, _State
+from tests.testsupport.workers import run_asyncjobs_worker
 
 POOL_SIZE = 10
 MAX_MESSAGES_PER_CONNECTION = 100

@@ -25,8 +25,8 @@ from asyncjobs.cli.worker import build_parser, config_from_args
 from asyncjobs.worker.connection import RedisTarget, parse_sentinels
 from examples.devserver import free_port, terminate
 from tests.ops import jobs
-from testsupport.redis_server import find_redis_server
-from testsupport.workers import WorkerProcess, asyncjobs_worker_command, wait_for
+from tests.testsupport.redis_server import find_redis_server
+from tests.testsupport.workers import WorkerProcess, asyncjobs_worker_command, wait_for
 
 PASSWORD = "s3cret-acl-pw"
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from asyncjobs.cli.worker import build_parser
-from testsupport.workers import BIN_DIR, asyncjobs_worker_command
+from tests.testsupport.workers import BIN_DIR, asyncjobs_worker_command
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

@@ -20,8 +20,8 @@ from rq.registry import StartedJobRegistry
 
 from tests.ops import jobs
 from tests.ops.test_metrics import get, scrape, value
-from testsupport.redis_server import RedisServer, free_port
-from testsupport.workers import WorkerProcess, run_asyncjobs_worker, wait_for
+from tests.testsupport.redis_server import RedisServer, free_port
+from tests.testsupport.workers import WorkerProcess, run_asyncjobs_worker, wait_for
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from rq import Queue
 
 from asyncjobs.worker.logs import JsonFormatter, make_formatter
 from tests.ops import jobs
-from testsupport.workers import (
+from tests.testsupport.workers import (
     WorkerProcess,
     asyncjobs_worker_command,
     run_asyncjobs_worker,

@@ -26,9 +26,9 @@ from rq.worker import Worker as RQWorker
 
 from tests.ops import jobs
 from tests.ops.test_deploy_files import METRICS
-from testsupport.redis_server import free_port
-from testsupport.smtp_server import SmtpTestServer
-from testsupport.workers import (
+from tests.testsupport.redis_server import free_port
+from tests.testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.workers import (
     WorkerProcess,
     run_asyncjobs_worker,
     run_rq_worker_with_asyncjobs_class,

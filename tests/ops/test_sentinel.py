@@ -23,8 +23,8 @@ from rq import Queue
 from rq.worker import Worker as RQWorker
 
 from tests.ops import jobs
-from testsupport.sentinel import MASTER_NAME, SentinelCluster
-from testsupport.workers import (
+from tests.testsupport.sentinel import MASTER_NAME, SentinelCluster
+from tests.testsupport.workers import (
     WorkerProcess,
     asyncjobs_worker_command,
     rq_command,

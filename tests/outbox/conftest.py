@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from asyncjobs.outbox.engine import make_engine, make_session_factory
 from asyncjobs.outbox.repository import create_all, drop_all
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

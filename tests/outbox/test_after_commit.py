@@ -27,13 +27,13 @@ from rq.job import Job
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from asyncjobs import notifications
+from asyncjobs.delivery.settings import reload_settings
+from asyncjobs.outbox import notifications
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import OutboxNotification as T
 from asyncjobs.outbox.models import utcnow
-from asyncjobs.settings import reload_settings
-from testsupport.redis_server import free_port
-from testsupport.workers import BIN_DIR, PROJECT_ROOT
+from tests.testsupport.redis_server import free_port
+from tests.testsupport.workers import BIN_DIR, PROJECT_ROOT
 
 SF = async_sessionmaker[AsyncSession]
 
@@ -83,7 +83,7 @@ async def age_dispatch(sf: SF, seconds: float) -> None:
 PRODUCER = textwrap.dedent(
     """
     import asyncio, os, sys
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
     from asyncjobs.outbox.engine import make_engine, make_session_factory
 
     async def main():
@@ -199,7 +199,7 @@ async def test_commit_while_redis_is_blackholed_keeps_the_event_loop_responsive(
     beat = asyncio.create_task(heartbeat())
     started = time.monotonic()
     try:
-        with caplog.at_level(logging.WARNING, logger="asyncjobs.notifications"):
+        with caplog.at_level(logging.WARNING, logger="asyncjobs.outbox.notifications"):
             async with session_factory() as session, session.begin():
                 ids = [
                     await notifications.enqueue_2fa_notification(

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import CheckConstraint, MetaData, String, cast, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from asyncjobs import notifications, runtime
+from asyncjobs.delivery import runtime
+from asyncjobs.delivery.settings import reload_settings
+from asyncjobs.outbox import notifications
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import NAMING_CONVENTION, OutboxNotification, utcnow
-from asyncjobs.settings import reload_settings
-from testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
 
 SF = async_sessionmaker[AsyncSession]
 T = OutboxNotification

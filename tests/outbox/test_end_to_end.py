@@ -13,12 +13,13 @@ import pytest
 import redis
 from rq import Queue
 
-from asyncjobs import notifications, runtime
+from asyncjobs.delivery import runtime
+from asyncjobs.delivery.settings import reload_settings
+from asyncjobs.outbox import notifications
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory
-from asyncjobs.settings import reload_settings
-from testsupport.smtp_server import SmtpTestServer
-from testsupport.workers import BIN_DIR, PROJECT_ROOT, WorkerProcess, run_asyncjobs_worker
+from tests.testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.workers import BIN_DIR, PROJECT_ROOT, WorkerProcess, run_asyncjobs_worker
 
 OUTBOX_CLI = [str(BIN_DIR / "asyncjobs-outbox")] if (BIN_DIR / "asyncjobs-outbox").exists() else [
     sys.executable, "-m", "asyncjobs.cli.outbox"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from asyncjobs import notifications
+from asyncjobs.outbox import notifications
 from asyncjobs.outbox import processor as processor_module
 from asyncjobs.outbox import repository as repo
-from testsupport.workers import PROJECT_ROOT
+from tests.testsupport.workers import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
 OVERCLAIMS = re.compile(r"never (be )?sent twice|(?<!not )exactly[- ]once", re.IGNORECASE)
@@ -28,7 +28,7 @@ def test_nothing_promises_exactly_once_delivery() -> None:
         ("README outbox section", outbox_section()),
         ("asyncjobs.outbox docstring", repo.__doc__ or ""),
         ("asyncjobs.outbox package docstring", (PROJECT_ROOT / "asyncjobs/outbox/__init__.py").read_text()),
-        ("asyncjobs.notifications docstring", notifications.__doc__ or ""),
+        ("asyncjobs.outbox.notifications docstring", notifications.__doc__ or ""),
         ("asyncjobs.outbox.processor docstring", processor_module.__doc__ or ""),
     ):
         assert not OVERCLAIMS.search(text), f"{where} claims more than at-least-once: {OVERCLAIMS.search(text)}"

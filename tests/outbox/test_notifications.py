@@ -14,13 +14,13 @@ from rq.job import Job
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from asyncjobs import notifications
+from asyncjobs.delivery.settings import reload_settings
+from asyncjobs.outbox import notifications
 from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.models import OutboxNotification, utcnow
 from asyncjobs.outbox.repository import ClaimedNotification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage
-from asyncjobs.settings import reload_settings
-from testsupport.redis_server import RedisServer
+from tests.testsupport.redis_server import RedisServer
 
 SF = async_sessionmaker[AsyncSession]
 
@@ -171,7 +171,7 @@ async def test_redis_down_at_commit_then_processor_recovers(
         pytest.skip("needs the private redis-server fixture (ASYNCJOBS_TEST_REDIS_URL is set)")
     redis_server.stop()
     try:
-        with caplog.at_level(logging.WARNING, logger="asyncjobs.notifications"):
+        with caplog.at_level(logging.WARNING, logger="asyncjobs.outbox.notifications"):
             async with session_factory() as session, session.begin():
                 nid = await notifications.enqueue_2fa_notification(
                     session, user_id=1, recipient="a@example.com", code="777111", channel="email"

@@ -22,8 +22,8 @@ from asyncjobs.outbox.models import utcnow
 from asyncjobs.outbox.processor import OutboxPolicy, OutboxProcessor, handle_notification
 from asyncjobs.outbox.repository import ClaimedNotification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage
-from testsupport.smtp_server import SmtpTestServer
-from testsupport.workers import WorkerProcess
+from tests.testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.workers import WorkerProcess
 
 SF = async_sessionmaker[AsyncSession]
 
@@ -115,7 +115,7 @@ CRASHING_WORKER = textwrap.dedent(
     """
     import asyncio, sys
     import aiosmtplib
-    from asyncjobs import notifications
+    from asyncjobs.outbox import notifications
 
     async def deliver_then_hang(claimed, message):
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=int(sys.argv[2]))

@@ -13,7 +13,7 @@ from rq import Queue
 from rq.job import Job
 
 from asyncjobs.protocol.store import RedisStore
-from testsupport.faultproxy import FaultProxy
+from tests.testsupport.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.asyncio
 

@@ -28,7 +28,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from tests.security import jobs
-from testsupport.workers import run_asyncjobs_worker, run_rq_worker_with_asyncjobs_class
+from tests.testsupport.workers import run_asyncjobs_worker, run_rq_worker_with_asyncjobs_class
 
 ALLOW = ("--allow-module", "tests.security.jobs")
 

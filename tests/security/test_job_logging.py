@@ -16,9 +16,9 @@ from rq.job import Job
 
 from asyncjobs.tasks import send_email, send_sms
 from tests.security import jobs
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import SmtpTestServer
-from testsupport.workers import run_asyncjobs_worker, run_rq_worker_with_asyncjobs_class
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.workers import run_asyncjobs_worker, run_rq_worker_with_asyncjobs_class
 
 NUMBER = "+353871234567"
 CODE = "482913"

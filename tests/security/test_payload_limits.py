@@ -18,8 +18,8 @@ from rq import Queue
 from rq.job import Job
 
 from tests.security import jobs
+from tests.testsupport.workers import run_asyncjobs_worker, wait_for
 from tests.worker.conftest import start_worker  # noqa: F401 - fixture
-from testsupport.workers import run_asyncjobs_worker, wait_for
 
 MiB = 1 << 20
 

@@ -14,14 +14,14 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from asyncjobs.delivery.settings import Settings, SettingsError, load_settings
 from asyncjobs.delivery.sms import HttpSmsProvider, SmsProviderConfig
 from asyncjobs.redact import redact_url
-from asyncjobs.settings import Settings, SettingsError, load_settings
 from asyncjobs.tasks import send_sms
 from asyncjobs.worker.config import WorkerConfig
-from testsupport.http_server import HttpTestServer
-from testsupport.smtp_server import free_port
-from testsupport.workers import run_asyncjobs_worker
+from tests.testsupport.http_server import HttpTestServer
+from tests.testsupport.smtp_server import free_port
+from tests.testsupport.workers import run_asyncjobs_worker
 
 SECRETS = ("s3cret-q", "s3cret-p", "s3cret-u")
 

@@ -17,10 +17,10 @@ from rq.job import Job
 
 from asyncjobs.delivery.email import EmailMessage, SmtpConfig, SmtpEmailSender
 from asyncjobs.delivery.errors import DeliveryConfigurationError
-from asyncjobs.settings import SettingsError, load_settings
+from asyncjobs.delivery.settings import SettingsError, load_settings
 from asyncjobs.tasks import send_email
-from testsupport.smtp_server import SmtpTestServer
-from testsupport.workers import run_asyncjobs_worker
+from tests.testsupport.smtp_server import SmtpTestServer
+from tests.testsupport.workers import run_asyncjobs_worker
 
 PASSWORD = "s3cret-smtp-pw"
 

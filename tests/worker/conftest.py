@@ -11,8 +11,8 @@ import pytest
 
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.worker import Worker
+from tests.testsupport.faultproxy import FaultProxy
 from tests.worker import jobs
-from testsupport.faultproxy import FaultProxy
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

@@ -11,8 +11,8 @@ from rq import Queue
 from rq.job import Job
 
 from asyncjobs.worker import lifecycle
+from tests.testsupport.redis_server import RedisServer
 from tests.worker.conftest import eventually
-from testsupport.redis_server import RedisServer
 
 J = "tests.worker.jobs"
 

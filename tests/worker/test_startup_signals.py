@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from testsupport.faultproxy import FaultProxy
-from testsupport.redis_server import free_port
-from testsupport.workers import run_asyncjobs_worker, wait_for
+from tests.testsupport.faultproxy import FaultProxy
+from tests.testsupport.redis_server import free_port
+from tests.testsupport.workers import run_asyncjobs_worker, wait_for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

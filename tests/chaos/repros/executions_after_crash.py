@@ -22,8 +22,8 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from testsupport.redis_server import RedisServer
-from testsupport.workers import run_asyncjobs_worker, wait_for
+from tests.testsupport.redis_server import RedisServer
+from tests.testsupport.workers import run_asyncjobs_worker, wait_for
 
 
 def main() -> int:

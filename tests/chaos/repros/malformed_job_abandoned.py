@@ -21,9 +21,9 @@ import redis
 from rq import Queue
 from rq.registry import StartedJobRegistry
 
-from testsupport.faultproxy import FaultProxy
-from testsupport.redis_server import RedisServer
-from testsupport.workers import rq_command, run_asyncjobs_worker, wait_for
+from tests.testsupport.faultproxy import FaultProxy
+from tests.testsupport.redis_server import RedisServer
+from tests.testsupport.workers import rq_command, run_asyncjobs_worker, wait_for
 
 
 def main() -> int:

@@ -16,8 +16,8 @@ from pathlib import Path
 import redis
 
 from examples.devserver import free_port, terminate
-from testsupport.redis_server import find_redis_server
-from testsupport.workers import wait_for
+from tests.testsupport.redis_server import find_redis_server
+from tests.testsupport.workers import wait_for
 
 MASTER_NAME = "mymaster"
 

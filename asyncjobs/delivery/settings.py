@@ -5,6 +5,12 @@ Use :func:`get_settings` (cached).  Tests and reloading code call
 environment.  Invalid values raise :class:`SettingsError` naming the variable;
 secrets (``SMTP_PASSWORD``, ``SMS_API_SECRET``) are :class:`~pydantic.SecretStr`
 and never printed.
+
+Settings are read only by the batteries' composition (:mod:`asyncjobs.delivery.runtime`,
+:mod:`asyncjobs.delivery.tasks`, :mod:`asyncjobs.delivery.queues`,
+:mod:`asyncjobs.outbox.notifications`) and the outbox CLI, which pass plain values down;
+the engine (protocol, worker) never reads them.  They live with delivery because the
+outbox delivers through it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ try:
     from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
     from pydantic_settings import BaseSettings, SettingsConfigDict
 except ImportError as _exc:  # pragma: no cover - depends on the install
-    raise missing_extra('email', 'asyncjobs.settings (pydantic-settings, with the email, sms or outbox extra)', _exc) from _exc
+    raise missing_extra('email', 'asyncjobs.delivery.settings (pydantic-settings, with the email, sms or outbox extra)', _exc) from _exc
 
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url
+from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 
@@ -48,7 +55,7 @@ class Settings(BaseSettings):
     )
 
     # Redis / queues
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
 
     # Email
     email_backend: Literal["auto", "smtp", "console"] = "auto"
@@ -109,7 +116,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://, e.g. redis://localhost:6379/0")
+            raise ValueError(f"must start with redis://, rediss:// or unix://, e.g. {DEFAULT_REDIS_URL}")
         return value
 
     @field_validator("smtp_from_email")

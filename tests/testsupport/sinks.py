@@ -1,7 +1,7 @@
 """Local SMTP and HTTP sinks that answer after a delay and count what they receive.
 
 Each sink is a small, real server on loopback, meant to run in its own process
-(``python -m testsupport.sinks smtp|http --port P --delay-ms D``) so that its
+(``python -m tests.testsupport.sinks smtp|http --port P --delay-ms D``) so that its
 CPU is not charged to the process under test.  Both are hand-written asyncio
 protocols rather than full server frameworks, to keep the sink's own CPU cost
 per message low: on a two-core machine the sink shares the cores with the
@@ -39,8 +39,8 @@ import urllib.request
 from collections import Counter
 from typing import Any, cast
 
-from testsupport.processes import terminate
-from testsupport.redis_server import free_port
+from tests.testsupport.processes import terminate
+from tests.testsupport.redis_server import free_port
 
 TOKEN_RE = re.compile(rb"bjt-[A-Za-z0-9_-]+")
 
@@ -280,7 +280,7 @@ async def serve(kind: str, port: int, delay_ms: float, control_port: int | None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m testsupport.sinks", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tests.testsupport.sinks", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=["smtp", "http"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--delay-ms", type=float, default=0.0, help="reply delay per delivery (ms)")
@@ -318,7 +318,7 @@ class SinkProcess:
         return f"http://127.0.0.1:{self.control_port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        cmd = [sys.executable, "-m", "testsupport.sinks", self.kind, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "tests.testsupport.sinks", self.kind, "--port", str(self.port),
                "--delay-ms", str(self.delay_ms)]
         if self.kind == "smtp":
             cmd += ["--control-port", str(self.control_port)]

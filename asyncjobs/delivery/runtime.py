@@ -1,4 +1,4 @@
-"""Composition: per-process delivery objects built lazily from settings.
+"""Composition of the delivery battery: per-process senders and limiters built lazily from settings.
 
 Senders own connections bound to an event loop, so they are kept per running
 loop.  The asyncjobs worker runs every job on one long-lived loop, so its jobs
@@ -7,6 +7,10 @@ so a sender left on a previous (no longer running) loop is closed (on that
 loop, from a helper thread) and replaced.  Cleanup is registered with
 :func:`asyncjobs.worker.lifecycle.on_shutdown`, so the asyncjobs worker closes
 the pools when it stops.
+
+Only the email side is imported with this module: the SMS providers (httpx, aiohttp:
+the ``sms`` extra) are imported on the first :func:`get_sms_provider`, so an
+install with only the ``email`` extra can send email.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import os
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncjobs.delivery.email import ConsoleEmailSender, EmailSender, SmtpConfig, SmtpEmailSender
 from asyncjobs.delivery.ratelimit import LocalRateLimiter, Rate, RateLimiter, UnlimitedRateLimiter
 from asyncjobs.delivery.retry import RetryPolicy
-from asyncjobs.delivery.sms import SmsProvider, SmsProviderConfig, build_sms_provider
-from asyncjobs.settings import Settings, get_settings
+from asyncjobs.delivery.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the SMS side (httpx, aiohttp: the `sms` extra) is imported when first used
+    from asyncjobs.delivery.sms import SmsProvider, SmsProviderConfig
 
 __all__ = [
     "aclose_all",
@@ -84,6 +90,8 @@ def email_config(settings: Settings) -> SmtpConfig:
 
 
 def sms_config(settings: Settings) -> SmsProviderConfig:
+    from asyncjobs.delivery.sms import SmsProviderConfig
+
     return SmsProviderConfig(
         api_key=settings.sms_api_key,
         api_secret=settings.sms_api_secret.get_secret_value(),
@@ -168,6 +176,8 @@ def get_sms_provider() -> SmsProvider:
     """The SMS provider for the running loop (console, twilio, http or a user class), from settings."""
     res = _current()
     if res.sms is None:
+        from asyncjobs.delivery.sms import build_sms_provider
+
         settings = get_settings()
         res.sms = build_sms_provider(settings.sms_provider, sms_config(settings))
     return res.sms
@@ -190,7 +200,7 @@ def get_rate_limiter(channel: str) -> RateLimiter:
     if existing is None:
         from redis.asyncio import Redis
 
-        from asyncjobs.ratelimit import RedisRateLimiter
+        from asyncjobs.delivery.ratelimit import RedisRateLimiter
 
         if res.redis is None:
             res.redis = Redis.from_url(settings.redis_url)

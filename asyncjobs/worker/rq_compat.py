@@ -1,0 +1,114 @@
+"""``rq worker -w asyncjobs.AsyncWorker``: the asyncjobs engine behind RQ's own CLI.
+
+RQ's CLI builds the worker object with its options and calls ``work()``; this
+class keeps RQ's constructor (so every option is parsed and validated by RQ)
+and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
+``--burst``, ``--name``, the connection exactly as RQ's CLI built it (``--url``,
+``-c`` settings with ``REDIS_URL``/``SENTINEL``/``REDIS_HOST``..., ``REDIS_*`` env), ``--serializer``,
+``--results-ttl``, ``--worker-ttl``, ``--job-monitoring-interval``,
+``--maintenance-interval``, ``--max-jobs``, ``--max-idle-time``,
+``--with-scheduler``, ``--dequeue-strategy``, ``--exception-handler``,
+``--disable-default-exception-handler``, ``--disable-job-desc-logging``, ``--logging-level``,
+``--log-format`` (a format string), ``--date-format``.  Options RQ's CLI does not have come from
+environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
+(JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
+``--allow-module``) and ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``).  Metrics and health probes:
+``ASYNCJOBS_METRICS_PORT``, ``ASYNCJOBS_METRICS_HOST``, ``ASYNCJOBS_HEALTH_PORT``,
+``ASYNCJOBS_HEALTH_HOST``, ``ASYNCJOBS_MAX_LOOP_LAG``, in the ``-c`` settings module or the
+environment (the settings module wins, as for RQ's own settings).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rq.worker import Worker as RQWorker
+
+from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
+from asyncjobs.worker.connection import RedisTarget
+from asyncjobs.worker.runner import run_worker, setup_logging
+
+
+class AsyncWorker(RQWorker):
+    """An ``rq.Worker`` whose ``work()`` runs asyncjobs' concurrent engine."""
+
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str | None = None,
+        log_format: str | None = None,
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: str = "default",
+        **_: Any,
+    ) -> bool:
+        from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+
+        # rq's --log-format/--date-format (format strings) when changed; RQ's CLI only takes format
+        # strings, so JSON lines are asked for with ASYNCJOBS_LOG_FORMAT=json.
+        fmt = os.environ.get("ASYNCJOBS_LOG_FORMAT") or (
+            "text" if not log_format or log_format == DEFAULT_LOGGING_FORMAT else log_format
+        )
+        datefmt = None if not date_format or date_format == DEFAULT_LOGGING_DATE_FORMAT else date_format
+        setup_logging(str(logging_level or "INFO"), fmt, datefmt)
+        handlers = tuple(
+            f"{h.__module__}.{h.__qualname__}" for h in (self._exc_handlers or []) if hasattr(h, "__qualname__")
+        )
+        ser = self.serializer if isinstance(self.serializer, type) else type(self.serializer)
+        spec = f"{ser.__module__}.{ser.__qualname__}"
+        config = WorkerConfig(
+            queues=tuple(q.name for q in self.queues),
+            # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
+            redis=RedisTarget.from_client(self.connection),
+            name=self.name,
+            concurrency=int(os.environ.get("ASYNCJOBS_CONCURRENCY") or DEFAULTS["concurrency"]),
+            burst=burst,
+            serializer=spec,
+            default_result_ttl=int(self.default_result_ttl),
+            worker_ttl=int(self.worker_ttl),
+            job_monitoring_interval=float(self.job_monitoring_interval),
+            maintenance_interval=float(self.maintenance_interval.total_seconds())
+            if hasattr(self.maintenance_interval, "total_seconds") else float(self.maintenance_interval),
+            max_jobs=max_jobs,
+            max_idle_time=float(max_idle_time) if max_idle_time else None,
+            dequeue_strategy=dequeue_strategy,  # type: ignore[arg-type]
+            with_scheduler=with_scheduler,
+            exception_handlers=handlers,
+            disable_default_exception_handler=bool(self.disable_default_exception_handler),
+            log_job_description=bool(getattr(self, "log_job_description", True)),
+            allowed_modules=tuple(
+                m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
+            ),
+            max_payload_size=parse_size(
+                os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULTS["max_payload_size"])),
+                "ASYNCJOBS_MAX_PAYLOAD_SIZE",
+            ),
+            **ops_options({}, _rq_settings(), os.environ),
+        )
+        return run_worker(config) == 0
+
+    def __repr__(self) -> str:
+        return f"AsyncWorker({self.name!r})"
+
+
+def _rq_settings() -> dict[str, Any] | None:
+    """The UPPERCASE names of the ``-c`` settings module RQ's CLI was given (from its click
+    context, else ``$RQ_CONFIG``), if any: RQ itself already imported it."""
+    import importlib
+
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    module = (ctx.params.get("config") if ctx is not None else None) or os.environ.get("RQ_CONFIG")
+    if not module:
+        return None
+    return {k: v for k, v in vars(importlib.import_module(str(module))).items() if k.isupper()}
+
+
+__all__ = ["AsyncWorker"]

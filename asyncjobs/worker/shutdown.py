@@ -1,0 +1,96 @@
+"""Warm and cold shutdown: the stop state, the signal handlers, and waiting out the grace period.
+
+Warm (first SIGTERM/SIGINT, ``send_shutdown_command``): stop fetching, let the
+jobs in flight finish.  Cold (a second signal, or the grace period
+``--shutdown-timeout`` running out): cancel what still runs and put those jobs
+back on their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from asyncjobs.worker.admission import InFlight, Slots
+
+__all__ = ["COLD_GRACE", "Shutdown"]
+
+log = logging.getLogger("asyncjobs.worker")
+
+#: After a cold stop, how long cancelled jobs get to end before the worker leaves them behind.
+COLD_GRACE = 30.0
+
+
+class Shutdown:
+    def __init__(
+        self,
+        slots: Slots,
+        grace: float,
+        give_back: Callable[[InFlight], None],
+        on_stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.stopping = asyncio.Event()
+        self._on_stop = on_stop  # told once, at the first stop request (e.g. /readyz starts failing)
+        self.cold = asyncio.Event()
+        self._slots = slots
+        self._grace = grace
+        self._give_back = give_back  # cancels one job's code so that it is given back
+
+    def request_stop(self) -> None:
+        """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
+        if not self.stopping.is_set():
+            log.info("warm shutdown requested: finishing %d job(s) in flight", len(self._slots))
+            self._on_stop()
+            self.stopping.set()
+            self._slots.freed.set()
+
+    def request_cold_stop(self) -> None:
+        """Cold shutdown: cancel what is left and put those jobs back on their queues."""
+        self.request_stop()
+        if not self.cold.is_set():
+            log.warning("cold shutdown: putting %d unfinished job(s) back on their queues", len(self._slots))
+            self.cold.set()
+            for item in self._slots:
+                self._give_back(item)
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown."""
+        loop = asyncio.get_running_loop()
+
+        def handler(signum: int) -> None:
+            if self.stopping.is_set():
+                self.request_cold_stop()
+            else:
+                log.info("received %s", signal.Signals(signum).name)
+                self.request_stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, handler, sig)
+
+    async def wait_for_jobs(self) -> None:
+        """Until no job executes: the grace period, then a cold stop, then ``COLD_GRACE`` for the
+        cancelled jobs to end (a job that ignores cancellation is left to RQ's maintenance)."""
+        deadline = time.monotonic() + self._grace
+        while True:
+            tasks = [i.task for i in self._slots.executing() if i.task is not None]
+            if not tasks:
+                return
+            if not self.stopping.is_set():
+                deadline = time.monotonic() + self._grace
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if self.cold.is_set():
+                    log.error(
+                        "%d job(s) still running after cold shutdown (they ignore cancellation); they stay "
+                        "in StartedJobRegistry for RQ's abandoned-job maintenance", len(tasks),
+                    )
+                    return
+                self.request_cold_stop()
+                deadline = time.monotonic() + COLD_GRACE
+                continue
+            cold = asyncio.create_task(self.cold.wait())
+            await asyncio.wait({*tasks, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            cold.cancel()
