@@ -22,7 +22,7 @@ from tests.testsupport.workers import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "asyncjobs"
 OPTIONAL = ("sqlalchemy", "aiohttp", "aiosmtplib", "httpx", "pydantic", "pydantic_settings", "aiosqlite",
-            "prometheus_client")
+            "prometheus_client", "sentry_sdk", "opentelemetry")
 
 
 def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -57,7 +57,9 @@ def test_wheel_without_extras(tmp_path: Path, redis_url: str, sync_redis: redis.
             "import importlib.util, asyncjobs\n"
             "from asyncjobs import AsyncWorker\n"
             f"print(asyncjobs.__version__, [m for m in {OPTIONAL!r} if importlib.util.find_spec(m)])\n"
-            "for battery, extra in (('asyncjobs.tasks', 'email'), ('asyncjobs.outbox', 'outbox')):\n"
+            "for battery, extra in (('asyncjobs.tasks', 'email'), ('asyncjobs.outbox', 'outbox'),\n"
+            "                       ('asyncjobs.observability.sentry', 'sentry'),\n"
+            "                       ('asyncjobs.observability.otel', 'otel')):\n"
             "    try:\n"
             "        __import__(battery)\n"
             "    except ImportError as exc:\n"
@@ -100,7 +102,7 @@ def _imports(path: Path) -> set[str]:
 def test_protocol_and_worker_import_no_battery() -> None:
     """One-way layers: the engine knows nothing of delivery, the outbox or their composition."""
     batteries = ("asyncjobs.delivery", "asyncjobs.outbox", "asyncjobs.tasks", "asyncjobs.notifications",
-                 "asyncjobs.queues", "asyncjobs.cli")
+                 "asyncjobs.queues", "asyncjobs.cli", "asyncjobs.observability")
     offenders = []
     for layer in ("protocol", "worker"):
         for path in sorted((PACKAGE / layer).rglob("*.py")):

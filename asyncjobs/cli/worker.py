@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "bigger jobs fail with a readable reason")
     p.add_argument("--disable-job-desc-logging", action="store_true",
                    help="log job ids instead of job descriptions (which contain the arguments), like rq worker")
+    p.add_argument("--hooks", action="append", default=[], metavar="MODULE",
+                   help="module defining on_startup/on_shutdown/before_job/after_job hooks (repeatable), "
+                   "e.g. --hooks myapp.worker_hooks or --hooks asyncjobs.observability.sentry")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
@@ -163,6 +166,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         maintenance_interval=args.maintenance_interval,
         allowed_modules=tuple(args.allow_module),
         exception_handlers=tuple(args.exception_handler),
+        hooks=tuple(args.hooks),
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
         log_job_description=not args.disable_job_desc_logging,
@@ -207,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         _setup_logging(args, settings)
         config = config_from_args(args, settings)
+        if config.hooks:
+            from asyncjobs.worker.hooks import load_hooks
+
+            load_hooks(config.hooks)  # a bad --hooks module is an error now, not in each child
     except (ValueError, TypeError) as exc:
         print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
         return 2

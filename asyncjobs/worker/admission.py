@@ -14,10 +14,13 @@ import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncjobs.protocol.store import Claimed, Running
 from asyncjobs.protocol.transitions import Transition
+
+if TYPE_CHECKING:
+    from asyncjobs.worker.hooks import JobView
 
 __all__ = ["CancelReason", "GiveBack", "InFlight", "Slots"]
 
@@ -44,6 +47,11 @@ class InFlight:
     reports: int = 0  # "ignores cancellation" errors logged
     timer: asyncio.TimerHandle | None = None
     after_recorded: Callable[[], None] | None = None  # e.g. webhooks, once the outcome is stored
+    func_name: str = ""
+    view: JobView | None = None  # set once before_job hooks ran: after_job hooks run too
+    error: BaseException | None = None  # what the job raised, for after_job hooks
+    exc_text: str | None = None
+    duration: float = 0.0  # seconds the job's function ran
 
     @property
     def running(self) -> Running:

@@ -85,6 +85,9 @@ class WorkerConfig:
     max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
     #: False = ``--disable-job-desc-logging``: log job ids, not descriptions (which carry the arguments)
     log_job_description: bool = True
+    #: lifecycle hook sources: module names (``"myapp.worker_hooks"``), modules, ``WorkerHooks``
+    #: or any object with on_startup/on_shutdown/before_job/after_job (see asyncjobs.worker.hooks)
+    hooks: tuple[object, ...] = ()
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None
     #: Prometheus ``/metrics`` (needs the ``[metrics]`` extra); None = off

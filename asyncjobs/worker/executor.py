@@ -7,6 +7,10 @@ timeout, ``SystemExit`` otherwise) is raised asynchronously inside it, which
 stops pure-Python code at its next bytecode (a call blocked in C finishes
 first, and its thread stays busy until then).  The interrupt can never land
 after the job's function returned: see :class:`_SyncCall`.
+
+A sync job's plain-``def`` ``before_job``/``after_job`` hooks (:class:`~asyncjobs.worker.hooks.ThreadHooks`)
+run on its thread, in its context, right before and after the function; an interrupt can land
+in a ``before_job`` hook (it then ends the job) but never in an ``after_job`` hook.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncjobs.worker.context import JobHandle, pop_rq_job, push_rq_job, reset_current, set_current
+
+if TYPE_CHECKING:
+    from asyncjobs.worker.hooks import ThreadHooks
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -108,13 +116,21 @@ class _SyncCall:
     it can never land in the pool's own code (which would kill the thread).
     """
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], handle: JobHandle):
-        self.func, self.args, self.kwargs, self.handle = func, args, kwargs, handle
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        handle: JobHandle,
+        hooks: ThreadHooks | None = None,
+    ):
+        self.func, self.args, self.kwargs, self.handle, self.hooks = func, args, kwargs, handle, hooks
         self.ctx = contextvars.copy_context()
         self.lock = threading.Lock()
         self.thread_id: int | None = None
         self.finished = False
         self.abandoned = False  # interrupted while still queued: never starts
+        self.t0 = 0.0
 
     def __call__(self) -> Any:
         with self.lock:
@@ -122,9 +138,29 @@ class _SyncCall:
                 self.finished = True
                 return None
             self.thread_id = threading.get_ident()
+        if self.hooks is None:
+            return self._run()
+        value: Any = None
+        error: BaseException | None = None
+        self.t0 = time.monotonic()
+        try:
+            value = self._run()
+            return value
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            # After the interruptible section: no interrupt can land in an after_job hook.
+            self.ctx.run(self.hooks.after, value, error, time.monotonic() - self.t0)
+            error = None  # no reference cycle through the traceback
+
+    def _run(self) -> Any:
         try:
             push_rq_job(self.handle)
             try:
+                if self.hooks is not None:
+                    self.ctx.run(self.hooks.before)
+                    self.t0 = time.monotonic()
                 result = self.ctx.run(self.func, *self.args, **self.kwargs)
                 if inspect.isawaitable(result):
                     # A sync function that returned a coroutine: RQ runs it in a fresh loop.
@@ -135,7 +171,8 @@ class _SyncCall:
         finally:
             with self.lock:
                 self.finished = True
-                _set_async_exc(self.thread_id, None)
+                if self.thread_id is not None:
+                    _set_async_exc(self.thread_id, None)
 
     def interrupt(self, exc_type: type[BaseException]) -> bool:
         with self.lock:
@@ -152,6 +189,11 @@ class Executor:
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPool(threads)
 
+    @staticmethod
+    def is_async(func: Callable[..., Any]) -> bool:
+        """True if ``func`` runs on the loop (``async def``), False if on a pool thread."""
+        return _is_coroutine_function(func)
+
     async def run_in_thread(self, fn: Callable[[], Any]) -> Any:
         return await self._pool.submit(fn)
 
@@ -163,8 +205,10 @@ class Executor:
         *,
         handle: JobHandle,
         interrupt: Callable[[], type[BaseException]] = lambda: SystemExit,
+        thread_hooks: ThreadHooks | None = None,
     ) -> Any:
-        """Run the job's function; when this task is cancelled, a sync job's thread gets ``interrupt()``."""
+        """Run the job's function; when this task is cancelled, a sync job's thread gets ``interrupt()``.
+        ``thread_hooks`` (sync jobs only) run on the job's thread around the function."""
         token = set_current(handle)
         try:
             if _is_coroutine_function(func):
@@ -173,7 +217,7 @@ class Executor:
                     return await func(*args, **kwargs)
                 finally:
                     pop_rq_job()
-            call = _SyncCall(func, args, kwargs, handle)
+            call = _SyncCall(func, args, kwargs, handle, thread_hooks)
             future = self._pool.submit(call)
             try:
                 return await future

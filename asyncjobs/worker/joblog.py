@@ -6,6 +6,10 @@ arguments) unless the job's function describes itself
 (:func:`log_description`), in which case that text is logged instead: the
 delivery tasks use this to keep message bodies, codes and full recipients out
 of logs.  ``--disable-job-desc-logging`` (stock's flag) logs only the job id.
+
+Every line about one job (started, OK, failed, retried, stopped) carries :func:`job_extra`
+fields: ``job_id``, ``queue``, ``func``, ``status``, ``worker``, and on the lines that end a
+job ``duration_ms``; ``--log-format json`` makes them keys of the JSON line.
 """
 
 from __future__ import annotations
@@ -53,4 +57,14 @@ def started_message(
     return ("%s: %s (%s)", queue, describe(record, call, func), record.id)
 
 
-__all__ = ["LOG_DESCRIPTION_ATTR", "describe", "log_description", "started_message"]
+__all__ = ["LOG_DESCRIPTION_ATTR", "describe", "job_extra", "log_description", "started_message"]
+
+
+def job_extra(
+    job_id: str, queue: str, func: str, status: str, worker: str, duration: float | None = None
+) -> dict[str, Any]:
+    """``extra=`` of a job's log lines: ``--log-format json`` makes each a key of the line."""
+    extra: dict[str, Any] = {"job_id": job_id, "queue": queue, "func": func, "status": status, "worker": worker}
+    if duration is not None:
+        extra["duration_ms"] = round(duration * 1000.0, 3)
+    return extra

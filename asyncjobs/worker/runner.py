@@ -40,6 +40,7 @@ def run_worker(
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
     from asyncjobs.protocol.serializers import SerializerError
+    from asyncjobs.worker.hooks import HookError
     from asyncjobs.worker.worker import Worker
 
     metrics_on = config.metrics_port is not None or multiprocess_dir is not None
@@ -56,7 +57,7 @@ def run_worker(
         slot = board.slots[0]
     try:
         worker = Worker(config, observer=Observer(slot, metrics_on=metrics_on))
-    except SerializerError as exc:
+    except (SerializerError, HookError) as exc:
         log.error("%s", exc)
         return 2
     servers: list[OpsServer] = []
@@ -93,6 +94,7 @@ def run_worker(
 
 def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
     from asyncjobs.protocol.store import WorkerNameTaken
+    from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
         log.warning(
             "--allow-module restricts which functions run, but the custom serializer %r decodes payloads "
@@ -114,7 +116,7 @@ def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
                 uvloop.run(main())
                 return 0
         asyncio.run(main())
-    except WorkerNameTaken as exc:
+    except (WorkerNameTaken, StartupHookFailed) as exc:
         log.error("%s", exc)
         return 1
     return 0

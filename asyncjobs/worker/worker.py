@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -50,7 +50,16 @@ from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
-from asyncjobs.worker.joblog import started_message
+from asyncjobs.worker.hooks import (
+    JobView,
+    StartupHookFailed,
+    ThreadHooks,
+    add_auto_adapters,
+    load_hooks,
+    outcome_of_call,
+    outcome_of_transition,
+)
+from asyncjobs.worker.joblog import job_extra, started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
 from asyncjobs.worker.ops import Observer
 from asyncjobs.worker.payload import decode_payload
@@ -100,10 +109,20 @@ class StopRequested(Exception):
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, *, redis: Redis | None = None, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        redis: Redis | None = None,
+        hooks: Iterable[object] = (),
+        observer: Observer | None = None,
+    ) -> None:
+        """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.worker.hooks`);
+        ``observer``: metrics and health reporting (see :mod:`asyncjobs.worker.ops`)."""
         self.config = config
         self.observer = observer or Observer()
         self.name = config.name or uuid.uuid4().hex
+        self.hooks = load_hooks((*config.hooks, *hooks))
         self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
@@ -168,9 +187,20 @@ class Worker:
             self.name, self.config.queues, self.config.idle_worker_key_ttl, concurrency=self.config.concurrency
         )
         try:
+            await self.hooks.startup()
+        except StartupHookFailed:
+            self.executor.shutdown()
+            await self._close_connections(redis_conn)
+            raise
+        for adapter in add_auto_adapters(self.hooks):
+            log.info("enabled %s (its library is set up for RQ)", adapter)
+        try:
             await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
         except StopRequested:
             log.info("stop requested while starting: exiting before registration")
+            await self.hooks.shutdown()
+            await run_shutdown_hooks()
+            self.executor.shutdown()
             await self._close_connections(redis_conn)
             return
         log.info(
@@ -215,6 +245,7 @@ class Worker:
         for task in stuck:
             log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
             task.cancel()
+        await self.hooks.shutdown()
         await run_shutdown_hooks()
         self.observer.stopped()
         try:
@@ -487,6 +518,11 @@ class Worker:
             record = JobRecord(id=claimed.job_id, data=b"", origin=claimed.queue)
             ex = self._execution(claimed, claimed.started_at)
             outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
+        if item.view is not None:  # before the outcome is stored; a failing hook is only logged
+            await self.hooks.after(
+                item.view, outcome_of_transition(outcome.kind, item.duration, item.error, item.exc_text)
+            )
+            item.error = None
         self.successful += outcome.succeeded
         self.failed += outcome.failed
         self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
@@ -531,19 +567,32 @@ class Worker:
             call = await decode_payload(record.data, self.serializer, self.config.max_payload_size)
             func = self.resolver.resolve(call)
         except (PayloadError, ResolveError) as exc:
-            log.error("job %s cannot run: %s", claimed.job_id, exc)
+            log.error("job %s cannot run: %s", claimed.job_id, exc,
+                      extra=job_extra(claimed.job_id, claimed.queue, "", "failed", self.name))
             ex = self._execution(claimed, claimed.started_at, utcnow())
             return transitions.failure(record, ex, _reason(exc))
 
         handle = JobHandle(claimed.job_id, claimed.raw, self._sync_connection, self._rq_serializer())
+        item.func_name = call.func_name
         if item.cancel_reason is not None:  # stopped or killed before it started
             return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
+        thread_hooks = None
+        if self.hooks.around_jobs:
+            item.view = self._job_view(item, record, handle, func)
+            await self.hooks.before(item.view)
+            if item.cancel_reason is not None:  # stopped or killed while the hooks ran
+                return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
+            thread_hooks = self._thread_hooks(item, record)
         started = utcnow()
         t0 = time.monotonic()
         self.observer.job_running(claimed.queue, record.enqueued_at, started)
-        log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description))
+        log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description),
+                 extra=job_extra(claimed.job_id, claimed.queue, call.func_name, "started", self.name))
         work = asyncio.create_task(
-            self.executor.run(func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item)),
+            self.executor.run(
+                func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item),
+                thread_hooks=thread_hooks,
+            ),
             name=f"job-{claimed.job_id}-work",
         )
         item.work = work
@@ -556,7 +605,7 @@ class Worker:
             if item.timer is not None:
                 item.timer.cancel()
         ended = utcnow()
-        elapsed = time.monotonic() - t0
+        elapsed = item.duration = time.monotonic() - t0
         if item.cancels > 1:
             log.warning("job %s ended after %d cancels (%s)", claimed.job_id, item.cancels, item.cancel_reason)
         if work.cancelled():
@@ -585,7 +634,10 @@ class Worker:
                 record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or "",
                 working_time=elapsed,
             )
-            if outcome.kind is Kind.MAX_RETRIES:  # a terminal failure: stock fires its `failed` webhooks
+            failed = outcome.kind is Kind.MAX_RETRIES
+            log.info("job %s returned Retry: %s", claimed.job_id, "no retries left" if failed else "retrying",
+                     extra=self._job_extra(item, "failed" if failed else "retried", elapsed))
+            if failed:  # a terminal failure: stock fires its `failed` webhooks
                 item.after_recorded = _webhooks(record, handle, "failed", ended, "")
             return outcome
         try:
@@ -593,7 +645,7 @@ class Worker:
         except Exception as exc:
             return await self._failed(item, record, handle, exc, started, ended, elapsed, callback_ran=True)
         rv = encode_return_value(value, self.serializer)
-        log.info("%s: job OK (%s)", claimed.queue, claimed.job_id)
+        log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra(item, "finished", elapsed))
         item.after_recorded = _webhooks(record, handle, "finished", ended)
         return transitions.success(record, ex, rv, self.config.default_result_ttl, working_time=elapsed)
 
@@ -605,17 +657,21 @@ class Worker:
         reason = item.cancel_reason
         if reason is CancelReason.GIVE_BACK:
             return transitions.give_back(self._execution(claimed, started, ended))
+        duration = max(0.0, (ended - started).total_seconds()) if ended is not None else None
         if reason is CancelReason.STOP:
-            log.info("job %s stopped by send_stop_job_command", claimed.job_id)
+            log.info("job %s stopped by send_stop_job_command", claimed.job_id,
+                     extra=self._job_extra(item, "stopped", duration))
             await self.callbacks.stopped(record, handle)
             return transitions.stopped(record, self._execution(claimed, started))
         # Kill-horse: stock's handle_job_failure for a killed work-horse: retried if it has retries
         # left, else failed; no failure callback, no exception handlers.
         ex = self._execution(claimed, started, ended)
         if transitions.should_retry_on_exception(record):
-            log.info("job %s killed by send_kill_horse_command: retrying (%s left)", claimed.job_id, record.retries_left)
+            log.info("job %s killed by send_kill_horse_command: retrying (%s left)", claimed.job_id,
+                     record.retries_left, extra=self._job_extra(item, "retried", duration))
             return transitions.exception_retry(record, ex)
-        log.info("job %s killed by send_kill_horse_command", claimed.job_id)
+        log.info("job %s killed by send_kill_horse_command", claimed.job_id,
+                 extra=self._job_extra(item, "failed", duration))
         out = transitions.failure(record, ex, "Work-horse terminated unexpectedly; killed by kill-horse command")
         return out.without_failure_record() if self.config.disable_default_exception_handler else out
 
@@ -639,15 +695,44 @@ class Worker:
             except Exception as cb_exc:
                 text = "".join(traceback.format_exception(cb_exc))
         await self.callbacks.exception_handlers(record, handle, exc)
+        item.error, item.exc_text = exc, text
         if transitions.should_retry_on_exception(record):
-            log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left)
+            log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left,
+                     extra=self._job_extra(item, "retried", elapsed))
             return transitions.exception_retry(record, ex, working_time=elapsed)
-        log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc)
+        log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc,
+                  extra=self._job_extra(item, "failed", elapsed))
         item.after_recorded = _webhooks(record, handle, "failed", ended, text)
         out = transitions.failure(record, ex, text, working_time=elapsed)
         if self.config.disable_default_exception_handler:
             return out.without_failure_record()  # stock: status failed, no Result, no registry entry
         return out
+
+    def _job_extra(self, item: InFlight, status: str, duration: float | None = None) -> dict[str, Any]:
+        c = item.claimed
+        return job_extra(c.job_id, c.queue, item.func_name, status, self.name, duration)
+
+    def _job_view(self, item: InFlight, record: JobRecord, handle: JobHandle, func: Any) -> JobView:
+        c = item.claimed
+        return JobView(
+            job_id=c.job_id, queue=c.queue, func_name=item.func_name, handle=handle, worker_name=self.name,
+            execution_id=c.execution_id, description=record.description, enqueued_at=record.enqueued_at,
+            retries_left=record.retries_left, is_async=self.executor.is_async(func),
+        )
+
+    def _thread_hooks(self, item: InFlight, record: JobRecord) -> ThreadHooks | None:
+        """A sync job's plain-def before/after_job hooks, for its own thread."""
+        if item.view is None or item.view.is_async:
+            return None
+
+        def classify(value: Any, error: BaseException | None, duration: float) -> Any:
+            return outcome_of_call(
+                value, error, duration, retries_left=record.retries_left,
+                number_of_retries=record.number_of_retries,
+                cancel_reason=str(item.cancel_reason) if item.cancel_reason else None,
+            )
+
+        return self.hooks.thread_hooks(item.view, classify)
 
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""

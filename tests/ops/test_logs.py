@@ -137,3 +137,39 @@ def test_rq_worker_with_asyncjobs_class_json_logs(redis_url: str, sync_redis: re
     ours = [json.loads(ln) for ln in lines]  # every line parses
     assert any(p["logger"] == "asyncjobs.worker" and "started" in p["message"] for p in ours)
     assert (tmp_path / "ledger").read_text().split() == ["ok"]
+
+
+def test_every_job_line_carries_the_job_fields(redis_url: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+    """started / OK / failed / retried / stopped lines of a real worker: job_id, queue, func, status,
+    worker, and duration_ms on the lines that end a job, as keys of the JSON line."""
+    from rq import Retry
+    from rq.command import send_stop_job_command
+
+    q = Queue("jobfields", connection=sync_redis)
+    ok = q.enqueue(jobs.ledger, str(tmp_path / "ledger"), "ok")
+    bad = q.enqueue("compat.jobs.boom", "kaput", retry=Retry(max=1))
+    long = q.enqueue(jobs.sync_ledger, str(tmp_path / "ledger"), "long", 60)
+    name = "json-fields-worker"
+    with run_asyncjobs_worker(redis_url, "jobfields", "--log-format", "json", "--name", name) as worker:
+        def ended() -> bool:
+            if long.get_status(refresh=True) == "started":
+                send_stop_job_command(sync_redis, long.id)  # resent until the worker has subscribed
+            return all(j.get_status(refresh=True) in ("finished", "failed", "stopped") for j in (ok, bad, long))
+
+        wait_for(ended, 60, message=lambda: f"jobs ended; output:\n{worker.output()}")
+        worker.stop()
+        assert worker.wait(30) == 0, worker.output()
+        lines = [json.loads(ln) for ln in worker.output().splitlines() if ln.strip()]
+    job_lines = [p for p in lines if "job_id" in p]
+    by_job: dict[str, list[tuple[str, dict[str, object]]]] = {}
+    for p in job_lines:
+        assert {"job_id", "queue", "func", "status", "worker"} <= set(p), p
+        assert p["queue"] == "jobfields" and p["worker"] == name, p
+        if p["status"] != "started":
+            assert isinstance(p["duration_ms"], (int, float)) and p["duration_ms"] >= 0, p
+        by_job.setdefault(str(p["job_id"]), []).append((str(p["status"]), p))
+    assert [s for s, _ in by_job[ok.id]] == ["started", "finished"]
+    assert by_job[ok.id][0][1]["func"] == ok.func_name
+    assert [s for s, _ in by_job[bad.id]] == ["started", "retried", "started", "failed"]
+    assert by_job[bad.id][-1][1]["level"] == "ERROR" and by_job[bad.id][-1][1]["func"] == "compat.jobs.boom"
+    assert [s for s, _ in by_job[long.id]] == ["started", "stopped"]
