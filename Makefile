@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit compat bench chaos dist clean
+.PHONY: install demo test lint typecheck unit compat bench bench-ops chaos dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ dist: install
 
 bench: install
 	$(BIN)/python -m benchmarks run
+
+# Overhead of --metrics-port/--health-port on the happy path (with and without, stock RQ beside).
+bench-ops: install
+	$(BIN)/python -m benchmarks ops
 
 # Fault-injection suite (issue 9): a bounded run of every scenario (a few minutes), or a soak
 # with CHAOS_MINUTES=N.  Prints a table; writes tests/chaos/results/latest.{json,md}.

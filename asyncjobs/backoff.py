@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from asyncjobs import metrics
+
 __all__ = ["Backoff", "Jitter", "RetryPolicy", "wait_or"]
 
 log = logging.getLogger("asyncjobs.worker")  # only Backoff logs, for the worker's Redis waits
@@ -80,6 +82,7 @@ class Backoff:
     async def wait(self, what: str, stop: asyncio.Event | None) -> None:
         """Log ``what`` failed and wait (less if ``stop`` is set meanwhile)."""
         delay = self.next_delay()
+        metrics.redis_error()
         log.warning("Redis unavailable (%s); retrying in %.1fs", what, delay)
         if stop is None:
             await asyncio.sleep(delay)

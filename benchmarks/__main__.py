@@ -3,6 +3,7 @@
     python -m benchmarks run [--workloads noop,smtp] [--contenders rq-simple,asyncjobs-c50] [-n N]
                              [--repeat R] [--quick] [--out benchmarks/results]
     python -m benchmarks plan --rate 200 --latency-ms 20 [--workload smtp]
+    python -m benchmarks ops [--repeat 5]     # overhead of --metrics-port/--health-port
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -350,9 +351,103 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="benchmarks/results")
     pl.add_argument("--no-progress", action="store_true")
     pl.set_defaults(func=cmd_plan)
+    op = sub.add_parser("ops", help="overhead of --metrics-port/--health-port on the happy path (stock RQ beside)")
+    op.add_argument("--workloads", default=OPS_WORKLOADS)
+    op.add_argument("--concurrency", type=int, default=50)
+    op.add_argument("--repeat", type=int, default=5)
+    op.add_argument("--seconds", type=float, default=2.0)
+    op.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    op.add_argument("--out", default="benchmarks/results/ops")
+    op.add_argument("--no-progress", action="store_true")
+    op.set_defaults(func=cmd_ops)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+OPS_WORKLOADS = "noop,noop_async,smtp"
+
+
+def ops_contenders(concurrency: int) -> list[str]:
+    base = [f"asyncjobs-c{concurrency}", f"asyncjobs-c{concurrency}-p2"]
+    return ["rq-simple", *(x for b in base for x in (b, f"{b}-ops"))]
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    """The happy path with and without --metrics-port/--health-port, in one run, stock RQ beside."""
+    out = Path(args.out)
+    run_args = build_parser().parse_args([
+        "run", "--workloads", args.workloads, "--contenders", ",".join(ops_contenders(args.concurrency)),
+        "--repeat", str(args.repeat), "--seconds", str(args.seconds), "--out", str(out),
+        "--no-saq", "--no-paced", "--no-transport", "--loop", args.loop,
+        *(["--no-progress"] if args.no_progress else []),
+    ])
+    rc = cmd_run(run_args)
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    newest = max(out.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    rows = [json.loads(line) for line in newest.read_text().splitlines() if line.strip()]
+    costs = {m: observer_cost(m) for m in ("off", "single", "mp")}
+    text = format_ops(rows, _rel(newest), costs)
+    (out / "ops-latest.md").write_text(text)
+    print(text)
+    return rc
+
+
+def observer_cost(mode: str) -> float:
+    """Per-job CPU microseconds of the worker's metrics calls, measured in a fresh process."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "benchmarks.runners", "observer-cost", "--mode", mode],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return float(json.loads(out)["us_per_job"])
+
+
+def format_ops(rows: list[dict[str, Any]], source: str, costs: dict[str, float] | None = None) -> str:
+    prov = next(r for r in rows if r["type"] == "provenance")
+    by = {(r["workload"], r["contender"]): r for r in rows if r["type"] == "summary"}
+    lines = [
+        "## Overhead of --metrics-port and --health-port",
+        "",
+        f"{prov.get('date', '')}, {prov.get('cpu_count', '?')} CPUs ({prov.get('cpu_model', '?')}), "
+        f"Python {prov.get('python', '?')}, commit {str(prov.get('git_commit', '?'))[:10]}; source `{source}`. "
+        "`-ops` = the same worker with both ports, scraped (/metrics, /livez, /readyz) once a second.",
+        "",
+        "| workload | contender | jobs/s | vs without | CPU s/1k | vs without | start p50 ms | RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def pct(a: float | None, b: float | None) -> str:
+        return f"{(a / b - 1) * 100:+.1f}%" if a and b else "-"
+
+    for (wl, cn), s in by.items():
+        base = by.get((wl, cn.removesuffix("-ops"))) if cn.endswith("-ops") else None
+        lines.append(
+            f"| {wl} | {cn} | {s['jobs_per_s_median'] or 0:,.0f} | "
+            f"{pct(s['jobs_per_s_median'], base['jobs_per_s_median']) if base else ''} | "
+            f"{s['cpu_s_per_1k'] or 0:.3f} | {pct(s['cpu_s_per_1k'], base['cpu_s_per_1k']) if base else ''} | "
+            f"{(s['latency_start_ms'] or {}).get('p50') or 0:,.1f} | {s['peak_rss_mb'] or 0:.0f} |"
+        )
+    if costs:
+        noop_cpu = {cn: s["cpu_s_per_1k"] for (wl, cn), s in by.items() if wl == "noop" and s["cpu_s_per_1k"]}
+        single = costs["single"] - costs["off"]
+        mp = costs["mp"] - costs["off"]
+        lines += [
+            "",
+            f"Per-job CPU of the metrics calls themselves (best of 5 x 100,000 in a fresh process): "
+            f"{single:.1f} us in one process, {mp:.1f} us in multiprocess mode (`--processes`), "
+            f"against a whole no-op job's {1000 * noop_cpu.get('asyncjobs-c50', 0):.0f} us / "
+            f"{1000 * noop_cpu.get('asyncjobs-c50-p2', 0):.0f} us of worker CPU above: "
+            + (f"{single / (1000 * noop_cpu['asyncjobs-c50']) * 100:.1f}% / "
+               f"{mp / (1000 * noop_cpu['asyncjobs-c50-p2']) * 100:.1f}% of the cheapest possible job."
+               if noop_cpu.get("asyncjobs-c50") and noop_cpu.get("asyncjobs-c50-p2") else ""),
+        ]
+    spreads = [s["spread_pct"] for s in by.values() if s.get("spread_pct") is not None]
+    if spreads:
+        lines.append(f"\nSpread of jobs/s across repetitions: median {sorted(spreads)[len(spreads) // 2]:.0f}% "
+                     "(a differing row within that spread is noise, not overhead).")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

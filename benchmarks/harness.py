@@ -30,7 +30,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import redis
 
-from tests.testsupport.redis_server import RedisServer, find_redis_server
+from tests.testsupport.redis_server import RedisServer, find_redis_server, free_port
 from tests.testsupport.sinks import SinkProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def workloads(smtp_delay_ms: float = 20.0, sms_delay_ms: float = 30.0,
 # --------------------------------------------------------------------------- contenders
 
 _CONTENDER_RE = re.compile(
-    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(?:@([\w.~^/-]+))?$"
+    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(-ops)?(?:@([\w.~^/-]+))?$"
 )
 
 # Rough no-op rates on a 2-core machine, used only to size N so that a measurement lasts about --seconds.
@@ -85,12 +85,42 @@ _NOMINAL_RATE = {"rq-fork": 40.0, "rq-simple": 250.0, "asyncjobs": 2000.0, "saq"
 _NOMINAL_SINK_RATE = {"rq-fork": 3.0, "rq-simple": 60.0, "asyncjobs": 500.0, "saq": 400.0, "ceiling": 600.0}
 
 
+class Scraper(threading.Thread):
+    """For ``-ops`` contenders: GET /metrics, /livez and /readyz once a second while the worker runs
+    (Prometheus scrapes every 15 s and Kubernetes probes every 5-10 s by default: this is harsher)."""
+
+    def __init__(self, metrics_port: int, health_port: int) -> None:
+        super().__init__(daemon=True, name="bench-scraper")
+        self.urls = [f"http://127.0.0.1:{metrics_port}/metrics", f"http://127.0.0.1:{health_port}/livez",
+                     f"http://127.0.0.1:{health_port}/readyz"]
+        self._stop_evt = threading.Event()
+        self.answered = 0
+
+    def run(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        while not self._stop_evt.wait(1.0):
+            for url in self.urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as resp:
+                        resp.read()
+                    self.answered += 1
+                except (OSError, urllib.error.URLError):
+                    pass  # not listening yet, or 503 while starting
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(timeout=5)
+
+
 @dataclass(frozen=True)
 class Contender:
     name: str
     kind: str
     concurrency: int = 1  # per process
     processes: int = 1  # -p for asyncjobs (one supervised command) or -x for parallel RQ workers
+    ops: bool = False  # asyncjobs with --metrics-port and --health-port (the "-ops" suffix)
     #: ``asyncjobs-c50@REF``: the asyncjobs package as of git revision REF of this repository
     #: (before/after comparisons of a change, measured in the same run as the current code)
     source: str | None = None
@@ -110,10 +140,12 @@ class Contender:
         if not m:
             raise ValueError(
                 f"unknown contender {name!r}: use rq-fork, rq-simple, rq-simple-xK, asyncjobs-cC, "
-                "asyncjobs-cC-pP, saq-cC or ceiling-cC (K, C, P integers; asyncjobs-...@REF for the "
+                "asyncjobs-cC-pP[-ops], saq-cC or ceiling-cC (K, C, P integers; asyncjobs-...@REF for the "
                 "package at git revision REF)"
             )
-        kind, x, c, p, ref = m.groups()
+        kind, x, c, p, ops, ref = m.groups()
+        if ops and kind != "asyncjobs":
+            raise ValueError(f"contender {name!r}: -ops (metrics and health ports) applies to asyncjobs only")
         if ref and kind != "asyncjobs":
             raise ValueError(f"contender {name!r}: @REF applies to asyncjobs only")
         if kind in ("rq-fork", "rq-simple"):
@@ -125,7 +157,7 @@ class Contender:
         conc = int(c or 50)
         if kind != "asyncjobs" and p:
             raise ValueError(f"contender {name!r}: -pP applies to asyncjobs only")
-        return cls(name, kind, conc, int(p or 1), ref)
+        return cls(name, kind, conc, int(p or 1), bool(ops), ref)
 
     def expected_rate(self, w: Workload) -> float:
         """A rough guess of this contender's rate on ``w``; sizes N only, never reported."""
@@ -352,6 +384,9 @@ class Bench:
                    "-u", url, "-l", "WARNING", "-P", str(ROOT)]
             if c.processes > 1:
                 cmd += ["--processes", str(c.processes)]
+            if c.ops:
+                cmd += ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1",
+                        "--health-port", str(free_port()), "--health-host", "127.0.0.1"]
             if self.loop == "uvloop":
                 cmd += ["--uvloop"]
             return [[*cmd, QUEUE]]
@@ -420,12 +455,17 @@ class Bench:
         log_path = self.tmp / f"worker-{run_id}.log"
         t0 = time.perf_counter()
         procs: list[subprocess.Popen[bytes]] = []
+        scraper: Scraper | None = None
         with open(log_path, "wb") as log:
             for cmd in self.commands(w, c, run_id, n):
                 if pace_rate:
                     cmd = [a for a in cmd if a != "--burst"]
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE
                                               if c.kind == "ceiling" else log, stderr=log))
+                if c.ops:
+                    scraper = Scraper(int(cmd[cmd.index("--metrics-port") + 1]),
+                                      int(cmd[cmd.index("--health-port") + 1]))
+                    scraper.start()
             sampler = TreeSampler([p.pid for p in procs])
             sampler.start()
             deadline = t0 + self.timeout_s
@@ -452,6 +492,8 @@ class Bench:
                         _kill_tree(p.pid)
                         p.wait()
                 sampler.stop()
+                if scraper is not None:
+                    scraper.stop()
         wall = time.perf_counter() - t0
         cpu = children_cpu() - cpu0
         redis_cpu = proc_cpu(self.redis_server.proc.pid if self.redis_server and self.redis_server.proc else None) - redis_cpu0
@@ -471,6 +513,7 @@ class Bench:
             "redis_cpu_s_per_1k": round(redis_cpu / n * 1000, 3) if c.kind != "ceiling" else None,
             "sink_cpu_s_per_1k": round(sink_cpu / n * 1000, 3) if sink_cpu is not None else None,
             "redis_cmds_per_job": round(cmd_calls / n, 2) if cmd_calls is not None else None,
+            "ops_answers": scraper.answered if scraper is not None else None,
         }
         problems: list[str] = []
         if any(code != 0 for code in exit_codes) and not (pace_rate and all(

@@ -92,6 +92,36 @@ async def saq_worker(url: str, concurrency: int, n: int) -> None:
         await queue.disconnect()
 
 
+def observer_cost(mode: str, n: int = 100_000) -> dict[str, Any]:
+    """CPU microseconds per job of the worker's metrics calls (start delay, end: count + duration),
+    in one process (``single``) or prometheus_client's multiprocess mode (``mp``, as under
+    ``--processes``), or with metrics off; best of 5 rounds, so other load on the machine barely shows."""
+    import tempfile
+    from datetime import UTC, datetime, timedelta
+
+    from asyncjobs import metrics
+    from asyncjobs.protocol.transitions import Kind
+    from asyncjobs.worker.ops import Observer
+
+    with tempfile.TemporaryDirectory(prefix="bench-mp-") as tmp:
+        if mode == "mp":
+            metrics.enable(multiprocess_dir=tmp)
+        elif mode == "single":
+            metrics.enable()
+        obs = Observer(None, metrics_on=mode != "off")
+        enq = datetime.now(UTC)
+        started = enq + timedelta(milliseconds=5)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(n):
+                obs.job_began()
+                obs.job_running("bench", enq, started)
+                obs.job_ended("bench", Kind.SUCCESS, 0.001)
+            best = min(best, (time.process_time() - t0) / n * 1e6)
+    return {"mode": mode, "us_per_job": round(best, 2)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.runners")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -106,9 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--concurrency", type=int, required=True)
     s.add_argument("-n", type=int, required=True, help="stop after this many jobs finished")
     s.add_argument("--loop", default=os.environ.get("BENCH_LOOP", "asyncio"))
+    o = sub.add_parser("observer-cost")
+    o.add_argument("--mode", choices=["off", "single", "mp"], required=True)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if a.cmd == "ceiling":
+    if a.cmd == "observer-cost":
+        sys.stdout.write(json.dumps(observer_cost(a.mode)) + "\n")
+    elif a.cmd == "ceiling":
         out = _loop_run(ceiling(a.workload, a.run_id, a.n, a.concurrency), a.loop)
         sys.stdout.write(json.dumps(out) + "\n")
     else:

@@ -104,3 +104,34 @@ def test_contender_at_a_git_revision_runs_that_revision(tmp_path: Path) -> None:
         assert env["PYTHONPATH"].split(":")[0] == str(src)
         rec = bench.measure(workloads()["noop"], c, 5)
     assert rec["verified"], rec["problems"]
+
+
+def test_tiny_ops_run_compares_with_and_without_metrics_and_health(tmp_path: Path) -> None:
+    """`python -m benchmarks ops`: each asyncjobs contender with and without both ports, stock RQ beside."""
+    if not asyncjobs_available():
+        pytest.skip("asyncjobs-worker is not runnable")
+    pytest.importorskip("prometheus_client")
+    rc = main(["ops", "--workloads", "noop", "--concurrency", "5", "--repeat", "1", "--seconds", "0.2",
+               "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    (jsonl,) = tmp_path.glob("*.jsonl")
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    measurements = {r["contender"]: r for r in records if r["type"] == "measurement"}
+    assert set(measurements) == {"rq-simple", "asyncjobs-c5", "asyncjobs-c5-ops", "asyncjobs-c5-p2",
+                                 "asyncjobs-c5-p2-ops"}
+    assert all(m["verified"] for m in measurements.values())
+    assert measurements["asyncjobs-c5"]["ops_answers"] is None
+    table = (tmp_path / "ops-latest.md").read_text()
+    assert "| noop | asyncjobs-c5-ops |" in table and "| noop | rq-simple |" in table
+
+
+def test_ops_suffix_only_for_asyncjobs() -> None:
+    from benchmarks.harness import Contender
+
+    c = Contender.parse("asyncjobs-c50-p2-ops")
+    assert (c.kind, c.concurrency, c.processes, c.ops) == ("asyncjobs", 50, 2, True)
+    c = Contender.parse("asyncjobs-c50-ops@HEAD")
+    assert (c.ops, c.source) == (True, "HEAD")
+    assert not Contender.parse("asyncjobs-c50").ops
+    with pytest.raises(ValueError, match="-ops"):
+        Contender.parse("rq-simple-ops")

@@ -22,7 +22,7 @@ from tests.testsupport.workers import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "asyncjobs"
 OPTIONAL = ("sqlalchemy", "aiohttp", "aiosmtplib", "httpx", "pydantic", "pydantic_settings", "aiosqlite",
-            "sentry_sdk", "opentelemetry")
+            "prometheus_client", "sentry_sdk", "opentelemetry")
 
 
 def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -79,6 +79,13 @@ def test_wheel_without_extras(tmp_path: Path, redis_url: str, sync_redis: redis.
     assert job.return_value() == 5
     version = _run([str(env_dir / "bin" / "asyncjobs-worker"), "--version"], cwd=tmp_path, env=clean)
     assert version.stdout.startswith(f"asyncjobs-worker {__version__} ")
+    # --metrics-port without the [metrics] extra: exit 2 with an error naming the extra.
+    no_extra = subprocess.run(
+        [str(env_dir / "bin" / "asyncjobs-worker"), "-u", redis_url, "--burst", "--metrics-port", "0", "default"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert no_extra.returncode == 2, no_extra.stderr
+    assert "asyncjobs-rq[metrics]" in no_extra.stderr and "prometheus_client" in no_extra.stderr, no_extra.stderr
 
 
 def _imports(path: Path) -> set[str]:

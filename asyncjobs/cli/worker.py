@@ -27,7 +27,7 @@ from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.protocol.codec import format_size
-from asyncjobs.worker.config import DEFAULTS, WorkerConfig, parse_size
+from asyncjobs.worker.config import DEFAULTS, OPS_SETTINGS, WorkerConfig, ops_options, parse_size
 from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 from asyncjobs.worker.runner import run_worker, setup_logging
 
@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
+    ops = p.add_argument_group(
+        "Metrics and health probes (also ASYNCJOBS_METRICS_PORT ... in the -c settings module or the environment)"
+    )
+    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the [metrics] extra); "
+                     "with --processes the supervisor serves all children")
+    ops.add_argument("--metrics-host", default=None, metavar="HOST", help="address for --metrics-port (0.0.0.0)")
+    ops.add_argument("--health-port", type=int, default=None, metavar="PORT",
+                     help="serve /livez and /readyz probes (may equal --metrics-port)")
+    ops.add_argument("--health-host", default=None, metavar="HOST", help="address for --health-port (0.0.0.0)")
+    ops.add_argument("--max-loop-lag", type=float, default=None, metavar="SECONDS",
+                     help="/livez fails once the event loop has been blocked this long (default 10)")
     p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
     p.add_argument("--version", action="version", version=_version_text())
     return p
@@ -158,6 +170,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
         log_job_description=not args.disable_job_desc_logging,
+        **ops_options({f: getattr(args, f) for f in OPS_SETTINGS}, settings, os.environ),
     )
 
 

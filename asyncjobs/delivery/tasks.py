@@ -23,13 +23,16 @@ stores in the job hash at enqueue time is the producer's: pass
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, ParamSpec
 
+from asyncjobs import metrics
 from asyncjobs.delivery import runtime
 from asyncjobs.delivery.email import EmailMessage, EmailSendResult, build_mime
-from asyncjobs.delivery.retry import retry_async
+from asyncjobs.delivery.errors import PermanentDeliveryError
+from asyncjobs.delivery.retry import RetriesExhaustedError, retry_async
 from asyncjobs.delivery.settings import get_settings
 from asyncjobs.redact import mask_email, mask_phone
 from asyncjobs.worker.joblog import log_description
@@ -63,7 +66,40 @@ def _describe_sms(to: object, body: object = "", *args: object, **kwargs: object
     return f"asyncjobs.tasks.send_sms(to={mask_phone(to)}, body=<{len(str(body))} chars>)"
 
 
+P = ParamSpec("P")
+
+
+def _counted(
+    channel: str,
+) -> Callable[[Callable[P, Awaitable[dict[str, object]]]], Callable[P, Awaitable[dict[str, object]]]]:
+    """``asyncjobs_delivery_total{channel,result}`` (a no-op unless the worker serves metrics): sent,
+    rejected (permanent: refused recipient, invalid address or input), exhausted (transient
+    failures through every attempt) or error."""
+
+    def decorate(fn: Callable[P, Awaitable[dict[str, object]]]) -> Callable[P, Awaitable[dict[str, object]]]:
+        @functools.wraps(fn)
+        async def counted(*args: P.args, **kwargs: P.kwargs) -> dict[str, object]:
+            try:
+                result = await fn(*args, **kwargs)
+            except RetriesExhaustedError:
+                metrics.delivery(channel, "exhausted")
+                raise
+            except (PermanentDeliveryError, ValueError):
+                metrics.delivery(channel, "rejected")
+                raise
+            except Exception:
+                metrics.delivery(channel, "error")
+                raise
+            metrics.delivery(channel, "sent")
+            return result
+
+        return counted
+
+    return decorate
+
+
 @log_description(_describe_email)
+@_counted("email")
 async def send_email(
     to: str | list[str],
     subject: str,
@@ -117,6 +153,7 @@ async def send_email(
 
 
 @log_description(_describe_sms)
+@_counted("sms")
 async def send_sms(to: str, body: str, *, from_number: str | None = None) -> dict[str, object]:
     """Send one SMS through ``SMS_PROVIDER``; returns ``{"provider", "provider_id", "to", "status", "attempts"}``."""
     from asyncjobs.delivery.sms import SmsMessage

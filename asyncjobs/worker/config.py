@@ -27,6 +27,38 @@ def parse_size(text: str, option: str = "--max-payload-size") -> int:
     return int(digits) * _SIZE_UNITS[unit]
 
 
+#: Options for the ops endpoints: flag, else the -c settings module, else the environment (same name).
+OPS_SETTINGS: dict[str, tuple[str, Any]] = {
+    "metrics_port": ("ASYNCJOBS_METRICS_PORT", int),
+    "metrics_host": ("ASYNCJOBS_METRICS_HOST", str),
+    "health_port": ("ASYNCJOBS_HEALTH_PORT", int),
+    "health_host": ("ASYNCJOBS_HEALTH_HOST", str),
+    "max_loop_lag": ("ASYNCJOBS_MAX_LOOP_LAG", float),
+}
+
+
+def ops_options(
+    given: Mapping[str, Any], settings: Mapping[str, Any] | None, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """WorkerConfig keyword arguments for metrics and health, with ``rq worker``'s precedence
+    (``env`` is passed in: this module reads no environment itself)."""
+    out: dict[str, Any] = {}
+    for field, (key, kind) in OPS_SETTINGS.items():
+        value = given.get(field)
+        source = f"--{field.replace('_', '-')}"
+        if value is None and settings and settings.get(key) is not None:
+            value, source = settings[key], f"{key} in the settings module"
+        if value is None and env.get(key):
+            value, source = env[key], f"${key}"
+        if value is None:
+            continue
+        try:
+            out[field] = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source} = {value!r} is not a {'number' if kind is not str else 'string'}") from None
+    return out
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class WorkerConfig:
     queues: tuple[str, ...]
@@ -58,6 +90,14 @@ class WorkerConfig:
     hooks: tuple[object, ...] = ()
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None
+    #: Prometheus ``/metrics`` (needs the ``[metrics]`` extra); None = off
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    #: ``/livez`` and ``/readyz``; None = off
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
+    #: ``/livez`` fails once the event loop has not run for this many seconds
+    max_loop_lag: float = 10.0
 
     @property
     def connection(self) -> RedisTarget:
@@ -93,6 +133,11 @@ class WorkerConfig:
             raise ValueError(
                 f"--max-payload-size must be at least 1K (1024 bytes), got {self.max_payload_size}"
             )
+        for flag, port in (("--metrics-port", self.metrics_port), ("--health-port", self.health_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{flag} must be a TCP port (0-65535, 0 = any free port), got {port}")
+        if self.max_loop_lag <= 0:
+            raise ValueError(f"--max-loop-lag must be a positive number of seconds, got {self.max_loop_lag}")
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
 

@@ -4,6 +4,13 @@ Each child is a full worker with its own RQ identity (``<name>-<i>`` when a
 name is given).  A child that dies is restarted (its in-flight jobs are
 recovered by RQ's abandoned-job maintenance); SIGTERM/SIGINT is forwarded so
 every child drains gracefully; a second signal is forwarded too (cold stop).
+
+With ``--metrics-port``/``--health-port`` the supervisor alone listens, for all its children:
+``/metrics`` aggregates the children's values (prometheus_client's multiprocess mode, in a
+temporary ``PROMETHEUS_MULTIPROC_DIR`` it creates and removes), ``/livez`` fails when any
+child's event loop is blocked, ``/readyz`` when any child is not registered, Redis is
+unreachable, or the pool is draining.  Children write their loop heartbeat and state into
+shared memory (:class:`~asyncjobs.worker.ops.HealthBoard`).
 """
 
 from __future__ import annotations
@@ -12,15 +19,20 @@ import asyncio
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import replace
 from types import FrameType
+from typing import Any
 
 from asyncjobs.backoff import RetryPolicy
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.worker.ops import HealthBoard, OpsServer, Slot, close_servers, start_servers
 
 log = logging.getLogger("asyncjobs.pool")
 
@@ -36,11 +48,11 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _child(config: WorkerConfig, use_uvloop: bool, parent: int) -> None:
+def _child(config: WorkerConfig, use_uvloop: bool, parent: int, slot: Slot | None, mp_dir: str | None) -> None:
     from asyncjobs.worker.runner import run_worker
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
-    os._exit(run_worker(config, use_uvloop=use_uvloop))
+    os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir))
 
 
 def _bury(config: WorkerConfig, name: str, pid: int) -> None:
@@ -61,6 +73,52 @@ def _bury(config: WorkerConfig, name: str, pid: int) -> None:
 
 
 def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) -> int:
+    if config.metrics_port is None and config.health_port is None:
+        return _supervise(config, processes, use_uvloop, None, None)
+    from asyncjobs import metrics
+    from asyncjobs._extras import MissingExtraError
+    from asyncjobs.worker.runner import ops_redis_client
+
+    if config.name is None:  # the probes look the children up by name
+        config = replace(config, name=f"asyncjobs-c{config.concurrency}-{uuid.uuid4().hex[:12]}")
+    board = HealthBoard(processes)
+    mp_dir = tempfile.mkdtemp(prefix="asyncjobs-metrics-") if config.metrics_port is not None else None
+    if mp_dir is not None:
+        log.info("metrics of %d worker processes aggregated through %s (removed at exit)", processes, mp_dir)
+    sampler: Any = None
+    try:
+        if mp_dir is not None:
+            # Before prometheus_client is imported here, so forked children write to files too.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+            registry = metrics.new_registry(mp_dir)
+            metrics.preload()
+            sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
+            registry.register(sampler)
+        else:
+            registry = None
+    except MissingExtraError as exc:
+        log.error("%s", exc)
+        shutil.rmtree(mp_dir or "", ignore_errors=True)
+        return 2
+    try:
+        return _supervise(config, processes, use_uvloop, board, mp_dir, registry, sampler)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        if mp_dir is not None:
+            shutil.rmtree(mp_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def _supervise(
+    config: WorkerConfig,
+    processes: int,
+    use_uvloop: bool,
+    board: HealthBoard | None,
+    mp_dir: str | None,
+    registry: Any = None,
+    sampler: Any = None,
+) -> int:
     ctx = mp.get_context("fork")
     stopping = {"count": 0}
     children: dict[int, mp.process.BaseProcess] = {}
@@ -69,11 +127,16 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
     restart_at: dict[int, float] = {}
 
     def child_config(i: int) -> WorkerConfig:
-        return replace(config, name=f"{config.name}-{i}" if config.name else None)
+        return replace(
+            config, name=f"{config.name}-{i}" if config.name else None, metrics_port=None, health_port=None
+        )
 
     def start(i: int) -> None:
+        slot = board.slots[i] if board is not None else None
+        if slot is not None:
+            slot.reset()
         proc = ctx.Process(
-            target=_child, args=(child_config(i), use_uvloop, os.getpid()), name=f"asyncjobs-worker-{i}"
+            target=_child, args=(child_config(i), use_uvloop, os.getpid(), slot, mp_dir), name=f"asyncjobs-worker-{i}"
         )
         proc.start()
         children[i] = proc
@@ -86,16 +149,73 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
             if proc.pid and proc.is_alive():
                 os.kill(proc.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for i in range(processes):
-        start(i)
+    def alive(i: int) -> bool:
+        proc = children.get(i)
+        return proc is not None and proc.is_alive()
+
+    servers: list[OpsServer] = []
+    if board is not None:
+        try:
+            servers = _start(config, processes, board, registry, child_config, stopping, alive)
+        except OSError as exc:
+            log.error("%s", exc)
+            return 2
+    try:
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for i in range(processes):
+            start(i)
+        _loop(config, children, started_at, early_deaths, restart_at, stopping, child_config, start, board, mp_dir,
+              sampler)
+    finally:
+        close_servers(servers)
+    return 0
+
+
+def _start(
+    config: WorkerConfig,
+    processes: int,
+    board: HealthBoard,
+    registry: Any,
+    child_config: Any,
+    stopping: dict[str, int],
+    alive: Any,
+) -> list[OpsServer]:
+    return start_servers(
+        metrics_port=config.metrics_port, metrics_host=config.metrics_host,
+        health_port=config.health_port, health_host=config.health_host,
+        board=board, names=[child_config(i).name or "" for i in range(processes)],
+        redis_client=lambda: config.connection.sync_client(socket_timeout=3, socket_connect_timeout=3),
+        max_loop_lag=config.max_loop_lag, registry=registry,
+        draining=lambda: stopping["count"] > 0, alive=alive,
+    )
+
+
+def _loop(
+    config: WorkerConfig,
+    children: dict[int, mp.process.BaseProcess],
+    started_at: dict[int, float],
+    early_deaths: dict[int, int],
+    restart_at: dict[int, float],
+    stopping: dict[str, int],
+    child_config: Any,
+    start: Any,
+    board: HealthBoard | None,
+    mp_dir: str | None,
+    sampler: Any,
+) -> None:
     while children or (restart_at and not stopping["count"]):
         for i, proc in list(children.items()):
             if proc.is_alive():
                 continue
             proc.join()
             del children[i]
+            if board is not None:
+                board.slots[i].reset()
+            if mp_dir is not None and proc.pid:
+                from asyncjobs import metrics
+
+                metrics.mark_process_dead(proc.pid, mp_dir)
             if stopping["count"] or config.burst or proc.exitcode == 0:
                 continue
             name = child_config(i).name
@@ -116,5 +236,6 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
             if time.monotonic() >= when:
                 del restart_at[i]
                 start(i)
+        if sampler is not None and not stopping["count"]:
+            sampler.tick()
         time.sleep(0.2)
-    return 0

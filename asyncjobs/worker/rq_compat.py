@@ -13,7 +13,10 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
 (JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
 ``--allow-module``), ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``) and ``ASYNCJOBS_HOOKS``
-(comma-separated hook modules, like repeated ``--hooks``).
+(comma-separated hook modules, like repeated ``--hooks``).  Metrics and health probes:
+``ASYNCJOBS_METRICS_PORT``, ``ASYNCJOBS_METRICS_HOST``, ``ASYNCJOBS_HEALTH_PORT``,
+``ASYNCJOBS_HEALTH_HOST``, ``ASYNCJOBS_MAX_LOOP_LAG``, in the ``-c`` settings module or the
+environment (the settings module wins, as for RQ's own settings).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
-from asyncjobs.worker.config import DEFAULTS, WorkerConfig, parse_size
+from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
 from asyncjobs.worker.connection import RedisTarget
 from asyncjobs.worker.runner import run_worker, setup_logging
 
@@ -85,11 +88,29 @@ class AsyncWorker(RQWorker):
                 os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULTS["max_payload_size"])),
                 "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
+            **ops_options({}, _rq_settings(), os.environ),
         )
         return run_worker(config) == 0
 
     def __repr__(self) -> str:
         return f"AsyncWorker({self.name!r})"
+
+
+def _rq_settings() -> dict[str, Any] | None:
+    """The UPPERCASE names of the ``-c`` settings module RQ's CLI was given (from its click
+    context, else ``$RQ_CONFIG``), if any: RQ itself already imported it."""
+    import importlib
+
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:
+        ctx = None
+    module = (ctx.params.get("config") if ctx is not None else None) or os.environ.get("RQ_CONFIG")
+    if not module:
+        return None
+    return {k: v for k, v in vars(importlib.import_module(str(module))).items() if k.isupper()}
 
 
 __all__ = ["AsyncWorker"]

@@ -4,26 +4,97 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.logs import setup_logging
+from asyncjobs.worker.ops import (
+    HealthBoard,
+    Observer,
+    OpsServer,
+    Slot,
+    Watchdog,
+    close_servers,
+    start_servers,
+)
 
 __all__ = ["run_worker", "setup_logging"]
 
 log = logging.getLogger("asyncjobs")
 
 
-def run_worker(config: WorkerConfig, *, use_uvloop: bool = False) -> int:
+def ops_redis_client(config: WorkerConfig) -> Any:
+    """A synchronous client for the probes and the queue sampler (short timeouts, own connections)."""
+    return config.connection.sync_client(socket_timeout=3, socket_connect_timeout=3)
+
+
+def run_worker(
+    config: WorkerConfig,
+    *,
+    use_uvloop: bool = False,
+    slot: Slot | None = None,
+    multiprocess_dir: str | None = None,
+) -> int:
+    """Run one worker.  ``slot``/``multiprocess_dir``: a ``--processes`` child whose supervisor
+    serves the endpoints; otherwise this process serves ``--metrics-port``/``--health-port``."""
+    from asyncjobs import metrics
+    from asyncjobs._extras import MissingExtraError
     from asyncjobs.protocol.serializers import SerializerError
-    from asyncjobs.protocol.store import WorkerNameTaken
-    from asyncjobs.worker.hooks import HookError, StartupHookFailed
+    from asyncjobs.worker.hooks import HookError
     from asyncjobs.worker.worker import Worker
 
+    metrics_on = config.metrics_port is not None or multiprocess_dir is not None
+    registry: Any = None
     try:
-        worker = Worker(config)
+        if metrics_on:
+            registry = metrics.enable(multiprocess_dir=multiprocess_dir)
+    except MissingExtraError as exc:
+        log.error("%s", exc)
+        return 2
+    board: HealthBoard | None = None
+    if slot is None and (config.metrics_port is not None or config.health_port is not None):
+        board = HealthBoard(1)
+        slot = board.slots[0]
+    try:
+        worker = Worker(config, observer=Observer(slot, metrics_on=metrics_on))
     except (SerializerError, HookError) as exc:
         log.error("%s", exc)
         return 2
+    servers: list[OpsServer] = []
+    sampler: Any = None
+    watchdog = Watchdog(slot, config.max_loop_lag, metrics_on=metrics_on) if slot is not None else None
+    if board is not None:  # this process serves its own endpoints
+        if registry is not None:
+            sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
+            registry.register(sampler)
+        try:
+            servers = start_servers(
+                metrics_port=config.metrics_port, metrics_host=config.metrics_host,
+                health_port=config.health_port, health_host=config.health_host,
+                board=board, names=[worker.name], redis_client=lambda: ops_redis_client(config),
+                max_loop_lag=config.max_loop_lag, registry=registry,
+            )
+        except OSError as exc:
+            log.error("%s", exc)
+            return 2
+        if sampler is not None:
+            sampler.start()
+    if watchdog is not None:
+        watchdog.start()
+    try:
+        return _run(worker, config, use_uvloop)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+        if sampler is not None:
+            sampler.stop()
+            registry.unregister(sampler)
+        close_servers(servers)
+
+
+def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
+    from asyncjobs.protocol.store import WorkerNameTaken
+    from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
         log.warning(
             "--allow-module restricts which functions run, but the custom serializer %r decodes payloads "

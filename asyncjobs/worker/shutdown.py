@@ -25,8 +25,15 @@ COLD_GRACE = 30.0
 
 
 class Shutdown:
-    def __init__(self, slots: Slots, grace: float, give_back: Callable[[InFlight], None]) -> None:
+    def __init__(
+        self,
+        slots: Slots,
+        grace: float,
+        give_back: Callable[[InFlight], None],
+        on_stop: Callable[[], None] = lambda: None,
+    ) -> None:
         self.stopping = asyncio.Event()
+        self._on_stop = on_stop  # told once, at the first stop request (e.g. /readyz starts failing)
         self.cold = asyncio.Event()
         self._slots = slots
         self._grace = grace
@@ -36,6 +43,7 @@ class Shutdown:
         """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
         if not self.stopping.is_set():
             log.info("warm shutdown requested: finishing %d job(s) in flight", len(self._slots))
+            self._on_stop()
             self.stopping.set()
             self._slots.freed.set()
 

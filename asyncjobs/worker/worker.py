@@ -61,6 +61,7 @@ from asyncjobs.worker.hooks import (
 )
 from asyncjobs.worker.joblog import job_extra, started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
+from asyncjobs.worker.ops import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
@@ -108,16 +109,28 @@ class StopRequested(Exception):
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, *, redis: Redis | None = None, hooks: Iterable[object] = ()) -> None:
-        """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.worker.hooks`)."""
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        redis: Redis | None = None,
+        hooks: Iterable[object] = (),
+        observer: Observer | None = None,
+    ) -> None:
+        """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.worker.hooks`);
+        ``observer``: metrics and health reporting (see :mod:`asyncjobs.worker.ops`)."""
         self.config = config
+        self.observer = observer or Observer()
         self.name = config.name or uuid.uuid4().hex
         self.hooks = load_hooks((*config.hooks, *hooks))
         self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self.slots = Slots(config.concurrency, config.max_jobs)
-        self.shutdown = Shutdown(self.slots, config.shutdown_timeout, lambda i: self._cancel(i, CancelReason.GIVE_BACK))
+        self.shutdown = Shutdown(
+            self.slots, config.shutdown_timeout, lambda i: self._cancel(i, CancelReason.GIVE_BACK),
+            on_stop=self.observer.draining,
+        )
         self._stopping = self.shutdown.stopping
         self._waiters: dict[str, asyncio.Task[bool]] = {}
         self._unresolved_claim: ClaimRequest | None = None
@@ -194,6 +207,7 @@ class Worker:
             "worker %s started: queues=%s concurrency=%d burst=%s",
             self.name, ",".join(self.config.queues), self.config.concurrency, self.config.burst,
         )
+        self.observer.registered(self.config.concurrency)
         commands = CommandListener(redis_conn, self.name, self)
         heartbeat = asyncio.create_task(self._heartbeater(), name="asyncjobs-heartbeat")
         # These end on their own: the recorder once closed, the listener once _closed is set,
@@ -202,6 +216,8 @@ class Worker:
             asyncio.create_task(self.recorder.run(), name="asyncjobs-recorder"),
             asyncio.create_task(commands.run(self._closed), name="asyncjobs-commands"),
         ]
+        if self.observer.monitors_loop:
+            background.append(asyncio.create_task(self.observer.monitor_loop(self._closed), name="asyncjobs-loop"))
         try:
             background += await self._start_extras()
             await self._retrying(lambda: self.store.set_state("idle"), "set state")
@@ -231,6 +247,7 @@ class Worker:
             task.cancel()
         await self.hooks.shutdown()
         await run_shutdown_hooks()
+        self.observer.stopped()
         try:
             await asyncio.wait_for(self.store.register_death(self.config.queues), 10)
         except (*REDIS_ERRORS, TimeoutError, redis.exceptions.ResponseError) as exc:
@@ -490,6 +507,8 @@ class Worker:
 
     async def _execute(self, item: InFlight) -> None:
         claimed = item.claimed
+        self.observer.job_began()
+        t0 = time.monotonic()
         try:
             outcome = await self._perform(item)
         except asyncio.CancelledError:
@@ -506,6 +525,7 @@ class Worker:
             item.error = None
         self.successful += outcome.succeeded
         self.failed += outcome.failed
+        self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
             self.slots.hold_give_back(item, outcome)
             self._release_give_backs()
@@ -565,6 +585,7 @@ class Worker:
             thread_hooks = self._thread_hooks(item, record)
         started = utcnow()
         t0 = time.monotonic()
+        self.observer.job_running(claimed.queue, record.enqueued_at, started)
         log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description),
                  extra=job_extra(claimed.job_id, claimed.queue, call.func_name, "started", self.name))
         work = asyncio.create_task(

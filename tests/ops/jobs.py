@@ -27,3 +27,31 @@ def sync_ledger(path: str, token: str, seconds: float = 0.0) -> str:
     time.sleep(seconds)
     _append(path, token)
     return token
+
+
+async def ok(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return x
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"failing on purpose: {x}")
+
+
+async def block_loop(seconds: float) -> str:
+    """Blocks the event loop (a blocking call inside ``async def``): what /livez must catch."""
+    import time
+
+    time.sleep(seconds)
+    return "unblocked"
+
+
+async def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """Run until ``path`` exists (the test decides when the job ends), polling without blocking."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not os.path.exists(path):  # noqa: ASYNC240 - a stat, polled
+        if loop.time() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        await asyncio.sleep(0.05)
+    return "done"

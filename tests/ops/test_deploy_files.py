@@ -35,8 +35,6 @@ METRICS = {
     "asyncjobs_redis_errors_total", "asyncjobs_delivery_total", "asyncjobs_queue_jobs",
     "asyncjobs_queue_oldest_job_age_seconds", "asyncjobs_workers_live",
 }
-# Worker flags the manifests use that the worker side of issue 11 (§1, §2) adds.
-PENDING_FLAGS = {"--health-port", "--metrics-port"}
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -94,14 +92,18 @@ def test_k8s_validation_catches_a_broken_manifest() -> None:
 
 def test_k8s_worker_args_grace_period_and_probes() -> None:
     args, unknown = build_parser().parse_known_args(_worker_args())
-    assert set(unknown) <= PENDING_FLAGS | {"8080", "9100"}, f"the worker would reject {unknown}"
+    assert not unknown, f"the worker would reject {unknown}"
     pod = _deployment()["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > args.shutdown_timeout
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    argv = _worker_args()
-    assert ports["health"] == int(argv[argv.index("--health-port") + 1])
-    assert ports["metrics"] == int(argv[argv.index("--metrics-port") + 1])
+    assert ports["health"] == args.health_port
+    assert ports["metrics"] == args.metrics_port
+    annotations = _deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.metrics_port
+    # --processes N needs a writable /tmp (the supervisor's PROMETHEUS_MULTIPROC_DIR) on a read-only root.
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert not container["securityContext"].get("readOnlyRootFilesystem") or "/tmp" in mounts
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 

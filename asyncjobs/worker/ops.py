@@ -1,0 +1,370 @@
+"""What operators probe: health endpoints, the loop watchdog, and the observer that feeds metrics.
+
+* :class:`Observer`: the worker calls it at a few points (job began / started running / ended,
+  registered, draining); it forwards to :mod:`asyncjobs.metrics` (no-ops unless enabled) and
+  writes the process's :class:`Slot` of the :class:`HealthBoard`.
+* :class:`HealthBoard`: a few numbers per worker process in shared memory (event-loop heartbeat,
+  registered, draining, pid).  A ``--processes`` supervisor creates it before forking, so its
+  endpoints see every child; a single worker uses a board of one.
+* :class:`Watchdog`: a daemon thread that sees a loop heartbeat go stale (reports the lag while
+  the loop is blocked, logs where it is blocked).
+* :class:`OpsServer`: stdlib ``http.server`` on a daemon thread, so a blocked event loop can
+  still answer: ``/livez``, ``/readyz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.sharedctypes import RawArray
+from typing import Any
+
+from asyncjobs import metrics
+from asyncjobs.protocol import keys
+from asyncjobs.protocol.transitions import Kind
+
+__all__ = ["HealthBoard", "Observer", "OpsServer", "Slot", "Watchdog"]
+
+log = logging.getLogger("asyncjobs.ops")
+
+#: asyncjobs_jobs_total's status for each kind of outcome.
+STATUS = {
+    Kind.SUCCESS: "finished",
+    Kind.FAILURE: "failed",
+    Kind.MAX_RETRIES: "failed",
+    Kind.STOPPED: "stopped",
+    Kind.RETRY: "retried",
+    Kind.REQUEUE: "requeued",
+}
+
+#: The event loop writes its heartbeat this often.
+LOOP_BEAT_INTERVAL = 0.25
+_FIELDS = 4  # beat (monotonic seconds), registered, draining, pid
+
+
+class Slot:
+    """One worker process's health numbers (shared memory when on a supervisor's board)."""
+
+    __slots__ = ("_arr", "_base")
+
+    def __init__(self, arr: Any, index: int) -> None:
+        self._arr = arr
+        self._base = index * _FIELDS
+
+    @property
+    def beat(self) -> float:
+        return float(self._arr[self._base])
+
+    @beat.setter
+    def beat(self, value: float) -> None:
+        self._arr[self._base] = value
+
+    @property
+    def registered(self) -> bool:
+        return bool(self._arr[self._base + 1])
+
+    @registered.setter
+    def registered(self, value: bool) -> None:
+        self._arr[self._base + 1] = 1.0 if value else 0.0
+
+    @property
+    def draining(self) -> bool:
+        return bool(self._arr[self._base + 2])
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._arr[self._base + 2] = 1.0 if value else 0.0
+
+    @property
+    def pid(self) -> int:
+        return int(self._arr[self._base + 3])
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        self._arr[self._base + 3] = float(value)
+
+    def reset(self) -> None:
+        for i in range(_FIELDS):
+            self._arr[self._base + i] = 0.0
+
+
+class HealthBoard:
+    """``n`` slots of shared memory, inherited by forked children (no locks: each field has one writer)."""
+
+    def __init__(self, n: int) -> None:
+        self._arr = RawArray("d", n * _FIELDS)
+        self.slots = [Slot(self._arr, i) for i in range(n)]
+
+
+class Observer:
+    """The worker's reporting points; cheap when metrics are off and no board is given."""
+
+    def __init__(self, slot: Slot | None = None, *, metrics_on: bool = False) -> None:
+        self.slot = slot
+        self.metrics_on = metrics_on
+        #: jobs between job_began and job_ended; published by monitor_loop (4 times a second), not per job
+        self.in_flight = 0
+
+    @property
+    def monitors_loop(self) -> bool:
+        return self.slot is not None or self.metrics_on
+
+    # -- lifecycle
+    def registered(self, concurrency: int) -> None:
+        if self.metrics_on:
+            metrics.set_concurrency(concurrency)
+        if self.slot is not None:
+            self.slot.pid = os.getpid()
+            self.slot.registered = True
+
+    def draining(self) -> None:
+        if self.slot is not None:
+            self.slot.draining = True
+
+    def stopped(self) -> None:
+        if self.metrics_on:
+            metrics.set_concurrency(0)
+        if self.slot is not None:
+            self.slot.registered = False
+
+    # -- per job (the hot path: a couple of dict lookups and counter increments)
+    def job_began(self) -> None:
+        self.in_flight += 1
+
+    def job_running(self, queue: str, enqueued_at: datetime | None, started: datetime) -> None:
+        if self.metrics_on and enqueued_at is not None:
+            metrics.job_delay(queue, (started - enqueued_at).total_seconds())
+
+    def job_ended(self, queue: str, kind: Kind, duration: float) -> None:
+        """Every job :meth:`job_began` ends here once; a job given back is not timed."""
+        self.in_flight -= 1
+        if self.metrics_on:
+            metrics.job_ended(queue, STATUS[kind], None if kind is Kind.REQUEUE else duration)
+
+    async def monitor_loop(self, stop: asyncio.Event) -> None:
+        """Write the loop heartbeat and measure how late the loop wakes up."""
+        slot = self.slot
+        try:
+            while not stop.is_set():
+                t = time.monotonic()
+                if slot is not None:
+                    slot.beat = t
+                await asyncio.sleep(LOOP_BEAT_INTERVAL)
+                if self.metrics_on:
+                    metrics.set_loop_lag(max(0.0, time.monotonic() - t - LOOP_BEAT_INTERVAL))
+                    metrics.set_in_flight(self.in_flight)
+        finally:
+            if slot is not None:
+                slot.beat = 0.0  # the worker is done: nothing left to watch
+            if self.metrics_on:
+                metrics.set_in_flight(self.in_flight)
+
+
+class Watchdog:
+    """A daemon thread watching this process's loop heartbeat: while it is stale the lag gauge
+    shows how long, and once it is staler than ``max_lag`` a warning names where the loop is."""
+
+    def __init__(self, slot: Slot, max_lag: float, *, metrics_on: bool) -> None:
+        self.slot = slot
+        self.max_lag = max_lag
+        self.metrics_on = metrics_on
+        self.loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="asyncjobs-loop-watchdog", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        reported = False
+        while not self._stop.wait(0.5):
+            beat = self.slot.beat
+            if not beat:
+                continue
+            stale = time.monotonic() - beat - LOOP_BEAT_INTERVAL
+            if stale > 0.5 and self.metrics_on:
+                metrics.set_loop_lag(stale)
+            if stale > self.max_lag and not reported:
+                reported = True
+                frame = sys._current_frames().get(self.loop_thread)
+                where = "".join(traceback.format_stack(frame, limit=8)) if frame is not None else "?"
+                log.warning(
+                    "event loop blocked for %.1fs (more than --max-loop-lag %gs): a job is blocking it; "
+                    "/livez answers 503 until it runs again. The loop is at:\n%s", stale, self.max_lag, where,
+                )
+            elif stale <= self.max_lag and reported:
+                reported = False
+                log.info("event loop running again")
+
+
+class OpsServer:
+    """``/livez``, ``/readyz`` (with a board) and ``/metrics`` (with a registry) on one port."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        board: HealthBoard | None = None,
+        names: Sequence[str] = (),
+        redis_client: Callable[[], Any] | None = None,
+        max_loop_lag: float = 10.0,
+        draining: Callable[[], bool] = lambda: False,
+        alive: Callable[[int], bool] = lambda i: True,
+        registry: Any = None,
+    ) -> None:
+        self.board = board
+        self.names = list(names)
+        self._redis_client = redis_client
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+        self.max_loop_lag = max_loop_lag
+        self.draining = draining
+        self.alive = alive
+        self.registry = registry
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics" and server.registry is not None:
+                    body, ctype = metrics.exposition(server.registry, self.headers.get("Accept", ""))
+                    self._send(200, body, ctype)
+                elif path == "/livez" and server.board is not None:
+                    ok, text = server.livez()
+                    self._send(200 if ok else 503, text.encode() + b"\n", "text/plain; charset=utf-8")
+                elif path == "/readyz" and server.board is not None:
+                    ok, text = server.readyz()
+                    self._send(200 if ok else 503, text.encode() + b"\n", "text/plain; charset=utf-8")
+                else:
+                    self._send(404, b"not found: try /livez, /readyz or /metrics\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # probes are not news
+                pass
+
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {host}:{port} for {self.what()} ({exc.strerror or exc}): choose a free port"
+            ) from None
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    def what(self) -> str:
+        parts = (["/livez", "/readyz"] if self.board is not None else []) + (
+            ["/metrics"] if self.registry is not None else []
+        )
+        return ", ".join(parts)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="asyncjobs-ops-http", daemon=True)
+        self._thread.start()
+        host = self.httpd.server_address[0]
+        log.info("serving %s on http://%s:%d", self.what(), host, self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._conn is not None:
+            self._conn.close()
+
+    # -- probes (run on the server's threads)
+    def livez(self) -> tuple[bool, str]:
+        assert self.board is not None
+        now = time.monotonic()
+        stuck = []
+        for i, slot in enumerate(self.board.slots):
+            beat = slot.beat
+            if not beat or not self.alive(i):
+                continue  # starting or restarting: not beating yet
+            stale = now - beat
+            if stale > self.max_loop_lag:
+                stuck.append(f"{self._name(i)}: event loop blocked for {stale:.1f}s (--max-loop-lag {self.max_loop_lag:g})")
+        return (False, "; ".join(stuck)) if stuck else (True, "ok")
+
+    def readyz(self) -> tuple[bool, str]:
+        assert self.board is not None
+        if self.draining() or any(s.draining for s in self.board.slots):
+            return False, "draining: shutting down after SIGTERM, finishing jobs in flight"
+        problems = [f"{self._name(i)}: not registered yet" for i, s in enumerate(self.board.slots) if not s.registered]
+        if problems:
+            return False, "; ".join(problems)
+        if self._redis_client is not None and self.names:
+            try:
+                with self._conn_lock:
+                    if self._conn is None:
+                        self._conn = self._redis_client()
+                    conn = self._conn
+                pipe = conn.pipeline(transaction=False)
+                for name in self.names:
+                    pipe.exists(keys.worker(name))
+                found = pipe.execute()
+            except Exception as exc:
+                return False, f"Redis unreachable: {type(exc).__name__}: {exc}"
+            missing = [n for n, f in zip(self.names, found, strict=True) if not f]
+            if missing:
+                return False, f"not registered in Redis (rq:worker:<name> missing): {', '.join(missing)}"
+        return True, "ok"
+
+    def _name(self, i: int) -> str:
+        return self.names[i] if i < len(self.names) else f"worker {i}"
+
+
+def start_servers(
+    *,
+    metrics_port: int | None,
+    metrics_host: str,
+    health_port: int | None,
+    health_host: str,
+    board: HealthBoard,
+    names: Sequence[str],
+    redis_client: Callable[[], Any],
+    max_loop_lag: float,
+    registry: Any,
+    draining: Callable[[], bool] = lambda: False,
+    alive: Callable[[int], bool] = lambda i: True,
+) -> list[OpsServer]:
+    """The health and metrics servers (one server when both ports are the same)."""
+    servers: list[OpsServer] = []
+    same = health_port is not None and metrics_port == health_port
+    if health_port is not None:
+        servers.append(OpsServer(
+            health_host, health_port, board=board, names=names, redis_client=redis_client,
+            max_loop_lag=max_loop_lag, draining=draining, alive=alive, registry=registry if same else None,
+        ))
+    if metrics_port is not None and not same:
+        try:
+            servers.append(OpsServer(metrics_host, metrics_port, registry=registry))
+        except OSError:
+            for s in servers:
+                s.close()
+            raise
+    for s in servers:
+        s.start()
+    return servers
+
+
+def close_servers(servers: Sequence[OpsServer]) -> None:
+    for s in servers:
+        with contextlib.suppress(Exception):
+            s.close()
