@@ -306,6 +306,7 @@ class QueueSampler:
 
     def sample_once(self, now: float | None = None) -> None:
         from asyncjobs.protocol import keys
+        from asyncjobs.protocol.queuestats import read_queue_sizes
 
         if self._conn is None:
             self._conn = self._connect()
@@ -318,39 +319,20 @@ class QueueSampler:
         if not mine:
             self._reading = {"queues": {}, "workers": None}
             return
+        now = time.time() if now is None else now
+        per_queue = {
+            z.queue: {"queued": z.queued, "started": z.started, "failed": z.failed, "scheduled": z.scheduled,
+                      "deferred": z.deferred, "oldest": z.oldest_age or 0.0}
+            for z in read_queue_sizes(conn, mine, now)
+        }
         pipe = conn.pipeline(transaction=False)
         for q in mine:
-            pipe.llen(keys.queue(q))
-            pipe.zcard(keys.started(q))
-            pipe.zcard(keys.failed(q))
-            pipe.zcard(keys.scheduled(q))
-            pipe.zcard(keys.deferred(q))
-            pipe.lindex(keys.queue(q), 0)
             pipe.smembers(keys.workers_of_queue(q))
-        replies = pipe.execute()
-        now = time.time() if now is None else now
-        per_queue: dict[str, dict[str, Any]] = {}
-        workers: set[Any] = set()
-        heads: list[tuple[str, Any]] = []
-        for i, q in enumerate(mine):
-            queued, started, failed, scheduled, deferred, head, members = replies[7 * i: 7 * i + 7]
-            per_queue[q] = {"queued": queued, "started": started, "failed": failed,
-                            "scheduled": scheduled, "deferred": deferred, "oldest": 0.0}
-            workers |= set(members)
-            if head:
-                heads.append((q, head))
+        workers = sorted(set().union(*pipe.execute()))
         pipe = conn.pipeline(transaction=False)
-        for _q, head in heads:
-            pipe.hget(keys.job(head.decode() if isinstance(head, bytes) else str(head)), "enqueued_at")
-        worker_list = sorted(workers)
-        for w in worker_list:
+        for w in workers:
             pipe.exists(w)  # members are worker keys, rq:worker:<name>
-        replies = pipe.execute() if heads or worker_list else []
-        for (q, _head), stamp in zip(heads, replies, strict=False):
-            enqueued = _parse_ts(stamp)
-            if enqueued is not None:
-                per_queue[q]["oldest"] = max(0.0, now - enqueued)
-        live = sum(1 for r in replies[len(heads):] if r)
+        live = sum(1 for r in (pipe.execute() if workers else []) if r)
         self._reading = {"queues": per_queue, "workers": live}
 
     # prometheus_client's collector protocol
@@ -372,16 +354,3 @@ class QueueSampler:
             yield GaugeMetricFamily("asyncjobs_workers_live", "Live workers registered for the sampled queues",
                                     value=float(reading["workers"]))
 
-
-def _parse_ts(value: Any) -> float | None:
-    if not value:
-        return None
-    from datetime import UTC, datetime
-
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            continue
-    return None

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from asyncjobs.protocol import keys
+from asyncjobs.protocol.queuestats import read_queue_sizes
 
 __all__ = [
     "JobInFlight",
@@ -190,25 +191,10 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
     for w in workers:
         w.jobs.sort(key=lambda j: -(j.running_s or 0))
 
-    pipe = conn.pipeline(transaction=False)
-    for q in queue_names:
-        pipe.llen(keys.queue(q))
-        pipe.zcard(keys.started(q))
-        pipe.zcard(keys.failed(q))
-        pipe.zcard(keys.scheduled(q))
-        pipe.zcard(keys.deferred(q))
-        pipe.lindex(keys.queue(q), 0)
-    counts = pipe.execute() if queue_names else []
-    heads = [counts[6 * i + 5] for i in range(len(queue_names))]
-    pipe = conn.pipeline(transaction=False)
-    for head in heads:
-        pipe.hget(keys.job(_text(head)), "enqueued_at") if head else pipe.echo("")
-    enqueued = pipe.execute() if heads else []
-    qinfos = []
-    for i, q in enumerate(queue_names):
-        c = counts[6 * i: 6 * i + 5]
-        ts = _parse_ts(_text(enqueued[i])) if heads[i] else None
-        qinfos.append(QueueInfo(q, c[0], c[1], c[2], c[3], c[4], None if ts is None else max(0.0, now - ts)))
+    qinfos = [
+        QueueInfo(z.queue, z.queued, z.started, z.failed, z.scheduled, z.deferred, z.oldest_age)
+        for z in read_queue_sizes(conn, queue_names, now)
+    ]
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return Snapshot(stamp, workers, qinfos)
 
