@@ -22,7 +22,7 @@ from compat.support import (
     wait_held,
     wait_status,
 )
-from tests.testsupport.workers import wait_for
+from tests.testsupport.workers import WorkerProcess, wait_for
 
 
 @pytest.mark.slow
@@ -91,6 +91,19 @@ def _expire_heartbeats(conn: redis.Redis, queue: str) -> None:
         conn.zadd(f"rq:wip:{queue}", {member: int(time.time()) - 10})
 
 
+def _wait_maintenance_pass_done(conn: redis.Redis, proc: WorkerProcess, queue: str) -> None:
+    """An asyncjobs worker cleans registries at start-up in a thread, beside its first jobs (a stock
+    worker does it before its first job).  Killed in the middle of that pass, it leaves RQ's
+    ``rq:clean_registries:<q>`` lock for its 899 s TTL and no other worker cleans the queue until then
+    (test_killed_mid_maintenance_jobs_are_recovered_once_rqs_cleaning_lock_expires): wait until the
+    pass has ended."""
+    wait_for(
+        lambda: f"cleaning registries for queue {queue}" in proc.output()
+        and not conn.exists(f"rq:clean_registries:{queue}"),
+        30, message=lambda: f"start-up maintenance pass done\n{proc.output()}",
+    )
+
+
 @pytest.mark.parametrize("direction", ["asyncjobs-killed", "stock-killed"])
 def test_abandoned_job_recovered_by_other_worker(
     direction: str,
@@ -113,6 +126,8 @@ def test_abandoned_job_recovered_by_other_worker(
         wait_held(sync_redis, 2, proc=proc)
     else:  # the stock SimpleWorker runs one at a time; the second stays queued
         assert q.count == 1
+    if not victim.is_stock:
+        _wait_maintenance_pass_done(sync_redis, proc, "default")
     running = set(StartedJobRegistry(queue=q).get_job_ids(cleanup=False))
     proc.kill()
     # the in-flight job(s) stay "started" until the heartbeat deadline passes
@@ -152,3 +167,34 @@ def test_killed_worker_job_not_lost_between_pop_and_start(
     assert len(started) == 3
     for jid in started:
         wait_status(sync_redis, jid, "started", timeout=1)
+
+
+def test_killed_mid_maintenance_jobs_are_recovered_once_rqs_cleaning_lock_expires(
+    asyncjobs_kind: WorkerKind, stock_kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis
+) -> None:
+    """SIGKILL while the start-up maintenance pass holds RQ's cleaning lock (a slow pass: 20,000
+    expired entries whose jobs are gone): the lock outlives the worker (RQ's 899 s TTL, the same for
+    a stock worker killed while cleaning), so a rescuer's maintenance skips the queue; once it has
+    expired (simulated, like the heartbeat deadline), the abandoned jobs are recovered as usual."""
+    pipe = sync_redis.pipeline()
+    for i in range(20000):
+        pipe.zadd("rq:wip:default", {f"ghost-{i}:e": 1})
+    pipe.execute()
+    url = launcher.url
+    q = Queue("default", connection=sync_redis)
+    doomed = q.enqueue(jobs.hold, url, "doomed")
+    retried = q.enqueue(jobs.hold, url, "retried", retry=Retry(max=1))
+    proc = launcher.start(asyncjobs_kind, ["default"], "--name", unique_name("victim"), concurrency=2)
+    wait_held(sync_redis, 2, proc=proc)
+    wait_for(lambda: sync_redis.exists("rq:clean_registries:default"), 30, message="maintenance pass running")
+    proc.kill()
+    _expire_heartbeats(sync_redis, "default")
+    release(sync_redis, "doomed", "retried")
+    launcher.burst(stock_kind, ["default"], concurrency=2)
+    assert fetch(sync_redis, doomed.id).get_status() == "started"  # the lock kept the rescuer out
+    assert sync_redis.ttl("rq:clean_registries:default") > 800
+
+    sync_redis.delete("rq:clean_registries:default")  # its TTL has run out
+    launcher.burst(stock_kind, ["default"], concurrency=2)
+    assert fetch(sync_redis, doomed.id).get_status() == "failed"
+    assert fetch(sync_redis, retried.id).get_status() == "finished"  # its retry ran
