@@ -68,15 +68,25 @@ class Ctx:
             psutil.wait_procs(alive, timeout=10)
             jobs = self.left_behind(inc.name)
             self.facts.crash_inflight.update(jobs)
+            dequeued: list[str] = []
             if inc.kind == "stock":
                 # Stock's horse takes a BLMOVEd id out of the intermediate list when it starts the
                 # job: a stock worker that died before that leaves it there, where RQ's maintenance
-                # maintenance fails it a minute later (if not started) or leaves it for good.
+                # fails it a minute later (if not started) or leaves it for good.  Died between its
+                # BLMOVE and the start write, the job is in no registry yet: RQ's maintenance then
+                # runs handle_job_failure on it, which consumes a retry no run used (RQ's own
+                # behaviour; asyncjobs never leaves an id there), so it counts as cut by the crash.
                 self.facts.intermediate_failures_allowed = True
                 inter = {j for _, j in intermediate_ids(cl.conn())}
                 self.facts.left_in_intermediate.update(j for j in jobs if j in inter)
+                dequeued = sorted(inter - set(jobs))
+                self.facts.left_in_intermediate.update(dequeued)
+                self.facts.crash_inflight.update(dequeued)
             self.dead.add(inc.name)
-            self.note(f"{inc.kind} worker {inc.name} exited on its own (code {inc.returncode}): {len(jobs)} execution(s) in flight")
+            self.note(
+                f"{inc.kind} worker {inc.name} exited on its own (code {inc.returncode}): {len(jobs)} execution(s) "
+                f"in flight" + (f", {len(dequeued)} id(s) dequeued but not started {dequeued}" if dequeued else "")
+            )
 
     def left_behind(self, name: str) -> list[str]:
         """Jobs whose execution the dead worker ``name`` still owns in rq:wip (read after its death);
