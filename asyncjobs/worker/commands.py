@@ -78,4 +78,4 @@ class CommandListener:
                 await backoff.wait(f"command channel {self.channel}: {exc}", stop)
             finally:
                 with contextlib.suppress(Exception):  # best effort on a dead connection
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2

@@ -142,7 +142,7 @@ class RedisTarget:
 
             sentinel_kw = {k: v for k, v in kw.items() if k in ("socket_timeout", "socket_connect_timeout")}
             sentinel_kw.update(self.sentinel_options)
-            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call]
+            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
             client: aredis.Redis = manager.master_for(self.master_name)
             return client
         if self.url is not None:
@@ -159,8 +159,8 @@ class RedisTarget:
 
             sentinel_kw = {k: v for k, v in kw.items() if k in ("socket_timeout", "socket_connect_timeout")}
             sentinel_kw.update(self.sentinel_options)
-            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call]
-            sync_client: sync_redis.Redis = manager.master_for(self.master_name)  # type: ignore[no-untyped-call]
+            manager = Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kw, **kw)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
+            sync_client: sync_redis.Redis = manager.master_for(self.master_name)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
             return sync_client
         if self.url is not None:
             return sync_redis.Redis.from_url(self.url, **kw)
