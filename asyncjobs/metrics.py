@@ -224,7 +224,14 @@ def delivery(channel: str, result: str) -> None:
 
 #: Renew the lock, then read the queues, at this period; the lock outlives three missed rounds.
 SAMPLE_INTERVAL = 10.0
-LOCK_PREFIX = "asyncjobs:metrics:sampler:"
+
+
+def _lock_key(queue: str) -> str:
+    """``asyncjobs:metrics:sampler:<queue>``, under RQ's key prefix when it is not ``rq``
+    (docs/rq-protocol.md §13.2), so a hash-tag prefix keeps it in the queues' Cluster slot."""
+    from asyncjobs.protocol import keys
+
+    return keys.DEFAULT.own(f"metrics:sampler:{queue}")
 
 # Take the lock if free, or keep it if it is ours; 1 = we sample this queue.
 _LOCK_SCRIPT = """
@@ -248,6 +255,7 @@ class QueueSampler:
     """Queue sizes, the oldest queued job's age and the live workers, read from RQ's keys.
 
     Per queue, one process among every worker serving it holds ``asyncjobs:metrics:sampler:<queue>``
+    (under a non-default RQ key prefix ``<prefix>:asyncjobs:metrics:sampler:<queue>``)
     (a ``SET NX PX``-style lock renewed each round) and reads that queue every
     :data:`SAMPLE_INTERVAL` seconds in a daemon thread, with two pipelined round trips; scrapes
     return the last reading and never touch Redis.  Others export nothing for that queue, so a
@@ -277,7 +285,7 @@ class QueueSampler:
         try:
             conn = self._conn or self._connect()
             for q in self.queues:
-                conn.eval(_RELEASE_SCRIPT, 1, LOCK_PREFIX + q, self.token)
+                conn.eval(_RELEASE_SCRIPT, 1, _lock_key(q), self.token)
         except Exception as exc:  # Redis down: the locks expire on their own
             log.debug("could not release the queue-sampler locks: %s", exc)
         if self._conn is not None:
@@ -314,7 +322,7 @@ class QueueSampler:
         ttl_ms = int(self.interval * 3 * 1000) + 1000
         pipe = conn.pipeline(transaction=False)
         for q in self.queues:
-            pipe.eval(_LOCK_SCRIPT, 1, LOCK_PREFIX + q, self.token, ttl_ms)
+            pipe.eval(_LOCK_SCRIPT, 1, _lock_key(q), self.token, ttl_ms)
         mine = [q for q, held in zip(self.queues, pipe.execute(), strict=True) if held]
         if not mine:
             self._reading = {"queues": {}, "workers": None}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import rq
 from rq import Queue
 from rq.job import Job
 from rq.results import Result
@@ -21,6 +22,10 @@ from tests.testsupport.workers import (
     run_rq_worker_with_asyncjobs_class,
     wait_for,
 )
+
+#: The installed RQ's major: the compat suite runs with RQ 2.12 or RQ 3 installed (producers, readers
+#: and stock workers all of that version), and a few expectations differ between the two.
+RQ_MAJOR = int(rq.__version__.split(".", 1)[0])
 
 STOCK = "stock"
 ASYNCJOBS = "asyncjobs"
@@ -179,6 +184,7 @@ def queue(conn: redis.Redis, name: str = "default", **kw: Any) -> Queue:
 
 __all__ = [
     "ASYNCJOBS",
+    "RQ_MAJOR",
     "FORKING_WORKER",
     "SIMPLE_WORKER",
     "STOCK",

@@ -22,12 +22,13 @@ from typing import Any
 
 import pytest
 import redis
+import rq
 from rq import Queue
 from rq.worker import Worker
 
 from compat import jobs
-from compat.support import Launcher, WorkerKind, release, wait_held, wait_status
-from tests.testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, run_rq_cli, wait_for
+from compat.support import RQ_MAJOR, Launcher, WorkerKind, release, wait_held, wait_status
+from tests.testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, run_rq_cli
 
 AJ = "ops-aj"
 STOCK_NAME = "ops-stock"
@@ -56,8 +57,9 @@ def busy(
     aj = launcher.start(asyncjobs_kind, "views", "--name", AJ, concurrency=5)
     stock = launcher.start(stock_kind, "views-stock", "--name", STOCK_NAME)
     wait_held(sync_redis, 6, proc=aj)
-    wait_for(lambda: sync_redis.hget(f"rq:worker:{STOCK_NAME}", "current_job") == b"stock-held", 30,
-             message="stock worker busy")
+    # The stock job's `started` status is written with what each RQ major's readers use to name a
+    # worker's job (2.12: `current_job`; 3.0: the worker's executions set, written just before).
+    wait_status(sync_redis, "stock-held", "started", proc=stock)
     try:
         yield {"q": q, "aj": aj, "stock": stock, "held": held, "waiting": waiting, "deferred": deferred,
                "stock_job": stock_job, "failed": failed}
@@ -69,11 +71,18 @@ def test_stock_readers_see_the_asyncjobs_worker(busy: dict[str, Any], sync_redis
     workers = {w.name: w for w in Worker.all(connection=sync_redis)}
     assert {AJ, STOCK_NAME} <= set(workers)
     aj = workers[AJ]
-    assert "asyncjobs" in aj.version and aj.version.startswith("2.12.0+")
+    assert "asyncjobs" in aj.version and aj.version.startswith(f"{rq.__version__}+")
     assert "asyncjobs" not in workers[STOCK_NAME].version
     assert aj.get_state() == "busy" and [q.name for q in aj.queues] == ["views"]
     current = aj.get_current_job()
     assert current is not None and current.id in {j.id for j in busy["held"]}
+    if RQ_MAJOR >= 3:
+        # RQ 3 lists a worker's executions: all 5 of the asyncjobs worker, the stock one's 1.
+        executions = aj.get_current_executions()
+        assert sorted(e.job_id for e in executions) == sorted(j.id for j in busy["held"])
+        assert aj.current_execution_count == 5
+        assert all(e.worker_name == AJ for e in executions)
+        assert [e.job_id for e in workers[STOCK_NAME].get_current_executions()] == ["stock-held"]
 
     out = run_rq_cli("info", "-u", busy["aj"].argv[busy["aj"].argv.index("-u") + 1], "views", "views-stock")
     assert out.returncode == 0, out.stderr

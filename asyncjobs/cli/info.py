@@ -123,7 +123,7 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
     if queues:
         queue_names = list(dict.fromkeys(queues))
     else:
-        queue_names = sorted(_text(k).removeprefix("rq:queue:") for k in conn.smembers(keys.QUEUES))
+        queue_names = sorted(_text(k).removeprefix(keys.DEFAULT.queue_prefix) for k in conn.smembers(keys.QUEUES))
     worker_keys = sorted(_text(k) for k in conn.smembers(keys.WORKERS))
 
     pipe = conn.pipeline(transaction=False)
@@ -143,7 +143,7 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
             continue
         workers.append(
             WorkerView(
-                name=wk.removeprefix("rq:worker:"),
+                name=wk.removeprefix(keys.DEFAULT.worker_prefix),
                 hostname=data.get("hostname", ""),
                 pid=_int(data["pid"]) if data.get("pid") else None,
                 queues=wqueues,

@@ -53,6 +53,9 @@ def add_connection_args(p: argparse.ArgumentParser, *, config_short: bool = True
     g.add_argument("--sentinel-password-file", default=None, metavar="FILE",
                    help="file holding the sentinels' own password")
     g.add_argument("--db", type=int, default=None, help="database number (with --sentinel; default 0)")
+    g.add_argument("--cluster", action="store_true",
+                   help="the URL names a node of a Redis Cluster: use the node that owns the slot of RQ's key "
+                        "prefix (RQ 3's RQ_KEY_PREFIX, a hash tag such as {rq}) and follow it after failovers")
     g.add_argument("--redis-username", default=None, help="Redis ACL user")
     g.add_argument("--redis-password-file", default=None, metavar="FILE",
                    help="file holding the Redis password (or put it in the URL / settings module)")
@@ -212,4 +215,5 @@ def _with_overrides(target: RedisTarget, args: argparse.Namespace) -> RedisTarge
         master_name=target.master_name,
         options=options,
         sentinel_options=sentinel_options,
+        cluster=bool(getattr(args, "cluster", False)),
     )

@@ -27,6 +27,7 @@ from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.protocol.codec import format_size
+from asyncjobs.protocol.rqversion import prefix_problem
 from asyncjobs.worker.config import DEFAULTS, OPS_SETTINGS, WorkerConfig, ops_options, parse_size
 from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 from asyncjobs.worker.runner import run_worker, setup_logging
@@ -208,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in reversed(args.path or ["."]):
         sys.path.insert(0, os.path.abspath(path))
     try:
+        problem = prefix_problem()
+        if problem:
+            raise ValueError(problem)
         settings = _settings(args)
         _setup_logging(args, settings)
         config = config_from_args(args, settings)

@@ -204,7 +204,11 @@ def get_rate_limiter(channel: str) -> RateLimiter:
 
         if res.redis is None:
             res.redis = Redis.from_url(settings.redis_url)
-        existing = res.limiters[channel] = RedisRateLimiter(res.redis, f"asyncjobs:ratelimit:{channel}", rate)
+        from asyncjobs.protocol.keys import DEFAULT as RQ_KEYS
+
+        # asyncjobs:ratelimit:<channel>, under RQ's key prefix when it is not rq (docs/rq-protocol.md §13.2)
+        key = RQ_KEYS.own(f"ratelimit:{channel}")
+        existing = res.limiters[channel] = RedisRateLimiter(res.redis, key, rate)
     return existing
 
 

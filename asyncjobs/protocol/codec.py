@@ -31,8 +31,11 @@ DEFAULT_CALLBACK_TIMEOUT = 60
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 UNSERIALIZABLE_RETURN_VALUE_PAYLOAD = "Unserializable return value"
 
+#: Every status RQ writes; ``rate_limited`` and ``ready_to_enqueue`` are RQ 3's (docs/rq-protocol.md §13.8):
+#: a job claimed from a queue never carries them, but a hash written by RQ 3 may.
 JOB_STATUSES = frozenset(
-    {"created", "queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled"}
+    {"created", "queued", "started", "deferred", "scheduled", "finished", "failed", "stopped", "canceled",
+     "rate_limited", "ready_to_enqueue"}
 )
 
 
@@ -45,10 +48,14 @@ class ResultType:
 
 
 _DATE_FIELDS = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
-_INT_FIELDS = ("timeout", "result_ttl", "failure_ttl", "ttl", "number_of_retries", "retries_left", "repeats_left")
+_INT_FIELDS = (
+    "timeout", "result_ttl", "failure_ttl", "ttl", "number_of_retries", "retries_left", "repeats_left",
+    "rate_limit_concurrency",  # RQ 3 (Job.restore: int() when set)
+)
 _TEXT_FIELDS = (
     "origin", "worker_name", "description", "group_id",
     "success_callback_name", "failure_callback_name", "stopped_callback_name",
+    "rate_limit_key",  # RQ 3
 )
 _CALLBACK_TIMEOUTS = ("success_callback_timeout", "failure_callback_timeout", "stopped_callback_timeout")
 _FLAG_FIELDS = ("enqueue_at_front", "allow_dependency_failures", "enqueue_at_front_on_retry")
@@ -141,6 +148,13 @@ class JobRecord:
     allow_dependency_failures: bool = False
     group_id: str | None = None
     raw_meta: bytes | None = None
+    rate_limit_key: str | None = None  # RQ 3's RateLimit(key, concurrency)
+    rate_limit_concurrency: int | None = None
+
+    @property
+    def rate_limit(self) -> str | None:
+        """The key whose slot this job holds while queued or started (RQ 3's ``has_rate_limit``)."""
+        return self.rate_limit_key if self.rate_limit_key and self.rate_limit_concurrency else None
 
     def effective_timeout(self) -> float | None:
         """Seconds the job may run, or None for no limit (RQ: ``timeout or 180``, -1 = none)."""
@@ -285,6 +299,8 @@ def parse_job_hash(job_id: str, raw_hash: Mapping[str, bytes] | Mapping[bytes, b
         allow_dependency_failures=bool(get("allow_dependency_failures", 0)),
         group_id=get("group_id") or None,
         raw_meta=raw.get("meta") or None,
+        rate_limit_key=get("rate_limit_key") or None,
+        rate_limit_concurrency=get("rate_limit_concurrency") or None,
     )
 
 
@@ -414,8 +430,23 @@ def retry_interval(intervals: tuple[int, ...], retries_left: int) -> int:
 
 
 def repeat_interval(intervals: tuple[int, ...], repeats_left: int) -> int:
-    """RQ's Repeat: uses the list from its end, clamped (docs/rq-protocol.md §8.8)."""
+    """RQ 2.12's Repeat: uses the list from its end, clamped (docs/rq-protocol.md §8.8)."""
     if not intervals:
         return 0
     index = repeats_left - 1
     return intervals[max(0, min(index, len(intervals) - 1))]
+
+
+def repeat_step(
+    intervals: tuple[int, ...], repeats_left: int, rq_major: int
+) -> tuple[int, tuple[int, ...] | None]:
+    """The next repeat's interval, and the ``repeat_intervals`` to store (None: unchanged).
+
+    RQ 2.12 counts from the end of the list and never changes it; RQ 3 takes the head and
+    stores the rest while more than one is left (``rq/repeat.py``, docs/rq-protocol.md §13.8).
+    """
+    if rq_major < 3:
+        return repeat_interval(intervals, repeats_left), None
+    if not intervals:
+        return 0, None
+    return intervals[0], (intervals[1:] if len(intervals) > 1 else None)

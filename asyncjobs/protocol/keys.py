@@ -1,50 +1,144 @@
-"""The RQ 2.12 Redis key names the Python side of asyncjobs uses (docs/rq-protocol.md §2).
+"""RQ's Redis key names under one key prefix (docs/rq-protocol.md §2, §13.2).
 
-RQ fixes its ``rq:`` prefix in its own classes, so the Lua scripts in ``protocol/lua/``
-spell the keys they touch themselves; this module holds only what Python code builds.
+RQ 3 reads ``RQ_KEY_PREFIX`` once, at ``import rq``, and derives every key from it (``rq`` by
+default, the only prefix RQ 2.12 knows).  :class:`Keys` builds the names the Python side of
+asyncjobs uses for one prefix; the Lua scripts in ``protocol/lua/`` build theirs from the same
+prefix, passed to them as ``KEYS[1]`` (so Redis Cluster routes each call to the node that owns
+the prefix's slot).  ``DEFAULT`` is the installed RQ's prefix; the module-level functions are
+``DEFAULT``'s.
+
+asyncjobs' own keys live under the prefix too (:meth:`Keys.own`), so with a hash-tag prefix such
+as ``{rq}`` every key asyncjobs touches is in the one slot.
 """
 
 from __future__ import annotations
 
-QUEUES = "rq:queues"  # the set of every queue's key
-WORKERS = "rq:workers"
+from dataclasses import dataclass
+
+from asyncjobs.protocol.rqversion import DEFAULT_PREFIX, check_prefix, installed_prefix
+
+__all__ = [
+    "DEFAULT",
+    "QUEUES",
+    "WORKERS",
+    "Keys",
+    "deferred",
+    "execution",
+    "failed",
+    "job",
+    "pubsub",
+    "queue",
+    "scheduled",
+    "started",
+    "worker",
+    "workers_of_queue",
+]
 
 
-def queue(name: str) -> str:
-    return f"rq:queue:{name}"
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under ``prefix`` (e.g. ``rq``, ``myapp``, ``{rq}``)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        check_prefix(self.prefix)
+
+    @property
+    def queues(self) -> str:
+        return f"{self.prefix}:queues"  # the set of every queue's key
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def suspended(self) -> str:
+        return f"{self.prefix}:suspended"
+
+    @property
+    def queue_prefix(self) -> str:
+        return f"{self.prefix}:queue:"
+
+    @property
+    def worker_prefix(self) -> str:
+        return f"{self.prefix}:worker:"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}:queue:{name}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def execution(self, job_id: str, execution_id: str) -> str:
+        return f"{self.prefix}:execution:{job_id}:{execution_id}"
+
+    def executions(self, job_id: str) -> str:
+        return f"{self.prefix}:executions:{job_id}"
+
+    def results(self, job_id: str) -> str:
+        return f"{self.prefix}:results:{job_id}"
+
+    def started(self, name: str) -> str:
+        return f"{self.prefix}:wip:{name}"
+
+    def finished(self, name: str) -> str:
+        return f"{self.prefix}:finished:{name}"
+
+    def failed(self, name: str) -> str:
+        return f"{self.prefix}:failed:{name}"
+
+    def deferred(self, name: str) -> str:
+        return f"{self.prefix}:deferred:{name}"
+
+    def scheduled(self, name: str) -> str:
+        return f"{self.prefix}:scheduled:{name}"
+
+    def ready(self, name: str) -> str:
+        return f"{self.prefix}:ready:{name}"  # RQ 3's ReadyJobRegistry
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def worker_executions(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}:executions"  # RQ 3: the worker's live <jid>:<eid>
+
+    def workers_of_queue(self, name: str) -> str:
+        return f"{self.prefix}:workers:{name}"
+
+    def pubsub(self, worker_name: str) -> str:
+        return f"{self.prefix}:pubsub:{worker_name}"
+
+    def rate_limit(self, key: str) -> str:
+        return f"{self.prefix}:rl:{key}"  # RQ 3: <prefix>:rl:<key>, :allowed, :rate_limited
+
+    @property
+    def rate_limit_keys(self) -> str:
+        return f"{self.prefix}:rl-keys"
+
+    def own(self, name: str) -> str:
+        """A key of asyncjobs' own (not RQ's): ``<prefix>:asyncjobs:<name>``.
+
+        Under the default prefix the names asyncjobs 0.2 used are kept (``asyncjobs:<name>``), so a
+        rolling upgrade shares its locks and limiters with the workers not yet upgraded.
+        """
+        if self.prefix == DEFAULT_PREFIX:
+            return f"asyncjobs:{name}"
+        return f"{self.prefix}:asyncjobs:{name}"
 
 
-def job(job_id: str) -> str:
-    return f"rq:job:{job_id}"
+#: The installed RQ's prefix (``RQ_KEY_PREFIX`` under RQ 3, else ``rq``).
+DEFAULT = Keys(installed_prefix())
 
-
-def execution(job_id: str, execution_id: str) -> str:
-    return f"rq:execution:{job_id}:{execution_id}"
-
-
-def started(name: str) -> str:
-    return f"rq:wip:{name}"
-
-
-def failed(name: str) -> str:
-    return f"rq:failed:{name}"
-
-
-def deferred(name: str) -> str:
-    return f"rq:deferred:{name}"
-
-
-def scheduled(name: str) -> str:
-    return f"rq:scheduled:{name}"
-
-
-def worker(name: str) -> str:
-    return f"rq:worker:{name}"
-
-
-def workers_of_queue(name: str) -> str:
-    return f"rq:workers:{name}"
-
-
-def pubsub(worker_name: str) -> str:
-    return f"rq:pubsub:{worker_name}"
+QUEUES = DEFAULT.queues
+WORKERS = DEFAULT.workers
+queue = DEFAULT.queue
+job = DEFAULT.job
+execution = DEFAULT.execution
+started = DEFAULT.started
+failed = DEFAULT.failed
+deferred = DEFAULT.deferred
+scheduled = DEFAULT.scheduled
+worker = DEFAULT.worker
+workers_of_queue = DEFAULT.workers_of_queue
+pubsub = DEFAULT.pubsub

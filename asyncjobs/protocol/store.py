@@ -1,9 +1,10 @@
-"""Async store on redis.asyncio speaking RQ 2.12's format.
+"""Async store on redis.asyncio speaking RQ's format (2.12 and 3.x; docs/rq-protocol.md §13).
 
 Every multi-key transition is one Lua script call, batched across jobs:
 claiming N jobs (pop + start), finishing N jobs (results, registries, TTLs,
 dependents, worker counters) and heart-beating every running execution each
-cost one round trip whatever N is.
+cost one round trip whatever N is.  One store serves one key prefix (``keys``):
+every script is passed the prefix as ``KEYS[1]`` and builds its keys from it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from asyncjobs.protocol import keys
 from asyncjobs.protocol.codec import MalformedJobError, normalize_hash, parse_job_hash
+from asyncjobs.protocol.keys import DEFAULT, Keys
+from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION
 from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc, utcnow
 from asyncjobs.protocol.transitions import Transition
 
-RQ_VERSION = "2.12.0"
+__all__ = [
+    "CLAIM_RECORD_TTL", "RQ_VERSION", "ClaimRequest", "ClaimResult", "Claimed", "Outcomes", "RedisStore",
+    "Running", "WorkerInfo", "WorkerNameTaken", "registered_version",
+]
 
 
 def _script(name: str) -> str:
@@ -45,9 +50,10 @@ def _exchange_script() -> str:
 
     See docs/rq-protocol.md §11.2 (claim tokens) and §11.6 (one script per cycle).
 
-    ARGV[1] is the finish payload ('' for none), ARGV[2] the claim's token key ('' when nothing
-    is claimed), ARGV[3] the space-separated token keys of calls whose reply arrived (deleted
-    here), ARGV[4...] claim.lua's arguments.  Outcomes are applied at most once by finish.lua
+    KEYS[1] is the key prefix (both scripts build their keys from it), ARGV[1] the finish payload
+    ('' for none), ARGV[2] the claim's token key ('' when nothing is claimed), ARGV[3] the
+    space-separated token keys of calls whose reply arrived (deleted here), ARGV[4...]
+    claim.lua's arguments.  Outcomes are applied at most once by finish.lua
     itself; the claim runs at most once per token: a replay (redis-py's retry, a re-send after
     an outage, a request that reached Redis after its sender gave up) returns the jobs the
     first run claimed that are still this execution's, and claims nothing new.  Each file
@@ -56,6 +62,7 @@ def _exchange_script() -> str:
     return (
         "local function finish(ARGV)\n" + _script("finish.lua") + "\nend\n"
         "local function claim(ARGV, record)\n" + _script("claim.lua") + "\nend\n"
+        "local P = KEYS[1]\n"
         "if ARGV[1] ~= '' then finish({ARGV[1]}) end\n"
         "for key in string.gmatch(ARGV[3], '%S+') do redis.call('DEL', key) end\n"
         "local tk = ARGV[2]\n"
@@ -67,15 +74,15 @@ def _exchange_script() -> str:
         "  local claimed = {}\n"
         "  for _, e in ipairs(redis.call('LRANGE', tk, 1, -1)) do\n"
         "    local q, jid, eid = string.match(e, '^(.-)\\t(.-)\\t(.*)$')\n"
-        "    local jk = 'rq:job:' .. jid\n"
-        "    if redis.call('ZSCORE', 'rq:wip:' .. q, jid .. ':' .. eid)\n"
+        "    local jk = P .. ':job:' .. jid\n"
+        "    if redis.call('ZSCORE', P .. ':wip:' .. q, jid .. ':' .. eid)\n"
         "        and redis.call('TYPE', jk)['ok'] == 'hash' then\n"
-        "      redis.call('ZADD', 'rq:wip:' .. q, 'XX', wip_score, jid .. ':' .. eid)\n"
-        "      local ek = 'rq:execution:' .. jid .. ':' .. eid\n"
+        "      redis.call('ZADD', P .. ':wip:' .. q, 'XX', wip_score, jid .. ':' .. eid)\n"
+        "      local ek = P .. ':execution:' .. jid .. ':' .. eid\n"
         "      redis.call('HSET', ek, 'last_heartbeat', now_f)\n"
         "      redis.call('EXPIRE', ek, exec_ttl)\n"
-        "      redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)\n"
-        "      redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)\n"
+        "      redis.call('ZADD', P .. ':executions:' .. jid, exec_score, eid)\n"
+        "      redis.call('EXPIRE', P .. ':executions:' .. jid, exec_ttl)\n"
         "      redis.call('HSET', jk, 'last_heartbeat', now_ts)\n"
         "      table.insert(claimed, {q, jid, eid, redis.call('HGETALL', jk)})\n"
         "    end\n"
@@ -123,6 +130,14 @@ class Claimed:
     raw: Mapping[str, bytes]
     started_at: datetime
 
+    @property
+    def rate_limit_key(self) -> str | None:
+        """RQ 3: the key whose slot the job holds (both ``rate_limit_*`` fields set), else None."""
+        key, concurrency = self.raw.get("rate_limit_key"), self.raw.get("rate_limit_concurrency")
+        if not key or not concurrency:
+            return None
+        return key.decode("utf-8", "replace")
+
 
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
@@ -148,9 +163,10 @@ class WorkerInfo:
 
 
 def registered_version(concurrency: int | None = None) -> str:
-    """The worker hash's ``version``: RQ's, with asyncjobs (and its concurrency) as a PEP 440 local
-    label, e.g. ``2.12.0+asyncjobs.0.1.0.c50``. Stock readers store it as text (``Worker.refresh``)
-    and rq-dashboard shows it as "RQ <version>"; anything parsing it as a version still gets 2.12.0."""
+    """The worker hash's ``version``: the installed RQ's, with asyncjobs (and its concurrency) as a
+    PEP 440 local label, e.g. ``3.0.0+asyncjobs.0.1.0.c50``. Stock readers store it as text
+    (``Worker.refresh``) and rq-dashboard shows it as "RQ <version>"; anything parsing it as a
+    version still gets RQ's."""
     from asyncjobs import __version__
 
     label = f"asyncjobs.{__version__}" + (f".c{concurrency}" if concurrency else "")
@@ -161,33 +177,51 @@ class WorkerNameTaken(RuntimeError):
     pass
 
 
+# KEYS: the worker key, rq:workers, the worker's executions set, then rq:workers:<q> per queue.
 _BURY = """
 local key = KEYS[1]
 if redis.call('HGET', key, 'pid') ~= ARGV[1] or redis.call('HEXISTS', key, 'death') == 1 then
   return 0
 end
-redis.call('SREM', 'rq:workers', key)
-for i = 2, #KEYS do redis.call('SREM', KEYS[i], key) end
+redis.call('SREM', KEYS[2], key)
+for i = 4, #KEYS do redis.call('SREM', KEYS[i], key) end
 redis.call('HSET', key, 'death', ARGV[2])
 redis.call('HDEL', key, 'current_job')
 redis.call('EXPIRE', key, 60)
+redis.call('DEL', KEYS[3])
 return 1
 """
 
 
 class RedisStore:
-    """RQ-format operations for one worker identity."""
+    """RQ-format operations for one worker identity under one key prefix.
 
-    def __init__(self, redis: Redis, worker_name: str, *, heartbeat_ttl: int = 90) -> None:
+    ``rq_major`` is the RQ major whose readers to write for (the installed one by default): it
+    decides what differs between RQ 2.12 and 3 (docs/rq-protocol.md §13.1).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        worker_name: str,
+        *,
+        heartbeat_ttl: int = 90,
+        keys: Keys = DEFAULT,
+        rq_major: int = RQ_MAJOR,
+    ) -> None:
         self.redis = redis
         self.worker_name = worker_name
         self.heartbeat_ttl = heartbeat_ttl
+        self.keys = keys
+        self.rq_major = rq_major
+        self._prefix_key = [keys.prefix]
         self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
         self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
         self._exchange: AsyncScript = redis.register_script(_exchange_script())
         # Claim tokens are unique to this process: another process of the same worker name (a restart,
         # a --processes child) must never find one of them and take its claim for a replay.
-        self._token_prefix = f"rq:asyncjobs:claim:{worker_name}:{uuid.uuid4().hex[:16]}"
+        # Under the prefix: with a hash-tag prefix ({rq}) they share the slot of the keys they go with.
+        self._token_prefix = f"{keys.prefix}:asyncjobs:claim:{worker_name}:{uuid.uuid4().hex[:16]}"
         self._claims = 0
         self._answered: list[str] = []  # tokens of claims whose reply arrived: deleted by the next call
 
@@ -228,7 +262,7 @@ class RedisStore:
             *request.execution_ids,
         ]
         try:
-            reply = await self._exchange(args=args)
+            reply = await self._exchange(keys=self._prefix_key, args=args)
         except BaseException:
             self._answered = answered + self._answered  # not known to be deleted: try again next time
             raise
@@ -243,7 +277,7 @@ class RedisStore:
         unchanged, so a lost reply, a retry or a cancelled wait can never strand an id
         (docs/rq-protocol.md §11.3).
         """
-        key = keys.queue(queue)
+        key = self.keys.queue(queue)
         value = await self.redis.blmove(key, key, timeout, "LEFT", "LEFT")  # type: ignore[arg-type]
         return value is not None
 
@@ -265,7 +299,7 @@ class RedisStore:
     async def finish(self, outcomes: Outcomes) -> None:
         """Store outcomes alone (no claim); applying the same outcome twice is a no-op."""
         if outcomes.transitions:
-            await self._finish(args=[self._finish_payload(outcomes, utcnow())])
+            await self._finish(keys=self._prefix_key, args=[self._finish_payload(outcomes, utcnow())])
 
     def _finish_payload(self, outcomes: Outcomes, now: datetime) -> str:
         payload: dict[str, Any] = {
@@ -274,6 +308,8 @@ class RedisStore:
             "now_ts": format_utc(now),
             "jobs": [t.to_wire() for t in outcomes.transitions],
         }
+        if self.rq_major >= 3:
+            payload["rq3"] = True
         if outcomes.state is not None:
             payload["state"] = outcomes.state
             payload["current"] = outcomes.current_job or ""
@@ -285,7 +321,7 @@ class RedisStore:
         args = [self.worker_name, str(worker_ttl), *self._start_args(now)[1:]]
         for r in running:
             args += [r.queue, r.job_id, r.execution_id]
-        alive = await self._heartbeat(args=args)
+        alive = await self._heartbeat(keys=self._prefix_key, args=args)
         return bool(alive)
 
     async def repair_abandoned(self, queues: Sequence[str]) -> list[str]:
@@ -299,11 +335,11 @@ class RedisStore:
         now = epoch_float(utcnow())
         repaired: list[str] = []
         for q in queues:
-            members: list[bytes] = await self.redis.zrangebyscore(keys.started(q), "-inf", now)  # type: ignore[assignment]
+            members: list[bytes] = await self.redis.zrangebyscore(self.keys.started(q), "-inf", now)  # type: ignore[assignment]
             for member in members:
                 job_id = member.decode().rpartition(":")[0]
                 try:
-                    raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[assignment]
+                    raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
                 except ResponseError:
                     continue  # not a hash (someone overwrote the key): nothing of RQ's to repair
                 if not raw:
@@ -312,12 +348,13 @@ class RedisStore:
                     parse_job_hash(job_id, raw)
                 except MalformedJobError as exc:
                     if exc.repairs:
-                        await self.redis.hset(keys.job(job_id), mapping=exc.repairs)  # type: ignore[arg-type]
+                        await self.redis.hset(self.keys.job(job_id), mapping=exc.repairs)  # type: ignore[arg-type]
                         repaired.append(job_id)
         return repaired
 
     # -- worker registration ---------------------------------------------------
     async def register_birth(self, info: WorkerInfo) -> None:
+        keys = self.keys
         key = keys.worker(info.name)
         existing = await self.redis.hget(key, "death")
         if await self.redis.exists(key) and existing is None:
@@ -345,7 +382,7 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            pipe.sadd(keys.WORKERS, key)
+            pipe.sadd(keys.workers, key)
             for q in info.queues:
                 pipe.sadd(keys.workers_of_queue(q), key)
             pipe.expire(key, info.ttl)
@@ -353,25 +390,29 @@ class RedisStore:
 
     async def reregister(self, info: WorkerInfo) -> None:
         """The worker key expired under us (e.g. a long Redis outage): write it again."""
-        await self.redis.delete(keys.worker(info.name))
+        await self.redis.delete(self.keys.worker(info.name))
         await self.register_birth(info)
 
     async def register_death(self, queues: Sequence[str]) -> None:
+        keys = self.keys
         key = keys.worker(self.worker_name)
         answered, self._answered = self._answered, []
         async with self.redis.pipeline(transaction=True) as pipe:
             if answered:
                 pipe.delete(*answered)  # claim records no longer needed (the rest expire on their own)
-            pipe.srem(keys.WORKERS, key)
+            pipe.srem(keys.workers, key)
             for q in queues:
                 pipe.srem(keys.workers_of_queue(q), key)
             pipe.hset(key, "death", format_utc(utcnow()))
             pipe.hdel(key, "current_job")
             pipe.expire(key, 60)
+            pipe.delete(keys.worker_executions(self.worker_name))  # as RQ 3's death (harmless to 2.12)
             await pipe.execute()
 
     @staticmethod
-    async def bury(redis: Redis, worker_name: str, queues: Sequence[str], pid: int) -> bool:
+    async def bury(
+        redis: Redis, worker_name: str, queues: Sequence[str], pid: int, *, keys: Keys = DEFAULT
+    ) -> bool:
         """Register the death of worker ``worker_name`` whose process ``pid`` is known to be gone.
 
         Only if its hash still names that pid and has no ``death``: what a stock
@@ -382,8 +423,10 @@ class RedisStore:
         key = keys.worker(worker_name)
         reply = await redis.eval(
             _BURY,
-            1 + len(queues),
+            3 + len(queues),
             key,
+            keys.workers,
+            keys.worker_executions(worker_name),
             *[keys.workers_of_queue(q) for q in queues],
             str(pid),
             format_utc(utcnow()),
@@ -392,7 +435,7 @@ class RedisStore:
 
     async def set_state(self, state: str, *, current_job: str | bool | None = False) -> None:
         """Set ``state``; ``current_job`` = id to set, None to clear, False to leave alone."""
-        key = keys.worker(self.worker_name)
+        key = self.keys.worker(self.worker_name)
         if current_job is False:
             await self.redis.hset(key, "state", state)
             return
@@ -405,7 +448,7 @@ class RedisStore:
             await pipe.execute()
 
     async def mark_shutdown_requested(self) -> None:
-        await self.redis.hset(keys.worker(self.worker_name), "shutdown_requested_date", format_utc(utcnow()))
+        await self.redis.hset(self.keys.worker(self.worker_name), "shutdown_requested_date", format_utc(utcnow()))
 
     async def _ip_address(self) -> str:
         try:

@@ -6,11 +6,14 @@ script's header documents exactly those fields (a test compares them).  The
 worker's counters (successful/failed jobs, working time) travel with each
 transition, so an outcome that is applied at most once is also counted at most
 once.  Field semantics follow ``docs/rq-protocol.md §8`` (success, failure,
-retries, dependents, repeat, give-back).
+retries, dependents, repeat, give-back); where RQ 3 differs (a returned ``Retry``'s
+``enqueue_at_front``, the order of ``Repeat`` intervals), the builders take the RQ
+major to follow, by default the installed one (``docs/rq-protocol.md §13.8``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -21,10 +24,11 @@ from asyncjobs.protocol.codec import (
     DEFAULT_FAILURE_TTL,
     JobRecord,
     ResultType,
-    repeat_interval,
+    repeat_step,
     result_entry,
     retry_interval,
 )
+from asyncjobs.protocol.rqversion import RQ_MAJOR
 from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc
 
 STOPPED_MESSAGE = "Job stopped by user, work-horse terminated."
@@ -82,6 +86,7 @@ class Transition:
     succeeded: int = 0  # worker counters, applied with the transition
     failed: int = 0
     working_time: float = 0.0
+    rate_limit_key: str | None = None  # RQ 3: the job holds a slot under this key until it ends
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object ``finish.lua`` reads (see its header)."""
@@ -116,6 +121,8 @@ class Transition:
             out["failed"] = self.failed
         if self.working_time:
             out["wt"] = f"{self.working_time:.6f}"
+        if self.rate_limit_key:
+            out["rl"] = self.rate_limit_key
         return out
 
     def without_failure_record(self) -> Transition:
@@ -126,7 +133,7 @@ class Transition:
 #: The fields :meth:`Transition.to_wire` can emit (finish.lua's header documents each one).
 WIRE_FIELDS = frozenset({
     "id", "eid", "q", "kind", "started_at", "ended_at", "hb", "result", "result_ttl", "failure_ttl",
-    "deps", "dd", "no_registry", "next", "repairs", "ok", "failed", "wt",
+    "deps", "dd", "no_registry", "next", "repairs", "ok", "failed", "wt", "rl",
 })
 
 
@@ -165,16 +172,23 @@ def _requeue_or_schedule(*, interval: int, now: datetime, at_front: bool, fields
 
 
 def success(
-    job: JobRecord, ex: Execution, return_value_b64: str | None, default_result_ttl: int, *, working_time: float = 0.0
+    job: JobRecord,
+    ex: Execution,
+    return_value_b64: str | None,
+    default_result_ttl: int,
+    *,
+    working_time: float = 0.0,
+    rq_major: int = RQ_MAJOR,
 ) -> Transition:
     ttl = job.effective_result_ttl(default_result_ttl)
     nxt = None
     if job.repeats_left is not None and job.repeats_left > 0 and ttl != 0:
+        interval, rest = repeat_step(job.repeat_intervals, job.repeats_left, rq_major)
+        fields = {"repeats_left": str(job.repeats_left - 1)}
+        if rest is not None:
+            fields["repeat_intervals"] = json.dumps(list(rest))
         nxt = _requeue_or_schedule(
-            interval=repeat_interval(job.repeat_intervals, job.repeats_left),
-            now=ex.ended_at or ex.started_at,
-            at_front=False,
-            fields={"repeats_left": str(job.repeats_left - 1)},
+            interval=interval, now=ex.ended_at or ex.started_at, at_front=False, fields=fields,
         )
     return _base(
         ex, Kind.SUCCESS, job,
@@ -246,8 +260,13 @@ def value_retry(
     intervals: tuple[int, ...],
     retry_b64: str,
     working_time: float = 0.0,
+    at_front: bool = False,
+    rq_major: int = RQ_MAJOR,
 ) -> Transition:
-    """The job *returned* ``Retry(max, interval)``: RETRIED (type 4) or MAX_RETRIES_EXCEEDED (type 5)."""
+    """The job *returned* ``Retry(max, interval)``: RETRIED (type 4) or MAX_RETRIES_EXCEEDED (type 5).
+
+    ``at_front`` is the returned ``Retry``'s ``enqueue_at_front``: RQ 3 honours it (and keeps it in
+    ``enqueue_at_front_on_retry``), RQ 2.12 always requeues at the back."""
     count = job.number_of_retries or 0
     if count and count >= max_retries:
         return _base(
@@ -259,11 +278,14 @@ def value_retry(
             working_time=working_time,
         )
     interval = intervals[min(len(intervals) - 1, count)] if intervals else 0
+    fields = {"number_of_retries": str(count + 1)}
+    front = False
+    if rq_major >= 3:
+        front = job.enqueue_at_front_on_retry or at_front
+        if front and not job.enqueue_at_front_on_retry:
+            fields["enqueue_at_front_on_retry"] = "1"
     nxt = _requeue_or_schedule(
-        interval=interval,
-        now=ex.ended_at or ex.started_at,
-        at_front=False,
-        fields={"number_of_retries": str(count + 1)},
+        interval=interval, now=ex.ended_at or ex.started_at, at_front=front, fields=fields,
     )
     return _base(
         ex, Kind.RETRY, None,

@@ -2,6 +2,8 @@
 
 - ``shutdown``: warm shutdown (finish jobs in flight, exit).
 - ``stop-job``: cancel that job if it runs here; it ends ``stopped``.
+- ``stop-execution`` (RQ 3's ``send_stop_execution_command``): the same for the one
+  execution it names (docs/rq-protocol.md §13.6).
 - ``kill-horse``: there is no work-horse process; the job named in the
   worker's ``current_job`` is cancelled and failed with "Work-horse terminated
   unexpectedly", which is what a stock worker records for a killed horse.
@@ -28,6 +30,8 @@ class Controllable(Protocol):
 
     def stop_job(self, job_id: str, reason: str = ...) -> bool: ...
 
+    def stop_execution(self, execution_id: str) -> bool: ...
+
     def current_job_id(self) -> str | None: ...
 
 
@@ -51,6 +55,11 @@ class CommandListener:
             job_id = str(data.get("job_id", ""))
             if not self.target.stop_job(job_id, "stop"):
                 log.info("stop-job for %s ignored: not running here", job_id)
+        elif command == "stop-execution":
+            execution_id = str(data.get("execution_id", ""))
+            if not self.target.stop_execution(execution_id):
+                log.warning("stop-execution for %s (job %s) ignored: not running here", execution_id,
+                            data.get("job_id"))
         elif command == "kill-horse":
             current = self.target.current_job_id()
             if current is not None:

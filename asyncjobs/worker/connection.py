@@ -15,6 +15,11 @@ Three ways to say where Redis is, as ``rq worker`` has them:
 * neither: explicit connection values in ``options`` (``host``, ``port``,
   ``db``, ``unix_socket_path`` ...), like RQ's ``REDIS_HOST``/``REDIS_PORT``.
 
+With ``cluster=True`` the URL (or ``host``/``port``) names any node of a Redis
+Cluster, and every client connects to the node that owns the slot of RQ's key
+prefix, following it after a failover (:mod:`asyncjobs.worker.cluster`,
+docs/rq-protocol.md §14).
+
 ``options`` are keyword arguments of ``redis.Redis`` (``username``,
 ``password``, ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_certfile``,
 ``ssl_keyfile``, ``ssl_cert_reqs``, ``ssl_check_hostname``,
@@ -24,6 +29,7 @@ Three ways to say where Redis is, as ``rq worker`` has them:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -79,6 +85,9 @@ class RedisTarget:
     master_name: str = "mymaster"
     options: Mapping[str, Any] = field(default_factory=dict)
     sentinel_options: Mapping[str, Any] = field(default_factory=dict)
+    cluster: bool = False
+    #: With ``cluster``: the key whose slot to follow; None = RQ's key prefix (RQ_KEY_PREFIX)
+    slot_key: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.options) - PLAIN_OPTIONS
@@ -93,6 +102,47 @@ class RedisTarget:
             raise ValueError(
                 f"invalid Redis URL {redact_url(self.url)!r}: it must start with redis://, rediss:// or unix://"
             )
+        if self.cluster:
+            self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION, hash_tag
+
+        if self.sentinels:
+            raise ValueError("--cluster and --sentinel exclude each other: a Redis Cluster fails over by itself")
+        if (self.url or "").startswith("unix://") or self.options.get("unix_socket_path"):
+            raise ValueError("--cluster needs a TCP address of a cluster node (redis:// or rediss://), not a unix socket")
+        if self._seed_kwargs().get("db", 0) not in (0, "0"):
+            raise ValueError(f"a Redis Cluster has only database 0: drop the /db from {self.describe()}")
+        if self.slot_key is None:
+            if RQ_MAJOR < 3:
+                raise ValueError(
+                    f"--cluster needs RQ 3 (installed: RQ {RQ_VERSION}), whose RQ_KEY_PREFIX can put every key "
+                    "in one slot: install rq>=3,<4 and set RQ_KEY_PREFIX='{rq}'"
+                )
+            prefix = self.cluster_prefix()
+            if hash_tag(prefix) is None:
+                raise ValueError(
+                    f"--cluster: RQ_KEY_PREFIX={prefix!r} has no hash tag, so RQ's keys spread over many slots: "
+                    "set RQ_KEY_PREFIX to a tag such as '{rq}' (producers and workers alike)"
+                )
+
+    @staticmethod
+    def cluster_prefix() -> str:
+        from asyncjobs.protocol.keys import DEFAULT
+
+        return DEFAULT.prefix
+
+    def _seed_kwargs(self) -> dict[str, Any]:
+        from redis.connection import parse_url
+
+        kw: dict[str, Any] = {}
+        if self.url is not None and not self.url.startswith("unix://"):
+            kw = {k: v for k, v in parse_url(self.url).items() if k != "connection_class"}
+            if self.url.startswith("rediss://"):
+                kw["ssl"] = True
+        kw.update(self.options)
+        return kw
 
     # ---------------------------------------------------------------- description
     @property
@@ -107,6 +157,11 @@ class RedisTarget:
             where = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             db = self.options.get("db", 0)
             return f"Sentinel master {self.master_name!r} via {where} db {db}{user}{tls}"
+        if self.cluster:
+            seed = self._seed_kwargs()
+            key = self.slot_key or self.cluster_prefix()
+            return (f"Redis Cluster via {seed.get('host', 'localhost')}:{seed.get('port', 6379)}{user}{tls}, "
+                    f"the node owning the slot of {key!r}")
         if self.url is not None:
             return f"{redact_url(self.url)}{user}{tls}"
         if self.options.get("unix_socket_path"):
@@ -119,10 +174,31 @@ class RedisTarget:
     def __repr__(self) -> str:
         opts = {k: ("***" if k in _SECRET and v else v) for k, v in self.options.items()}
         sopts = {k: ("***" if k in _SECRET and v else v) for k, v in self.sentinel_options.items()}
+        cluster = f", cluster=True, slot_key={self.slot_key!r}" if self.cluster else ""
         return (
             f"RedisTarget(url={redact_url(self.url) if self.url else None!r}, sentinels={self.sentinels!r}, "
-            f"master_name={self.master_name!r}, options={opts!r}, sentinel_options={sopts!r})"
+            f"master_name={self.master_name!r}, options={opts!r}, sentinel_options={sopts!r}{cluster})"
         )
+
+    def slot_owner(self) -> Any:
+        """The :class:`~asyncjobs.worker.cluster.SlotOwner` of this target (one per process)."""
+        from asyncjobs.worker.cluster import SlotOwner
+
+        seed = self._seed_kwargs()
+        key = self.slot_key or self.cluster_prefix()
+        address = (str(seed.get("host", "localhost")), int(seed.get("port", 6379)))
+        ident = (address, key, seed.get("username"))
+        with _OWNERS_LOCK:
+            owner = _OWNERS.get(ident)
+            if owner is None:
+                owner = _OWNERS[ident] = SlotOwner([address], key, seed)
+        return owner
+
+    def _cluster_kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        kw = self._seed_kwargs()
+        kw.update(overrides)
+        kw.pop("db", None)
+        return kw
 
     # ---------------------------------------------------------------- clients
     def _kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,6 +212,10 @@ class RedisTarget:
         """A new ``redis.asyncio.Redis`` (the caller closes it with ``aclose()``)."""
         import redis.asyncio as aredis
 
+        if self.cluster:
+            from asyncjobs.worker.cluster import async_pool
+
+            return aredis.Redis(connection_pool=async_pool(self.slot_owner(), self._cluster_kwargs(overrides)))
         kw = self._kwargs(overrides)
         if self.sentinels:
             from redis.asyncio.sentinel import Sentinel
@@ -153,6 +233,10 @@ class RedisTarget:
         """A new synchronous ``redis.Redis`` (for RQ's own classes; the caller closes it)."""
         import redis as sync_redis
 
+        if self.cluster:
+            from asyncjobs.worker.cluster import sync_pool
+
+            return sync_redis.Redis(connection_pool=sync_pool(self.slot_owner(), self._cluster_kwargs(overrides)))
         kw = self._kwargs(overrides)
         if self.sentinels:
             from redis.sentinel import Sentinel
@@ -196,6 +280,10 @@ class RedisTarget:
         if "path" in pool.connection_kwargs:
             options["unix_socket_path"] = pool.connection_kwargs["path"]
         return cls(url=None, options=options)
+
+
+_OWNERS: dict[tuple[Any, ...], Any] = {}
+_OWNERS_LOCK = threading.Lock()
 
 
 def _plain(kwargs: Mapping[str, Any]) -> dict[str, Any]:

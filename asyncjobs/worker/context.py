@@ -2,9 +2,10 @@
 
 The job being run is kept in a context variable, which follows the job into
 its own task and into the thread that runs a sync job.  ``rq.get_current_job()``
-works too: its thread-local job stack is keyed per (thread, asyncio task) once
-the worker calls :func:`install_rq_job_stack`, so concurrent async jobs on one
-loop each see their own job.
+works too, under either RQ major: RQ 3 keeps the job in a context variable of its
+own (``rq.job._current_job``), set here in the job's task or thread; RQ 2.12 keeps a
+thread-local stack, keyed per (thread, asyncio task) once the worker calls
+:func:`install_rq_job_stack`, so concurrent async jobs on one loop each see their own job.
 
 The returned object is a real ``rq.job.Job`` built lazily from the hash the
 worker already read (no extra round trip), bound to a synchronous Redis
@@ -87,19 +88,32 @@ def _task_aware_ident() -> Any:
 
 
 def install_rq_job_stack() -> None:
-    """Make ``rq.get_current_job()`` per asyncio task as well as per thread (idempotent)."""
+    """Make ``rq.get_current_job()`` per asyncio task as well as per thread (idempotent).
+
+    RQ 3's context variable already is; RQ 2.12's ``LocalStack`` is keyed by thread only."""
     from rq import job as rq_job
 
-    rq_job._job_stack.__ident_func__ = _task_aware_ident
+    stack = getattr(rq_job, "_job_stack", None)
+    if stack is not None:  # RQ 2.12
+        stack.__ident_func__ = _task_aware_ident
 
 
-def push_rq_job(handle: JobHandle) -> None:
+def push_rq_job(handle: JobHandle) -> Any:
+    """Make ``handle``'s job ``rq.get_current_job()`` in the current context (task or thread);
+    returns what :func:`pop_rq_job` needs, to be called in the same context."""
     from rq import job as rq_job
 
-    rq_job._job_stack.push(_LazyJob(handle))  # type: ignore[no-untyped-call]
+    current = getattr(rq_job, "_current_job", None)
+    if current is not None:  # RQ 3: a ContextVar
+        return current.set(_LazyJob(handle))
+    rq_job._job_stack.push(_LazyJob(handle))
+    return None
 
 
-def pop_rq_job() -> None:
+def pop_rq_job(token: Any = None) -> None:
     from rq import job as rq_job
 
-    rq_job._job_stack.pop()  # type: ignore[no-untyped-call]
+    if token is not None:
+        rq_job._current_job.reset(token)
+    else:
+        rq_job._job_stack.pop()

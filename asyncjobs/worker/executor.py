@@ -156,7 +156,8 @@ class _SyncCall:
 
     def _run(self) -> Any:
         try:
-            push_rq_job(self.handle)
+            # In the job's own context: RQ 3 keeps its current job in a context variable.
+            token = self.ctx.run(push_rq_job, self.handle)
             try:
                 if self.hooks is not None:
                     self.ctx.run(self.hooks.before)
@@ -167,7 +168,7 @@ class _SyncCall:
                     result = asyncio.run(_await(result))
                 return result
             finally:
-                pop_rq_job()
+                self.ctx.run(pop_rq_job, token)
         finally:
             with self.lock:
                 self.finished = True
@@ -212,11 +213,11 @@ class Executor:
         token = set_current(handle)
         try:
             if _is_coroutine_function(func):
-                push_rq_job(handle)  # per task on the loop; a sync job pushes in its own thread
+                rq_token = push_rq_job(handle)  # per task on the loop; a sync job pushes in its own thread
                 try:
                     return await func(*args, **kwargs)
                 finally:
-                    pop_rq_job()
+                    pop_rq_job(rq_token)
             call = _SyncCall(func, args, kwargs, handle, thread_hooks)
             future = self._pool.submit(call)
             try:

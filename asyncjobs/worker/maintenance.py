@@ -6,7 +6,11 @@ entries, abandoned started jobs (retried if retries are left, else failed with
 ``AbandonedJobError``), dead workers, and intermediate-list leftovers.  The
 work runs in a thread on a synchronous connection, with RQ's own functions, so
 its semantics are stock's by construction; a job abandoned by any worker,
-stock or asyncjobs, is recovered the same way.
+stock or asyncjobs, is recovered the same way.  Under RQ 3 that includes what
+3.0's maintenance adds (docs/rq-protocol.md §13.7): ready dependents left by a
+crash are enqueued, leaked rate-limit slots are released (and abandoned
+rate-limited jobs give theirs back), ``failed`` webhooks of abandoned jobs are
+sent, and groups are cleaned only under RQ 3's ``<prefix>:clean_groups`` lock.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncjobs.backoff import wait_or
+from asyncjobs.protocol.rqversion import RQ_MAJOR
 from asyncjobs.protocol.serializers import Serializer
 from asyncjobs.worker.config import WorkerConfig
 
@@ -57,7 +62,11 @@ class Maintenance:
                     queue.intermediate_queue.cleanup(shim, queue)
                 finally:
                     queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        Group.clean_registries(connection=conn)
+        if RQ_MAJOR < 3:
+            Group.clean_registries(connection=conn)
+        elif Group.acquire_maintenance_lock(conn, max(int(self.config.maintenance_interval) - 1, 1)):
+            # RQ 3: one worker per maintenance window cleans the groups (rq/worker/base.py).
+            Group.clean_registries(connection=conn)
 
     async def run(self, stop: asyncio.Event, worker_name: str | None = None) -> None:
         name = worker_name or "asyncjobs-maintenance"

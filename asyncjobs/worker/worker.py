@@ -16,6 +16,7 @@ job ends in exactly one stored outcome, whenever a cancel lands.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -165,6 +166,14 @@ class Worker:
                 self._cancel(item, CancelReason(reason))
                 found = True
         return found
+
+    def stop_execution(self, execution_id: str) -> bool:
+        """RQ 3's ``send_stop_execution_command``: stop that execution (it ends ``stopped``)."""
+        for item in self.slots.executing():
+            if item.claimed.execution_id == execution_id:
+                self._cancel(item, CancelReason.STOP)
+                return True
+        return False
 
     def current_job_id(self) -> str | None:
         return self.worker_state().current_job
@@ -523,6 +532,8 @@ class Worker:
                 item.view, outcome_of_transition(outcome.kind, item.duration, item.error, item.exc_text)
             )
             item.error = None
+        if claimed.rate_limit_key:  # RQ 3: finish.lua releases its slot once the outcome is stored
+            outcome = dataclasses.replace(outcome, rate_limit_key=claimed.rate_limit_key)
         self.successful += outcome.succeeded
         self.failed += outcome.failed
         self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
@@ -632,7 +643,7 @@ class Worker:
             intervals = tuple(value.intervals) if isinstance(value.intervals, list) else (int(value.intervals),)
             outcome = transitions.value_retry(
                 record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or "",
-                working_time=elapsed,
+                working_time=elapsed, at_front=bool(getattr(value, "enqueue_at_front", False)),
             )
             failed = outcome.kind is Kind.MAX_RETRIES
             log.info("job %s returned Retry: %s", claimed.job_id, "no retries left" if failed else "retrying",

@@ -3,6 +3,8 @@ and a Lua header that documents exactly the fields that are sent (and that the s
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -46,6 +48,7 @@ def _every_kind() -> list[transitions.Transition]:
         transitions.value_retry(rich, ex, max_retries=5, intervals=(1, 2), retry_b64="cg=="),
         transitions.value_retry(rich, ex, max_retries=3, intervals=(1,), retry_b64="cg=="),
         transitions.give_back(ex),
+        dataclasses.replace(transitions.failure(plain, ex, "boom"), rate_limit_key="rk"),
     ]
 
 
@@ -80,3 +83,36 @@ def test_counters_travel_with_the_outcome() -> None:
     assert by_kind[(Kind.FAILURE, True)]["failed"] == 1
     assert by_kind[(Kind.RETRY, True)]["failed"] == 1
     assert "ok" not in by_kind[(Kind.REQUEUE, True)] and "failed" not in by_kind[(Kind.REQUEUE, True)]
+
+
+def _ex() -> Execution:
+    return Execution("j1", "e1", "default", "w", NOW, NOW, NOW + timedelta(seconds=1))
+
+
+def test_repeat_intervals_by_rq_major() -> None:
+    """Repeat(times=3, interval=[10, 20]) after its first run: RQ 2.12 counts from the end of the list
+    and keeps it; RQ 3 takes the head and stores the rest (docs/rq-protocol.md §13.8)."""
+    job = JobRecord(id="j1", data=b"x", origin="default", repeats_left=2, repeat_intervals=(10, 20))
+    two = transitions.success(job, _ex(), None, 500, rq_major=2).next
+    three = transitions.success(job, _ex(), None, 500, rq_major=3).next
+    assert two is not None and three is not None
+    later = NOW + timedelta(seconds=1)
+    assert two.score == str(int((later + timedelta(seconds=20)).timestamp()))
+    assert dict(two.fields) == {"repeats_left": "1"}
+    assert three.score == str(int((later + timedelta(seconds=10)).timestamp()))
+    assert dict(three.fields) == {"repeats_left": "1", "repeat_intervals": json.dumps([20])}
+    last = JobRecord(id="j1", data=b"x", origin="default", repeats_left=1, repeat_intervals=(20,))
+    final = transitions.success(last, _ex(), None, 500, rq_major=3).next
+    assert final is not None and dict(final.fields) == {"repeats_left": "0"}  # a one-element list stays
+
+
+def test_returned_retry_at_front_by_rq_major() -> None:
+    """A job returning Retry(enqueue_at_front=True): RQ 3 requeues it at the front and remembers it in
+    enqueue_at_front_on_retry; RQ 2.12 ignores the flag."""
+    job = JobRecord(id="j1", data=b"x", origin="default", number_of_retries=None)
+    two = transitions.value_retry(job, _ex(), max_retries=2, intervals=(), retry_b64="cg==", at_front=True,
+                                  rq_major=2).next
+    three = transitions.value_retry(job, _ex(), max_retries=2, intervals=(), retry_b64="cg==", at_front=True,
+                                    rq_major=3).next
+    assert two is not None and not two.at_front and "enqueue_at_front_on_retry" not in two.fields
+    assert three is not None and three.at_front and three.fields["enqueue_at_front_on_retry"] == "1"

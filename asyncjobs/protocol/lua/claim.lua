@@ -17,6 +17,15 @@
 -- maxmemory (HSET, ZADD, RPUSH) comes before the LPOP, which it never refuses: a
 -- call stopped half-way leaves the id on its queue.
 --
+-- Under either RQ major it writes what RQ 3.0's Block A and Block B write
+-- (docs/rq-protocol.md §13.3): the execution hash with `job_id`, and the
+-- `<jid>:<eid>` member of the worker's executions set, which RQ 3's readers
+-- (`Worker.get_current_executions()`, `rq info`, rq-dashboard) list; RQ 2.12's
+-- readers ignore both and read `current_job`, which is kept.
+--
+-- KEYS[1]: the key prefix (`rq`, or RQ_KEY_PREFIX): every key is built from it
+--          (docs/rq-protocol.md §13.2), and declaring it routes the call to the
+--          Redis Cluster node that owns the prefix's slot (§14).
 -- ARGV: worker, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl,
 --       n, nq, q1..qnq, then n execution ids.
 -- Returns {suspended (0/1), {{q, jid, eid, hgetall}...}, {dropped ids}, {{id, type}...}}
@@ -24,18 +33,21 @@ local worker, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, nq = tonumber(ARGV[8]), tonumber(ARGV[9])
 local base = 9 + nq
+local P = KEYS[1]
+local wkey = P .. ':worker:' .. worker
+local wexec = wkey .. ':executions'
 
 local claimed = {}
 local dropped = {}
 local poisoned = {}
 
-if redis.call('EXISTS', 'rq:suspended') == 1 then
+if redis.call('EXISTS', P .. ':suspended') == 1 then
   return {1, claimed, dropped, poisoned}
 end
 
 -- Take the head of queue `qk` if it is a job: returns true when claimed.
 local function start(q, qk, jid, eid)
-  local jk = 'rq:job:' .. jid
+  local jk = P .. ':job:' .. jid
   local t = redis.call('TYPE', jk)['ok']
   if t ~= 'hash' then
     redis.call('LPOP', qk)
@@ -60,13 +72,15 @@ local function start(q, qk, jid, eid)
     return false
   end
   record(q, jid, eid)
-  local ek = 'rq:execution:' .. jid .. ':' .. eid
-  redis.call('HSET', ek, 'id', eid, 'created_at', now_f, 'last_heartbeat', now_f, 'worker_name', worker)
+  local ek = P .. ':execution:' .. jid .. ':' .. eid
+  redis.call('HSET', ek, 'id', eid, 'job_id', jid, 'created_at', now_f, 'last_heartbeat', now_f,
+             'worker_name', worker)
   redis.call('EXPIRE', ek, exec_ttl)  -- as long as its rq:executions entry (stock: hb_ttl; see header)
-  redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
-  redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)
+  redis.call('ZADD', P .. ':executions:' .. jid, exec_score, eid)
+  redis.call('EXPIRE', P .. ':executions:' .. jid, exec_ttl)
   redis.call('HSET', jk, 'status', 'started', 'started_at', now_ts, 'last_heartbeat', now_ts, 'worker_name', worker)
-  redis.call('ZADD', 'rq:wip:' .. q, wip_score, jid .. ':' .. eid)
+  redis.call('ZADD', P .. ':wip:' .. q, wip_score, jid .. ':' .. eid)
+  redis.call('SADD', wexec, jid .. ':' .. eid)
   redis.call('PERSIST', jk)
   redis.call('LPOP', qk)
   table.insert(claimed, {q, jid, eid, h})
@@ -78,7 +92,7 @@ local MAX_BAD = 1000
 local used, bad = 0, 0
 for i = 1, nq do
   local q = ARGV[9 + i]
-  local qk = 'rq:queue:' .. q
+  local qk = P .. ':queue:' .. q
   while used < n and bad < MAX_BAD do
     local jid = redis.call('LINDEX', qk, 0)
     if not jid then break end
@@ -87,8 +101,9 @@ for i = 1, nq do
   if used >= n or bad >= MAX_BAD then break end
 end
 
--- rq info / dashboards: the worker is busy and names one running job.
-local wkey = 'rq:worker:' .. worker
+-- rq info / dashboards: the worker is busy and names one running job (RQ 2.12's readers);
+-- RQ 3's read the executions set, which lives as long as the execution records.
+if #claimed > 0 then redis.call('EXPIRE', wexec, exec_ttl) end
 if #claimed > 0 and redis.call('EXISTS', wkey) == 1 then
   redis.call('HSET', wkey, 'state', 'busy')
   if redis.call('HEXISTS', wkey, 'current_job') == 0 then

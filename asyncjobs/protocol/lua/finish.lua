@@ -15,7 +15,16 @@
 -- rq:wip, where the worker (one by one) or RQ's abandoned-job maintenance finds
 -- it again.
 --
--- ARGV[1]: JSON {worker, now (epoch int, str), now_ts, state?, current?, jobs: [...]}
+-- Each applied outcome also removes the execution's member of the worker's
+-- executions set (RQ 3, docs/rq-protocol.md §13.3) and, for a job enqueued with
+-- RQ 3's `rate_limit=RateLimit(...)`, releases its slot unless the job is queued
+-- again, promoting the next waiting jobs exactly as RQ 3's RELEASE script does
+-- (docs/rq-protocol.md §13.4), in the same atomic step as the outcome.
+--
+-- KEYS[1]: the key prefix (`rq`, or RQ_KEY_PREFIX; docs/rq-protocol.md §13.2)
+-- ARGV[1]: JSON {worker, now (epoch int, str), now_ts, rq3?, state?, current?, jobs: [...]}
+--   rq3: the installed RQ is 3.x: a rate-limited dependent waits for a slot instead
+--        of being pushed, and a deleted job's results stream goes with it (§13.5, §13.8)
 --   state/current: the worker's `state` and `current_job` to write with the batch.
 -- Each job (asyncjobs.protocol.transitions.Transition.to_wire):
 --   id, eid, q          job id, execution id, queue
@@ -30,60 +39,132 @@
 --   next                {status 'queued'|'scheduled', at_front, fields {..}, score?}
 --   repairs             {field: value} fixed in a malformed hash
 --   ok, failed, wt      worker counters to add (successful, failed, working time)
+--   rl                  the job's RQ 3 rate-limit key (it holds a slot under it)
 -- Returns the number of outcomes applied.
+local P = KEYS[1]
 local p = cjson.decode(ARGV[1])
-local worker, now, now_ts = p.worker, tonumber(p.now), p.now_ts
-local wkey = 'rq:worker:' .. worker
+local worker, now, now_ts, rq3 = p.worker, tonumber(p.now), p.now_ts, p.rq3
+local wkey = P .. ':worker:' .. worker
+local wexec = wkey .. ':executions'
 local FOREVER = 31536000
 
 local function is_hash(key)
   return redis.call('TYPE', key)['ok'] == 'hash'
 end
 
+-- A key that is of `kind` or does not exist (anything else is not RQ's: left alone).
+local function is_or_none(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == kind or t == 'none'
+end
+
+-- RQ 3's ACQUIRE_AND_ENQUEUE_SCRIPT (rq/rate_limit.py, docs/rq-protocol.md §13.4): fill free
+-- slots of rate-limit key `rl` with waiting jobs, oldest first.  Entries whose hash is gone,
+-- has no origin or is not `rate_limited` are dropped, as there; a key that is not a job hash is
+-- dropped too (RQ's script would raise on it and stall every later promotion).
+local function acquire(rl, concurrency)
+  local allowed, waiting = P .. ':rl:' .. rl .. ':allowed', P .. ':rl:' .. rl .. ':rate_limited'
+  if not (is_or_none(allowed, 'zset') and is_or_none(waiting, 'zset')) then return end
+  while redis.call('ZCARD', allowed) < concurrency do
+    local popped = redis.call('ZPOPMIN', waiting)
+    if #popped == 0 then break end
+    local jid = popped[1]
+    local jk = P .. ':job:' .. jid
+    if is_hash(jk) then
+      local f = redis.call('HMGET', jk, 'origin', 'status', 'enqueue_at_front')
+      if f[1] and f[2] == 'rate_limited' then
+        redis.call('ZADD', allowed, now, jid)
+        if f[3] == '1' then
+          redis.call('LPUSH', P .. ':queue:' .. f[1], jid)
+        else
+          redis.call('RPUSH', P .. ':queue:' .. f[1], jid)
+        end
+        redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now_ts)
+      end
+    end
+  end
+end
+
+-- RQ 3's RELEASE_AND_ENQUEUE_SCRIPT: give back `jid`'s slot, then promote.  The concurrency is
+-- the key's registry config (`HGET <prefix>:rl:<key> concurrency`, 0 when unset), as stock reads it.
+local function release_slot(rl, jid)
+  local allowed = P .. ':rl:' .. rl .. ':allowed'
+  if not is_or_none(allowed, 'zset') then return end
+  redis.call('ZREM', allowed, jid)
+  local config = P .. ':rl:' .. rl
+  local concurrency = 0
+  if is_hash(config) then concurrency = tonumber(redis.call('HGET', config, 'concurrency')) or 0 end
+  acquire(rl, concurrency)
+end
+
+-- RQ 3's rate-limited enqueue (Queue._enqueue_rate_limited_job) for a dependent: it waits in
+-- `rate_limited` for a slot instead of being pushed.  False (push it) when its limiter's keys
+-- are not RQ's, so a corrupted limiter never strands the job.
+local function enqueue_rate_limited(child, ck, rl, concurrency, origin)
+  local config, waiting = P .. ':rl:' .. rl, P .. ':rl:' .. rl .. ':rate_limited'
+  if not (is_or_none(config, 'hash') and is_or_none(waiting, 'zset')
+          and is_or_none(P .. ':rl:' .. rl .. ':allowed', 'zset') and is_or_none(P .. ':rl-keys', 'set')) then
+    return false
+  end
+  redis.call('SADD', P .. ':rl-keys', rl)
+  redis.call('HSET', config, 'concurrency', concurrency)
+  redis.call('HSET', ck, 'status', 'rate_limited')
+  redis.call('ZADD', waiting, now, child)
+  acquire(rl, concurrency)
+  redis.call('ZREM', P .. ':deferred:' .. origin, child)  -- removals last (docs/rq-protocol.md §11.4)
+  return true
+end
+
 -- EXPIRE the job and, when they can exist, its dependents / dependencies sets
 -- (an EXPIRE of a missing key is a no-op, so skipping those is equivalent).
 local function expire_job(j, ttl, has_dependents)
-  redis.call('EXPIRE', 'rq:job:' .. j.id, ttl)
-  if has_dependents then redis.call('EXPIRE', 'rq:job:' .. j.id .. ':dependents', ttl) end
-  if j.dd then redis.call('EXPIRE', 'rq:job::' .. j.id .. ':dependencies', ttl) end
+  redis.call('EXPIRE', P .. ':job:' .. j.id, ttl)
+  if has_dependents then redis.call('EXPIRE', P .. ':job:' .. j.id .. ':dependents', ttl) end
+  if j.dd then redis.call('EXPIRE', P .. ':job::' .. j.id .. ':dependencies', ttl) end
 end
 
 local function delete_job(jid)
-  local ek = 'rq:executions:' .. jid
+  local ek = P .. ':executions:' .. jid
   for _, eid in ipairs(redis.call('ZRANGE', ek, 0, -1)) do
-    redis.call('DEL', 'rq:execution:' .. jid .. ':' .. eid)
+    redis.call('DEL', P .. ':execution:' .. jid .. ':' .. eid)
   end
-  redis.call('DEL', 'rq:job:' .. jid, 'rq:job:' .. jid .. ':dependents', 'rq:job::' .. jid .. ':dependencies', ek)
+  redis.call('DEL', P .. ':job:' .. jid, P .. ':job:' .. jid .. ':dependents', P .. ':job::' .. jid .. ':dependencies', ek)
+  if rq3 then redis.call('DEL', P .. ':results:' .. jid) end  -- RQ 3's Job.delete() takes the results too
 end
 
 local function push(q, jid, at_front)
   if at_front then
-    redis.call('LPUSH', 'rq:queue:' .. q, jid)
+    redis.call('LPUSH', P .. ':queue:' .. q, jid)
   else
-    redis.call('RPUSH', 'rq:queue:' .. q, jid)
+    redis.call('RPUSH', P .. ':queue:' .. q, jid)
   end
 end
 
--- Queue.enqueue_dependents semantics (docs/rq-protocol.md §8.9).
+-- Queue.enqueue_dependents semantics (docs/rq-protocol.md §8.9), in one step: RQ 3 moves a
+-- ready child through `ready_to_enqueue` and its ReadyJobRegistry between two transactions
+-- (§13.5); here both happen in this script, so the child goes straight from deferred to its
+-- queue, which RQ 3's readers accept as RQ 2.12's did.  Under RQ 3 a rate-limited child waits
+-- for a slot instead (§13.4).
 -- Returns true if the parent had dependents.
 local function enqueue_dependents(parent, parent_status)
-  local dkey = 'rq:job:' .. parent .. ':dependents'
+  local dkey = P .. ':job:' .. parent .. ':dependents'
   if redis.call('TYPE', dkey)['ok'] ~= 'set' then return false end
   local children = redis.call('SMEMBERS', dkey)
   if #children == 0 then return false end
   local enqueued = {}
   for _, child in ipairs(children) do
-    local ck = 'rq:job:' .. child
+    local ck = P .. ':job:' .. child
     if is_hash(ck) then
-      local f = redis.call('HMGET', ck, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front', 'data')
+      local f = redis.call('HMGET', ck, 'status', 'origin', 'allow_dependency_failures', 'enqueue_at_front', 'data',
+                           'rate_limit_key', 'rate_limit_concurrency')
       local status, origin, allow, front = f[1], f[2], f[3] == '1', f[4] == '1'
       if f[5] and status ~= 'canceled' then
         local met = parent_status == 'finished' or (parent_status == 'failed' and allow)
-        local deps_key = 'rq:job::' .. child .. ':dependencies'
+        local deps_key = P .. ':job::' .. child .. ':dependencies'
         if met and redis.call('TYPE', deps_key)['ok'] == 'set' then
           for _, dep in ipairs(redis.call('SMEMBERS', deps_key)) do
             if dep ~= parent then
-              local dk = 'rq:job:' .. dep
+              local dk = P .. ':job:' .. dep
               local s = is_hash(dk) and redis.call('HGET', dk, 'status')
               if s and not (s == 'finished' or (allow and s == 'failed')) then
                 met = false
@@ -93,9 +174,13 @@ local function enqueue_dependents(parent, parent_status)
           end
         end
         if met and origin then
-          redis.call('HSET', ck, 'status', 'queued', 'enqueued_at', now_ts)
-          push(origin, child, front)
-          redis.call('ZREM', 'rq:deferred:' .. origin, child)
+          local rl, concurrency = f[6], tonumber(f[7] or '')
+          if not (rq3 and rl and rl ~= '' and concurrency
+                  and enqueue_rate_limited(child, ck, rl, concurrency, origin)) then
+            redis.call('HSET', ck, 'status', 'queued', 'enqueued_at', now_ts)
+            push(origin, child, front)
+            redis.call('ZREM', P .. ':deferred:' .. origin, child)
+          end
           table.insert(enqueued, child)
         end
       end
@@ -112,12 +197,12 @@ local function enqueue_dependents(parent, parent_status)
 end
 
 local function add_result(jid, fields, ttl)
-  redis.call('XADD', 'rq:results:' .. jid, 'MAXLEN', '~', 10, '*', unpack(fields))
+  redis.call('XADD', P .. ':results:' .. jid, 'MAXLEN', '~', 10, '*', unpack(fields))
   if ttl ~= nil then
     if tonumber(ttl) == -1 then
-      redis.call('PERSIST', 'rq:results:' .. jid)
+      redis.call('PERSIST', P .. ':results:' .. jid)
     else
-      redis.call('EXPIRE', 'rq:results:' .. jid, ttl)
+      redis.call('EXPIRE', P .. ':results:' .. jid, ttl)
     end
   end
 end
@@ -137,8 +222,8 @@ local function requeue_or_schedule(j, jk, fields)
     push(j.q, j.id, nx.at_front)
   else
     redis.call('HSET', jk, unpack(fields))
-    redis.call('ZADD', 'rq:scheduled:' .. j.q, nx.score, j.id)
-    redis.call('SADD', 'rq:queues', 'rq:queue:' .. j.q)
+    redis.call('ZADD', P .. ':scheduled:' .. j.q, nx.score, j.id)
+    redis.call('SADD', P .. ':queues', P .. ':queue:' .. j.q)
   end
 end
 
@@ -146,7 +231,7 @@ local function fail_registry(j, has_dependents)
   local ttl = j.failure_ttl and tonumber(j.failure_ttl) or FOREVER
   local score = ttl
   if ttl >= 0 then score = now + ttl end
-  redis.call('ZADD', 'rq:failed:' .. j.q, score, j.id)
+  redis.call('ZADD', P .. ':failed:' .. j.q, score, j.id)
   if ttl > 0 then
     expire_job(j, ttl, has_dependents)
   end
@@ -184,7 +269,7 @@ local function apply(j, jk)
       add_result(j.id, j.result, ttl)
       local score = '+inf'
       if ttl > 0 then score = now + ttl end
-      redis.call('ZADD', 'rq:finished:' .. j.q, score, j.id)
+      redis.call('ZADD', P .. ':finished:' .. j.q, score, j.id)
       if j.next then
         requeue_or_schedule(j, jk, fields)
       else
@@ -212,9 +297,9 @@ end
 local applied, ok, failed, wt = 0, 0, 0, 0
 for _, j in ipairs(p.jobs) do
   local member = j.id .. ':' .. j.eid
-  local wip = 'rq:wip:' .. j.q
+  local wip = P .. ':wip:' .. j.q
   if redis.call('ZSCORE', wip, member) then
-    local jk = 'rq:job:' .. j.id
+    local jk = P .. ':job:' .. j.id
     -- A job deleted, or canceled with Job.cancel(), while it ran keeps what the user did
     -- (and a key that is no longer a job hash is left alone).
     if is_hash(jk) then
@@ -222,9 +307,16 @@ for _, j in ipairs(p.jobs) do
       if cur[2] and cur[1] ~= 'canceled' then apply(j, jk) end
     end
     -- The removals Redis never refuses come last: the execution is done.
-    redis.call('DEL', 'rq:execution:' .. j.id .. ':' .. j.eid)
-    redis.call('ZREM', 'rq:executions:' .. j.id, j.eid)
+    redis.call('DEL', P .. ':execution:' .. j.id .. ':' .. j.eid)
+    redis.call('ZREM', P .. ':executions:' .. j.id, j.eid)
+    redis.call('SREM', wexec, member)
     redis.call('ZREM', wip, member)
+    -- Its rate-limit slot, once the outcome is stored (RQ 3's release_slot): kept while the job
+    -- is queued again (an immediate retry or repeat, a give-back) or running elsewhere.
+    if j.rl and j.rl ~= '' then
+      local st = is_hash(jk) and redis.call('HGET', jk, 'status')
+      if st ~= 'queued' and st ~= 'started' then release_slot(j.rl, j.id) end
+    end
     applied = applied + 1
     ok = ok + (j.ok or 0)
     failed = failed + (j.failed or 0)

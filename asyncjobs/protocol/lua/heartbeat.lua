@@ -3,24 +3,29 @@
 -- An execution whose rq:wip member is gone has finished (or was taken by RQ's
 -- maintenance) while this call was on its way: it is skipped, so its execution
 -- records are never written again after the finish removed them.
+-- The worker's executions set (RQ 3, docs/rq-protocol.md §13.3) gets the
+-- worker key's TTL, as a stock worker's heartbeat gives it.
+-- KEYS[1]: the key prefix (docs/rq-protocol.md §13.2)
 -- ARGV: worker, worker_ttl, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl, then q, jid, eid triples
+local P = KEYS[1]
 local worker, worker_ttl, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local wkey = 'rq:worker:' .. worker
+local wkey = P .. ':worker:' .. worker
 local alive = redis.call('EXISTS', wkey)
 redis.call('HSET', wkey, 'last_heartbeat', now_ts)
 redis.call('EXPIRE', wkey, worker_ttl)
+redis.call('EXPIRE', wkey .. ':executions', worker_ttl)
 for i = 9, #ARGV, 3 do
   local q, jid, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local wip, member = 'rq:wip:' .. q, jid .. ':' .. eid
+  local wip, member = P .. ':wip:' .. q, jid .. ':' .. eid
   if redis.call('ZSCORE', wip, member) then
-    local ek = 'rq:execution:' .. jid .. ':' .. eid
+    local ek = P .. ':execution:' .. jid .. ':' .. eid
     redis.call('HSET', ek, 'last_heartbeat', now_f)
     redis.call('EXPIRE', ek, exec_ttl)  -- as long as its rq:executions entry (claim.lua)
     redis.call('ZADD', wip, 'XX', wip_score, member)
-    redis.call('ZADD', 'rq:executions:' .. jid, exec_score, eid)
-    redis.call('EXPIRE', 'rq:executions:' .. jid, exec_ttl)
-    local jk = 'rq:job:' .. jid
+    redis.call('ZADD', P .. ':executions:' .. jid, 'XX', exec_score, eid)
+    redis.call('EXPIRE', P .. ':executions:' .. jid, exec_ttl)
+    local jk = P .. ':job:' .. jid
     if redis.call('TYPE', jk)['ok'] == 'hash' then
       redis.call('HSET', jk, 'last_heartbeat', now_ts)
     end
