@@ -376,3 +376,46 @@ def recording_exception_handler(job: Any, exc_type: Any, exc_value: Any, tb: Any
         finally:
             conn.close()
     return True
+
+
+# ------------------------------------------------------------------ RQ 3 features
+
+
+def span(redis_url: str, key: str, token: str, seconds: float = 0.05) -> str:
+    """RPUSH ``+token`` to ``key``, sleep, RPUSH ``-token``: the list shows whether runs overlapped."""
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        conn.rpush(key, f"+{token}")
+        time.sleep(seconds)
+        conn.rpush(key, f"-{token}")
+    finally:
+        conn.close()
+    return token
+
+
+async def async_span(redis_url: str, key: str, token: str, seconds: float = 0.05) -> str:
+    conn = aioredis.Redis.from_url(redis_url)
+    try:
+        await conn.rpush(key, f"+{token}")
+        await asyncio.sleep(seconds)
+        await conn.rpush(key, f"-{token}")
+    finally:
+        await conn.aclose()
+    return token
+
+
+def span_then_boom(redis_url: str, key: str, token: str) -> None:
+    span(redis_url, key, token)
+    raise ValueError(f"boom after {token}")
+
+
+def retry_once_then(redis_url: str, key: str, value: Any, at_front: bool = False) -> Any:
+    """Records the run; the first run *returns* ``Retry(max=1)``, the second returns ``value``."""
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        runs = int(conn.rpush(key, "run"))
+    finally:
+        conn.close()
+    if runs == 1:
+        return Retry(max=1, enqueue_at_front=at_front)
+    return value

@@ -1,7 +1,10 @@
 """Refresh the locks in this folder from pyproject.toml (``make lock``).
 
 * ``dev.lock``: everything ``make test`` installs (the ``dev`` extra and the build tools), for every
-  Python CI uses (one universal resolution, markers where versions differ), with hashes.
+  Python CI uses (one universal resolution, markers where versions differ), with hashes; RQ at the
+  newest version the declared range allows (RQ 3).
+* ``dev-rq2.lock``: ``dev.lock`` with RQ 2.12 instead (every other version as in ``dev.lock``), for
+  ``make test LOCK=requirements/dev-rq2.lock``: asyncjobs supports both RQ majors and CI tests both.
 * ``demo.lock``: what ``make demo`` installs (the ``demo`` extra).
 * ``oldest.lock``: the lowest version pyproject.toml declares for each library a user combines with
   asyncjobs (the core dependencies and the runtime extras), with the test tools at their ``dev.lock``
@@ -14,6 +17,7 @@ Needs ``uv`` (in the dev set) and network access to the package index.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,8 @@ RUNTIME_EXTRAS = ("email", "sms", "outbox", "postgres", "uvloop", "metrics", "se
 #: The extras that hold test tools (what ``make test-oldest`` needs beside the floors).
 TOOL_EXTRAS = ("test", "bench", "dev")
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
+#: The older RQ major asyncjobs supports, locked in dev-rq2.lock.
+RQ2 = "rq>=2.12,<2.13"
 
 
 def uv() -> str:
@@ -99,7 +105,16 @@ def tool_constraints() -> str:
 
 
 def main() -> None:
-    compile_lock("requirements/dev.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",))
+    # RQ always at the newest version the range allows (uv otherwise keeps the lock's old pin).
+    compile_lock("requirements/dev.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",),
+                 extra_args=("--upgrade-package", "rq"))
+    # Everything at its dev.lock version (uv keeps the versions of the file it writes) except RQ: 2.12.
+    shutil.copyfile(HERE / "dev.lock", HERE / "dev-rq2.lock")
+    with tempfile.TemporaryDirectory() as tmp:
+        pins = Path(tmp) / "rq2.txt"
+        pins.write_text(RQ2 + "\n")
+        compile_lock("requirements/dev-rq2.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",),
+                     extra_args=("-c", str(pins)))
     compile_lock("requirements/demo.lock", "pyproject.toml", "requirements/tools.in", extras=("demo",))
     floors = oldest_inputs()
     (HERE / "oldest.in").write_text(

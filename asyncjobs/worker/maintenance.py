@@ -68,8 +68,11 @@ class Maintenance:
             # RQ 3: one worker per maintenance window cleans the groups (rq/worker/base.py).
             Group.clean_registries(connection=conn)
 
-    async def run(self, stop: asyncio.Event, worker_name: str | None = None) -> None:
+    async def run(self, stop: asyncio.Event, worker_name: str | None = None, *, first_done: bool = False) -> None:
+        """Every ``maintenance_interval`` until ``stop``; the first pass at once unless ``first_done``."""
         name = worker_name or "asyncjobs-maintenance"
+        if first_done:
+            await wait_or(stop, self.config.maintenance_interval)
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.run_once, name)

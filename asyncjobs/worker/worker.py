@@ -306,7 +306,12 @@ class Worker:
         from asyncjobs.worker.maintenance import Maintenance
 
         maint = Maintenance(self.config, self._rq_serializer(), self.callbacks.handlers)
-        tasks.append(asyncio.create_task(maint.run(self._stopping, self.name), name="asyncjobs-maintenance"))
+        if self.config.burst:
+            # As a stock burst worker: clean before the first job, so what maintenance enqueues (abandoned
+            # jobs retried, RQ 3's ready dependents and promoted rate-limited jobs) runs before it exits.
+            await self._retrying(lambda: self._first_maintenance(maint), "maintenance")
+        tasks.append(asyncio.create_task(maint.run(self._stopping, self.name, first_done=self.config.burst),
+                                         name="asyncjobs-maintenance"))
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
 
@@ -315,6 +320,15 @@ class Worker:
                 await self._retrying(lambda: asyncio.to_thread(sched.tick_once), "scheduler tick")
             tasks.append(asyncio.create_task(sched.run(self._stopping), name="asyncjobs-scheduler"))
         return tasks
+
+    async def _first_maintenance(self, maint: Any) -> None:
+        """A burst worker's maintenance pass before its first job (Redis errors are retried)."""
+        try:
+            await asyncio.to_thread(maint.run_once, self.name)
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError):
+            raise
+        except Exception as exc:
+            log.warning("maintenance pass failed (%s); carrying on", exc)
 
     # ------------------------------------------------------------ fetch loop
     def _execution_ids(self, n: int) -> list[str]:
