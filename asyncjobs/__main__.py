@@ -4,4 +4,5 @@ import sys
 
 from asyncjobs.cli.worker import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when multiprocessing's spawn re-imports it (--key-prefix children)
+    sys.exit(main())

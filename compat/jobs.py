@@ -419,3 +419,15 @@ def retry_once_then(redis_url: str, key: str, value: Any, at_front: bool = False
     if runs == 1:
         return Retry(max=1, enqueue_at_front=at_front)
     return value
+
+
+def cluster_record(redis_url: str, key: str, token: str, seconds: float = 0.0) -> str:
+    """``record`` on a Redis Cluster (redis-py's cluster client: ``key`` may live on any node, and the
+    client follows a failover), after ``seconds``; for the cluster tests."""
+    time.sleep(seconds)
+    conn = redis.RedisCluster.from_url(redis_url)
+    try:
+        conn.rpush(key, token)
+    finally:
+        conn.close()
+    return token

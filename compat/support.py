@@ -63,17 +63,21 @@ class Launcher:
         *args: str,
         concurrency: int | None = None,
         stock_class: str = SIMPLE_WORKER,
+        env: dict[str, str] | None = None,
+        url: str | None = None,
     ) -> WorkerProcess:
-        """Start a worker.  ``concurrency`` applies to asyncjobs only (stock runs one job at a time)."""
+        """Start a worker.  ``concurrency`` applies to asyncjobs only (stock runs one job at a time);
+        ``env`` is added to its environment (e.g. ``RQ_KEY_PREFIX``), ``url`` replaces the test's Redis."""
+        url = url or self.url
         if kind.is_stock:
-            proc = run_rq_worker(self.url, queues, *args, worker_class=stock_class)
+            proc = run_rq_worker(url, queues, *args, worker_class=stock_class, env=env)
         elif kind.name == ASYNCJOBS:
             extra = list(args)
             if concurrency is not None:
                 extra += ["--concurrency", str(concurrency)]
-            proc = run_asyncjobs_worker(self.url, queues, *extra)
+            proc = run_asyncjobs_worker(url, queues, *extra, env=env)
         elif kind.name == "rq-asyncjobs-class":
-            proc = run_rq_worker_with_asyncjobs_class(self.url, queues, *args)
+            proc = run_rq_worker_with_asyncjobs_class(url, queues, *args, env=env)
         else:  # pragma: no cover
             raise ValueError(f"unknown worker kind {kind.name!r}")
         self.procs.append(proc)

@@ -216,4 +216,6 @@ def _with_overrides(target: RedisTarget, args: argparse.Namespace) -> RedisTarge
         options=options,
         sentinel_options=sentinel_options,
         cluster=bool(getattr(args, "cluster", False)),
+        # With --key-prefix, the supervisor follows the first prefix's slot (each child its own).
+        slot_key=(getattr(args, "key_prefix", None) or [None])[0] if getattr(args, "cluster", False) else None,
     )

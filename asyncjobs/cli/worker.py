@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import logging.config
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
+    p.add_argument("--key-prefix", action="append", default=[], metavar="PREFIX",
+                   help="serve the queues under this RQ key prefix (RQ 3's RQ_KEY_PREFIX, e.g. {rq-a}); repeat "
+                        "to serve several: one supervised worker process per prefix (x --processes)")
     ops = p.add_argument_group(
         "Metrics and health probes (also ASYNCJOBS_METRICS_PORT ... in the -c settings module or the environment)"
     )
@@ -222,13 +226,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        prefixes = _key_prefixes(args.key_prefix, config.connection.cluster)
+    except ValueError as exc:
+        print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
+        return 2
     log.info("connecting to %s", config.connection.describe())
     with _pid_file(args.pid):
-        if args.processes > 1:
+        if args.processes > 1 or prefixes:
             from asyncjobs.worker.pool import run_pool
 
-            return run_pool(config, args.processes, use_uvloop=args.uvloop)
+            setup = functools.partial(_child_logging, args)
+            return run_pool(config, args.processes, use_uvloop=args.uvloop, prefixes=prefixes, child_setup=setup)
         return run_worker(config, use_uvloop=args.uvloop)
+
+
+def _key_prefixes(given: Sequence[str], cluster: bool) -> tuple[str, ...]:
+    """``--key-prefix`` values, checked; () when the installed RQ's own prefix is the only one."""
+    from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION, check_prefix, hash_tag, installed_prefix
+
+    prefixes = tuple(dict.fromkeys(check_prefix(p) for p in given))
+    if not prefixes or prefixes == (installed_prefix(),):
+        return ()
+    if RQ_MAJOR < 3:
+        raise ValueError(f"--key-prefix needs RQ 3 (installed: RQ {RQ_VERSION}, which always uses 'rq'): "
+                         "install rq>=3,<4 everywhere")
+    if cluster:
+        untagged = [p for p in prefixes if hash_tag(p) is None]
+        if untagged:
+            raise ValueError(f"--cluster: --key-prefix {untagged[0]!r} has no hash tag, so its keys spread over "
+                             "many slots: use a tag such as {rq-a}")
+    return prefixes
+
+
+def _child_logging(args: argparse.Namespace) -> None:
+    """Logging in a spawned child (``--key-prefix``), as the supervisor set it up."""
+    _setup_logging(args, _settings(args))
 
 
 # ------------------------------------------------------------------------------ info / check

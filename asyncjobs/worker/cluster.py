@@ -112,8 +112,11 @@ class SlotOwner:
             return list(self.nodes)
 
     def _no_owner(self, errors: list[str]) -> redis.exceptions.ConnectionError:
+        hint = ""
+        if errors and all("cluster support disabled" in e for e in errors):
+            hint = " (not a Redis Cluster: drop --cluster, or give the address of a cluster node)"
         return redis.exceptions.ConnectionError(
-            f"no Redis Cluster node owns slot {self.slot} (of {self.slot_key!r}) right now; asked "
+            f"no Redis Cluster node owns slot {self.slot} (of {self.slot_key!r}) right now{hint}; asked "
             + "; ".join(errors or ["nobody"])
         )
 

@@ -223,9 +223,12 @@ class OpsServer:
         draining: Callable[[], bool] = lambda: False,
         alive: Callable[[int], bool] = lambda i: True,
         registry: Any = None,
+        worker_keys: Sequence[str] | None = None,
     ) -> None:
         self.board = board
         self.names = list(names)
+        #: the key each worker registers under (``rq:worker:<name>`` unless a key prefix says otherwise)
+        self.worker_keys = list(worker_keys) if worker_keys is not None else [keys.worker(n) for n in self.names]
         self._redis_client = redis_client
         self._conn: Any = None
         self._conn_lock = threading.Lock()
@@ -316,8 +319,8 @@ class OpsServer:
                         self._conn = self._redis_client()
                     conn = self._conn
                 pipe = conn.pipeline(transaction=False)
-                for name in self.names:
-                    pipe.exists(keys.worker(name))
+                for key in self.worker_keys:
+                    pipe.exists(key)
                 found = pipe.execute()
             except Exception as exc:
                 return False, f"Redis unreachable: {type(exc).__name__}: {exc}"
@@ -338,18 +341,19 @@ def start_servers(
     health_host: str,
     board: HealthBoard,
     names: Sequence[str],
-    redis_client: Callable[[], Any],
+    redis_client: Callable[[], Any] | None,
     max_loop_lag: float,
     registry: Any,
     draining: Callable[[], bool] = lambda: False,
     alive: Callable[[int], bool] = lambda i: True,
+    worker_keys: Sequence[str] | None = None,
 ) -> list[OpsServer]:
     """The health and metrics servers (one server when both ports are the same)."""
     servers: list[OpsServer] = []
     same = health_port is not None and metrics_port == health_port
     if health_port is not None:
         servers.append(OpsServer(
-            health_host, health_port, board=board, names=names, redis_client=redis_client,
+            health_host, health_port, board=board, names=names, redis_client=redis_client, worker_keys=worker_keys,
             max_loop_lag=max_loop_lag, draining=draining, alive=alive, registry=registry if same else None,
         ))
     if metrics_port is not None and not same:

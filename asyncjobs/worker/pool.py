@@ -5,6 +5,11 @@ name is given).  A child that dies is restarted (its in-flight jobs are
 recovered by RQ's abandoned-job maintenance); SIGTERM/SIGINT is forwarded so
 every child drains gracefully; a second signal is forwarded too (cold stop).
 
+With ``--key-prefix`` given (RQ 3), there are ``N`` children per prefix, each started as a fresh
+interpreter with ``RQ_KEY_PREFIX`` set to its prefix: RQ reads the prefix once, at import, so RQ's own
+code in a child (maintenance, the scheduler, the ``Job`` objects it hands to jobs) uses that prefix's
+keys (docs/rq-protocol.md §14.3).
+
 With ``--metrics-port``/``--health-port`` the supervisor alone listens, for all its children:
 ``/metrics`` aggregates the children's values (prometheus_client's multiprocess mode, in a
 temporary ``PROMETHEUS_MULTIPROC_DIR`` it creates and removes), ``/livez`` fails when any
@@ -25,11 +30,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 from asyncjobs.backoff import RetryPolicy
+from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.ops import HealthBoard, OpsServer, Slot, close_servers, start_servers
@@ -48,20 +55,36 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _child(config: WorkerConfig, use_uvloop: bool, parent: int, slot: Slot | None, mp_dir: str | None) -> None:
+def _child(
+    config: WorkerConfig,
+    use_uvloop: bool,
+    parent: int,
+    slot: Slot | None,
+    mp_dir: str | None,
+    setup: Callable[[], None] | None = None,
+) -> None:
     from asyncjobs.worker.runner import run_worker
+
+    if setup is not None:  # a spawned child (--key-prefix): its logging is not inherited
+        setup()
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
     os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir))
 
 
-def _bury(config: WorkerConfig, name: str, pid: int) -> None:
+def _prefix_target(config: WorkerConfig, keys: Keys) -> Any:
+    """Where ``keys``' prefix lives: on a Redis Cluster, the node owning its slot."""
+    target = config.connection
+    return replace(target, slot_key=keys.prefix) if target.cluster else target
+
+
+def _bury(config: WorkerConfig, name: str, pid: int, keys: Keys = DEFAULT) -> None:
     """Register the death of a child that died without doing so, so its name can be reused."""
 
     async def go() -> None:
-        conn = config.connection.async_client()
+        conn = _prefix_target(config, keys).async_client()
         try:
-            if await RedisStore.bury(conn, name, config.queues, pid):
+            if await RedisStore.bury(conn, name, config.queues, pid, keys=keys):
                 log.info("registered the death of %s (pid %d)", name, pid)
         finally:
             await conn.aclose()
@@ -72,19 +95,29 @@ def _bury(config: WorkerConfig, name: str, pid: int) -> None:
         log.warning("could not register the death of %s: %s", name, exc)
 
 
-def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) -> int:
+def run_pool(
+    config: WorkerConfig,
+    processes: int,
+    *,
+    use_uvloop: bool = False,
+    prefixes: tuple[str, ...] = (),
+    child_setup: Callable[[], None] | None = None,
+) -> int:
+    """Supervise ``processes`` workers, or ``processes`` per key prefix when ``prefixes`` are given;
+    ``child_setup`` (picklable) runs first in each child of a prefix (its logging)."""
+    total = processes * max(1, len(prefixes))
     if config.metrics_port is None and config.health_port is None:
-        return _supervise(config, processes, use_uvloop, None, None)
+        return _supervise(config, processes, use_uvloop, None, None, prefixes=prefixes, child_setup=child_setup)
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
     from asyncjobs.worker.runner import ops_redis_client
 
     if config.name is None:  # the probes look the children up by name
         config = replace(config, name=f"asyncjobs-c{config.concurrency}-{uuid.uuid4().hex[:12]}")
-    board = HealthBoard(processes)
+    board = HealthBoard(total)
     mp_dir = tempfile.mkdtemp(prefix="asyncjobs-metrics-") if config.metrics_port is not None else None
     if mp_dir is not None:
-        log.info("metrics of %d worker processes aggregated through %s (removed at exit)", processes, mp_dir)
+        log.info("metrics of %d worker processes aggregated through %s (removed at exit)", total, mp_dir)
     sampler: Any = None
     try:
         if mp_dir is not None:
@@ -92,8 +125,9 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
             registry = metrics.new_registry(mp_dir)
             metrics.preload()
-            sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
-            registry.register(sampler)
+            if len(prefixes) <= 1:  # queue gauges have no prefix label: one keyspace only
+                sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
+                registry.register(sampler)
         else:
             registry = None
     except MissingExtraError as exc:
@@ -101,7 +135,8 @@ def run_pool(config: WorkerConfig, processes: int, *, use_uvloop: bool = False) 
         shutil.rmtree(mp_dir or "", ignore_errors=True)
         return 2
     try:
-        return _supervise(config, processes, use_uvloop, board, mp_dir, registry, sampler)
+        return _supervise(config, processes, use_uvloop, board, mp_dir, registry, sampler, prefixes=prefixes,
+                          child_setup=child_setup)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -118,8 +153,17 @@ def _supervise(
     mp_dir: str | None,
     registry: Any = None,
     sampler: Any = None,
+    *,
+    prefixes: tuple[str, ...] = (),
+    child_setup: Callable[[], None] | None = None,
 ) -> int:
-    ctx = mp.get_context("fork")
+    # Children of another key prefix must import RQ afresh (it reads RQ_KEY_PREFIX at import): spawn.
+    ctx = mp.get_context("spawn" if prefixes else "fork")
+    total = processes * max(1, len(prefixes))
+
+    def keys_of(i: int) -> Keys:
+        return Keys(prefixes[i // processes]) if prefixes else DEFAULT
+
     stopping = {"count": 0}
     children: dict[int, mp.process.BaseProcess] = {}
     started_at: dict[int, float] = {}
@@ -127,21 +171,36 @@ def _supervise(
     restart_at: dict[int, float] = {}
 
     def child_config(i: int) -> WorkerConfig:
-        return replace(
+        child = replace(
             config, name=f"{config.name}-{i}" if config.name else None, metrics_port=None, health_port=None
         )
+        if prefixes and config.connection.cluster:  # a Redis Cluster: the node owning this prefix's slot
+            child = replace(child, redis=_prefix_target(config, keys_of(i)))
+        return child
 
     def start(i: int) -> None:
         slot = board.slots[i] if board is not None else None
         if slot is not None:
             slot.reset()
         proc = ctx.Process(
-            target=_child, args=(child_config(i), use_uvloop, os.getpid(), slot, mp_dir), name=f"asyncjobs-worker-{i}"
+            target=_child, args=(child_config(i), use_uvloop, os.getpid(), slot, mp_dir, child_setup if prefixes else None),
+            name=f"asyncjobs-worker-{i}",
         )
-        proc.start()
+        saved = os.environ.get("RQ_KEY_PREFIX")
+        if prefixes:
+            os.environ["RQ_KEY_PREFIX"] = keys_of(i).prefix  # the spawned child's environment
+        try:
+            proc.start()
+        finally:
+            if prefixes:
+                if saved is None:
+                    os.environ.pop("RQ_KEY_PREFIX", None)
+                else:
+                    os.environ["RQ_KEY_PREFIX"] = saved
         children[i] = proc
         started_at[i] = time.monotonic()
-        log.info("started worker process %d (pid %s)", i, proc.pid)
+        where = f" for key prefix {keys_of(i).prefix!r}" if prefixes else ""
+        log.info("started worker process %d (pid %s)%s", i, proc.pid, where)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         stopping["count"] += 1
@@ -156,17 +215,17 @@ def _supervise(
     servers: list[OpsServer] = []
     if board is not None:
         try:
-            servers = _start(config, processes, board, registry, child_config, stopping, alive)
+            servers = _start(config, total, board, registry, child_config, stopping, alive, keys_of, prefixes)
         except OSError as exc:
             log.error("%s", exc)
             return 2
     try:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        for i in range(processes):
+        for i in range(total):
             start(i)
         _loop(config, children, started_at, early_deaths, restart_at, stopping, child_config, start, board, mp_dir,
-              sampler)
+              sampler, keys_of)
     finally:
         close_servers(servers)
     return 0
@@ -180,12 +239,19 @@ def _start(
     child_config: Any,
     stopping: dict[str, int],
     alive: Any,
+    keys_of: Any,
+    prefixes: tuple[str, ...],
 ) -> list[OpsServer]:
+    names = [child_config(i).name or "" for i in range(processes)]
+    # /readyz checks each child's worker key; on a Redis Cluster, prefixes live on different nodes and
+    # one client cannot read them all: readiness then comes from the children's own reports.
+    check_redis = not (config.connection.cluster and len(prefixes) > 1)
     return start_servers(
         metrics_port=config.metrics_port, metrics_host=config.metrics_host,
         health_port=config.health_port, health_host=config.health_host,
-        board=board, names=[child_config(i).name or "" for i in range(processes)],
-        redis_client=lambda: config.connection.sync_client(socket_timeout=3, socket_connect_timeout=3),
+        board=board, names=names, worker_keys=[keys_of(i).worker(n) for i, n in enumerate(names)],
+        redis_client=(lambda: _prefix_target(config, keys_of(0)).sync_client(socket_timeout=3, socket_connect_timeout=3))
+        if check_redis else None,
         max_loop_lag=config.max_loop_lag, registry=registry,
         draining=lambda: stopping["count"] > 0, alive=alive,
     )
@@ -203,6 +269,7 @@ def _loop(
     board: HealthBoard | None,
     mp_dir: str | None,
     sampler: Any,
+    keys_of: Any,
 ) -> None:
     while children or (restart_at and not stopping["count"]):
         for i, proc in list(children.items()):
@@ -220,7 +287,7 @@ def _loop(
                 continue
             name = child_config(i).name
             if name and proc.pid:
-                _bury(config, name, proc.pid)
+                _bury(config, name, proc.pid, keys_of(i))
             # Back off when a child keeps dying young (bad config, Redis down); reset after 60 s of life.
             lived = time.monotonic() - started_at[i]
             early_deaths[i] = 0 if lived > 60 else early_deaths.get(i, 0) + 1

@@ -41,6 +41,7 @@ from asyncjobs.protocol.codec import (
     parse_job_hash,
     timeout_message,
 )
+from asyncjobs.protocol.rqversion import DEFAULT_PREFIX
 from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
@@ -213,8 +214,9 @@ class Worker:
             await self._close_connections(redis_conn)
             return
         log.info(
-            "worker %s started: queues=%s concurrency=%d burst=%s",
+            "worker %s started: queues=%s concurrency=%d burst=%s%s",
             self.name, ",".join(self.config.queues), self.config.concurrency, self.config.burst,
+            "" if self.store.keys.prefix == DEFAULT_PREFIX else f" key prefix={self.store.keys.prefix}",
         )
         self.observer.registered(self.config.concurrency)
         commands = CommandListener(redis_conn, self.name, self)

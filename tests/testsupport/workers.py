@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
@@ -110,10 +110,20 @@ class WorkerProcess:
         self.signal(signal.SIGINT)
 
     def kill(self) -> None:
-        """SIGKILL, then reap."""
+        """SIGKILL, then reap; and SIGKILL the processes it started (by their PIDs).
+
+        A stock ``rq worker --with-scheduler`` forks its scheduler, which inherits the worker's
+        sockets: left running after its parent is killed, it keeps the parent's blocked
+        ``BLMOVE queue -> intermediate`` open on the server, which then moves the next job of a later
+        test onto the intermediate list, where nobody runs it."""
         if self.proc.poll() is None:
+            children = _descendants(self.proc.pid)
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+            for child in children:
+                with contextlib.suppress(Exception):
+                    child.kill()
+                    child.wait(timeout=30)
 
     def output(self) -> str:
         self._log.flush()
@@ -139,6 +149,16 @@ class WorkerProcess:
 
     def __repr__(self) -> str:
         return f"<WorkerProcess pid={self.pid} rc={self.proc.poll()} argv={self.argv!r}>"
+
+
+def _descendants(pid: int) -> list[Any]:
+    """The live processes ``pid`` started, and theirs (psutil handles; none if it is gone)."""
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 def _queue_list(queues: str | Iterable[str]) -> list[str]:
