@@ -188,8 +188,8 @@ def queue(conn: redis.Redis, name: str = "default", **kw: Any) -> Queue:
 
 __all__ = [
     "ASYNCJOBS",
-    "RQ_MAJOR",
     "FORKING_WORKER",
+    "RQ_MAJOR",
     "SIMPLE_WORKER",
     "STOCK",
     "Launcher",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -208,7 +209,8 @@ def test_processes_children_exit_when_the_supervisor_is_killed(
         return {w.name: w.pid for w in Worker.all(connection=sync_redis) if w.name.startswith(name)}
 
     pids = wait_for(lambda: len(children()) == 2 and children(), 30, message=lambda: f"2 children\n{proc.output()}")
-    proc.kill()
+    proc.signal(signal.SIGKILL)  # the supervisor alone (kill() would take its children with it)
+    proc.wait(30)
     wait_for(lambda: children() == {}, 30, message="children deregistered")
     wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
                              for p in pids.values()), 30, message="children exited")

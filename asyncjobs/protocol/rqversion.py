@@ -53,11 +53,9 @@ def check_prefix(prefix: str) -> str:
 
 def installed_prefix() -> str:
     """The prefix the installed RQ's own classes use in this process (``rq`` under RQ 2.12)."""
-    if RQ_MAJOR >= 3:
-        from rq.defaults import RQ_KEY_PREFIX
+    import rq.defaults
 
-        return str(RQ_KEY_PREFIX)
-    return DEFAULT_PREFIX
+    return str(getattr(rq.defaults, "RQ_KEY_PREFIX", DEFAULT_PREFIX))  # RQ 2.12 has none
 
 
 def prefix_problem(environ: dict[str, str] | None = None) -> str | None:

@@ -132,7 +132,7 @@ class SlotOwner:
                                  socket_connect_timeout=_DISCOVERY_TIMEOUT, retry=SyncRetry(NoBackoff(), 0),
                                  **self.options)
             try:
-                found, nodes = parse_cluster_slots(client.execute_command("CLUSTER", "SLOTS"), self.slot)
+                found, nodes = parse_cluster_slots(client.execute_command("CLUSTER", "SLOTS"), self.slot)  # type: ignore[no-untyped-call, unused-ignore]
             except redis.exceptions.RedisError as exc:
                 errors.append(f"{host}:{port}: {exc}")
                 continue
@@ -154,7 +154,8 @@ class SlotOwner:
                                   socket_connect_timeout=_DISCOVERY_TIMEOUT, retry=AsyncRetry(NoBackoff(), 0),
                                   **self.options)
             try:
-                found, nodes = parse_cluster_slots(await client.execute_command("CLUSTER", "SLOTS"), self.slot)
+                reply = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call, unused-ignore]
+                found, nodes = parse_cluster_slots(reply, self.slot)
             except redis.exceptions.RedisError as exc:
                 errors.append(f"{host}:{port}: {exc}")
                 continue

@@ -138,7 +138,8 @@ class RedisTarget:
 
         kw: dict[str, Any] = {}
         if self.url is not None and not self.url.startswith("unix://"):
-            kw = {k: v for k, v in parse_url(self.url).items() if k != "connection_class"}
+            parsed = parse_url(self.url)  # type: ignore[no-untyped-call, unused-ignore]
+            kw = {k: v for k, v in parsed.items() if k != "connection_class"}
             if self.url.startswith("rediss://"):
                 kw["ssl"] = True
         kw.update(self.options)

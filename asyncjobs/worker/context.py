@@ -106,7 +106,7 @@ def push_rq_job(handle: JobHandle) -> Any:
     current = getattr(rq_job, "_current_job", None)
     if current is not None:  # RQ 3: a ContextVar
         return current.set(_LazyJob(handle))
-    rq_job._job_stack.push(_LazyJob(handle))
+    rq_job.__dict__["_job_stack"].push(_LazyJob(handle))  # RQ 2.12
     return None
 
 
@@ -114,6 +114,6 @@ def pop_rq_job(token: Any = None) -> None:
     from rq import job as rq_job
 
     if token is not None:
-        rq_job._current_job.reset(token)
+        rq_job.__dict__["_current_job"].reset(token)  # RQ 3
     else:
-        rq_job._job_stack.pop()
+        rq_job.__dict__["_job_stack"].pop()

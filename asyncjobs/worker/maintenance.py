@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncjobs.backoff import wait_or
-from asyncjobs.protocol.rqversion import RQ_MAJOR
 from asyncjobs.protocol.serializers import Serializer
 from asyncjobs.worker.config import WorkerConfig
 
@@ -62,10 +61,9 @@ class Maintenance:
                     queue.intermediate_queue.cleanup(shim, queue)
                 finally:
                     queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        if RQ_MAJOR < 3:
-            Group.clean_registries(connection=conn)
-        elif Group.acquire_maintenance_lock(conn, max(int(self.config.maintenance_interval) - 1, 1)):
-            # RQ 3: one worker per maintenance window cleans the groups (rq/worker/base.py).
+        # RQ 3: one worker per maintenance window cleans the groups, under <prefix>:clean_groups.
+        group_lock = getattr(Group, "acquire_maintenance_lock", None)  # None under RQ 2.12
+        if group_lock is None or group_lock(conn, max(int(self.config.maintenance_interval) - 1, 1)):
             Group.clean_registries(connection=conn)
 
     async def run(self, stop: asyncio.Event, worker_name: str | None = None, *, first_done: bool = False) -> None:

@@ -158,7 +158,7 @@ def _supervise(
     child_setup: Callable[[], None] | None = None,
 ) -> int:
     # Children of another key prefix must import RQ afresh (it reads RQ_KEY_PREFIX at import): spawn.
-    ctx = mp.get_context("spawn" if prefixes else "fork")
+    ctx: Any = mp.get_context("spawn" if prefixes else "fork")
     total = processes * max(1, len(prefixes))
 
     def keys_of(i: int) -> Keys:

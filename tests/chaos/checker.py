@@ -352,7 +352,7 @@ def _check_job(
                 f"stop-job ignored: sent while it ran, yet it finished {late[0].ended - stop_at:.1f}s later "  # type: ignore[operator]
                 f"(pid {late[0].pid}), status {status}",
             ))
-    elif status == "failed":
+    if status == "failed":  # also after a stop that did not land (its worker was SIGKILLed first)
         if ABANDONED in reason:
             cause = "abandoned"
             if jid in facts.unowned:
@@ -383,7 +383,7 @@ def _check_job(
             problems.append(Problem("state", jid, f"failed with an unexpected reason: {(reason.strip().splitlines() or ['<empty>'])[-1]!r}"))
         if cause in ("abandoned", "stuck"):
             v.failed_by_maintenance += 1
-    else:  # finished
+    elif status == "finished":
         natural_fail = spec.kind in ("boom", "timeout") or (spec.kind == "retry" and spec.fail_first > spec.max_retries)
         if natural_fail:
             problems.append(Problem("state", jid, f"finished, but a {spec.kind} job must fail"))

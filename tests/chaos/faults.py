@@ -230,6 +230,42 @@ def storms(ctx: Ctx) -> None:
                 ctx.faults["kill-horse"] += 1
 
 
+# --------------------------------------------------------------- rate limits
+def ratelimit(ctx: Ctx) -> None:
+    """RQ 3 rate-limited jobs (most of the plan): SIGKILL a random asyncjobs worker every 1-2.5 s
+    (restart, RQ's abandoned-job cleanup, which gives the dead worker's slots back), and stop every
+    ``long`` job as soon as it runs, half with stop-job, half with RQ 3's stop-execution."""
+    from rq.command import send_stop_execution_command
+
+    rng = ctx.rng
+    conn = ctx.cluster.conn()
+    tail = ledger_mod.Tail(ctx.cluster.ledger_path)
+    next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
+    while not ctx.stop.wait(rng.uniform(0.02, 0.06)):
+        running = tail.poll()
+        for jid in [j for j in running if ctx.kinds.get(j) == "long" and j not in ctx.facts.stop_sent]:
+            at = time.time()
+            eids = [e.execution_id for e in read_wip(conn) if e.job_id == jid]
+            try:
+                if eids and rng.random() < 0.5:
+                    send_stop_execution_command(conn, jid, eids[0])
+                    ctx.faults["stop-execution"] += 1
+                else:
+                    send_stop_job_command(conn, jid)
+                    ctx.faults["stop-job"] += 1
+            except (InvalidJobOperation, NoSuchJobError):
+                continue
+            ctx.facts.stop_sent[jid] = at
+        if time.monotonic() >= next_kill:
+            next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
+            victims = ctx.cluster.asyncjobs_workers()
+            if victims:
+                inc = rng.choice(victims)
+                ctx.sigkill(inc)
+                ctx.restart(inc.slot)
+            ctx.recover(settle=0.0)
+
+
 def _cancel_if_queued(conn: redis.Redis, jid: str, ctx: Ctx) -> bool:
     """``Job.cancel()`` only while the job is still queued: WATCHed, so a worker claiming it first wins."""
     key = f"rq:job:{jid}"

@@ -49,6 +49,7 @@ class JobSpec:
     max_retries: int = 0
     fail_first: int = 0
     parent: str | None = None
+    rate_limit: tuple[str, int] | None = None  # RQ 3's RateLimit(key, concurrency)
 
     @property
     def is_async(self) -> bool:
@@ -73,8 +74,14 @@ class Plan:
 
 
 def make_plan(
-    tag: str, n: int, rng: random.Random, mix: dict[str, float] | None = None, long_seconds: float = 3.0
+    tag: str,
+    n: int,
+    rng: random.Random,
+    mix: dict[str, float] | None = None,
+    long_seconds: float = 3.0,
+    rate_limits: dict[str, int] | None = None,
 ) -> Plan:
+    """``rate_limits`` (RQ 3): {key: concurrency}; most jobs (not children) then get one of them."""
     mix = mix or DEFAULT_MIX
     kinds = list(mix)
     weights = [mix[k] for k in kinds]
@@ -117,6 +124,9 @@ def make_plan(
         elif kind == "cancel":
             queue = spec.queue = QUEUES[0]  # not shared with the stock worker (see checker)
             kwargs["seconds"] = 0.3
+        if rate_limits and kind not in ("child", "cancel") and rng.random() < 0.7:
+            key = rng.choice(sorted(rate_limits))
+            spec.rate_limit = (key, rate_limits[key])
         plan.specs.append(spec)
     return plan
 
@@ -134,7 +144,14 @@ def enqueue(conn: redis.Redis, specs: list[JobSpec]) -> None:
     """Enqueue a batch: plain jobs in one MULTI/EXEC per queue, children one by one (RQ's API)."""
     plain: dict[str, list[Any]] = {}
     for s in specs:
-        if s.parent is None:
+        if s.rate_limit is not None:  # RQ 3 enqueues rate-limited jobs one by one (no pipeline)
+            from rq.rate_limit import RateLimit
+
+            Queue(s.queue, connection=conn).enqueue(
+                s.func, kwargs=s.kwargs, job_timeout=s.timeout, job_id=s.id, result_ttl=RESULT_TTL,
+                retry=Retry(max=s.max_retries) if s.max_retries else None, rate_limit=RateLimit(*s.rate_limit),
+            )
+        elif s.parent is None:
             plain.setdefault(s.queue, []).append(
                 Queue.prepare_data(
                     s.func, kwargs=s.kwargs, timeout=s.timeout, job_id=s.id, result_ttl=RESULT_TTL,

@@ -38,6 +38,8 @@ from tests.chaos.cluster import Cluster
 from tests.chaos.plan import DEFAULT_MIX, Plan, Producer, enqueue, make_plan, probe_plan
 from tests.chaos.recovery import clean_intermediate, intermediate_ids, read_wip
 
+RQ_MAJOR = int(__import__("rq").__version__.split(".", 1)[0])
+
 NO_PROGRESS = 30.0  # drain gives up after this long without a job reaching a terminal state
 
 
@@ -51,9 +53,13 @@ class Scenario:
     via_proxy: bool = False
     poison: bool = False
     long_seconds: float = 3.0  # duration of ``long`` jobs
+    rate_limits: dict[str, int] | None = None  # RQ 3: most jobs get one of these RateLimit(key, concurrency)
 
 
 STORM_MIX = {"ok": 0.55, "boom": 0.05, "timeout": 0.12, "long": 0.08, "child": 0.05, "cancel": 0.15}
+RATE_LIMIT_MIX = {"ok": 0.6, "retry": 0.15, "boom": 0.05, "timeout": 0.04, "long": 0.06, "child": 0.1}
+#: Concurrency limits of the ratelimit scenario (each shared by about a quarter of the jobs).
+RATE_LIMITS = {"rl-two": 2, "rl-four": 4, "rl-eight": 8}
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
@@ -65,6 +71,9 @@ SCENARIOS: dict[str, Scenario] = {
                  long_seconds=15.0),
         Scenario("poison", "poison queue entries between good jobs (non-hash keys, missing/empty hashes, bad data/function/fields)", None, poison=True),
         Scenario("sigterm", "repeated warm and cold SIGTERM/SIGINT, SIGTERM during start-up and while Redis is unreachable", F.sigterm),
+        *([Scenario("ratelimit", "RQ 3 RateLimit jobs under SIGKILLs, stop-job and stop-execution: every slot is given back",
+                    F.ratelimit, mix=RATE_LIMIT_MIX, long_seconds=15.0, rate_limits=RATE_LIMITS)]
+          if RQ_MAJOR >= 3 else []),
     ]
 }
 
@@ -117,7 +126,7 @@ def run_scenario(
     ctx = F.Ctx(cluster, rng, tag)
     t0 = time.monotonic()
     extra_problems: list[Problem] = []
-    plan = make_plan(tag, jobs, rng, sc.mix, long_seconds=sc.long_seconds)
+    plan = make_plan(tag, jobs, rng, sc.mix, long_seconds=sc.long_seconds, rate_limits=sc.rate_limits)
     ctx.kinds = {s.id: s.kind for s in plan.specs}
     producer_conn: redis.Redis | None = None
     try:
@@ -155,6 +164,8 @@ def run_scenario(
         recover_s = time.monotonic() - t_faults_end
         if not drained:
             extra_problems.append(Problem("drain", None, f"jobs still not terminal {NO_PROGRESS:.0f}s after the last progress"))
+        if sc.rate_limits:
+            extra_problems += _limiters_empty(conn, sc.rate_limits)
         if stuck:
             ctx.note(f"{stuck} id(s) were stuck in an intermediate list; RQ's maintenance failed them")
         # ---- slots back to idle, usable all at once
@@ -302,6 +313,19 @@ def _probe(ctx: F.Ctx, plan: Plan, side_url: str) -> list[Problem]:
             return []
         time.sleep(0.2)
     return [Problem("slots", None, f"{n} probe jobs did not all end within 120 s")]
+
+
+def _limiters_empty(conn: redis.Redis, limits: dict[str, int]) -> list[Problem]:
+    """Every job has ended: no slot may still be held (``allowed``) and no job may still wait."""
+    problems = []
+    for key in limits:
+        allowed = [j.decode() for j in conn.zrange(f"rq:rl:{key}:allowed", 0, -1)]
+        waiting = [j.decode() for j in conn.zrange(f"rq:rl:{key}:rate_limited", 0, -1)]
+        if allowed or waiting:
+            problems.append(Problem(
+                "ratelimit", None, f"rate limit {key!r} after the run: slots held by {allowed[:10]}, waiting {waiting[:10]}"
+            ))
+    return problems
 
 
 def _idle(cluster: Cluster) -> list[Problem]:

@@ -147,7 +147,7 @@ class RedisCluster:
         raise RuntimeError(f"no node owns slot {slot}")
 
     def replica_of(self, master_port: int) -> int:
-        for start, end, *nodes in self.client(master_port).execute_command("CLUSTER", "SLOTS"):
+        for _start, _end, *nodes in self.client(master_port).execute_command("CLUSTER", "SLOTS"):
             if int(nodes[0][1]) == master_port and len(nodes) > 1:
                 return int(nodes[1][1])
         raise RuntimeError(f"no replica of {master_port}")
