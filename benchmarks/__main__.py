@@ -4,6 +4,7 @@
                              [--repeat R] [--quick] [--out benchmarks/results]
     python -m benchmarks plan --rate 200 --latency-ms 20 [--workload smtp]
     python -m benchmarks ops [--repeat 5]     # overhead of --metrics-port/--health-port
+    python -m benchmarks prefixes [-n 20000]  # RQ 3 on a Redis Cluster: one key prefix against two
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -361,9 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--no-progress", action="store_true")
     op.set_defaults(func=cmd_ops)
 
+    px = sub.add_parser("prefixes", help="RQ 3 on a Redis Cluster: one key prefix against two (needs RQ 3)")
+    px.add_argument("-n", type=int, default=20000, help="jobs per run (default %(default)s)")
+    px.add_argument("--repeat", type=int, default=3)
+    px.add_argument("--concurrency", type=int, default=50)
+    px.add_argument("--out", default="benchmarks/results")
+    px.set_defaults(func=cmd_prefixes)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_prefixes(args: argparse.Namespace) -> int:
+    from benchmarks import prefixes
+
+    return prefixes.main(args)
 
 
 OPS_WORKLOADS = "noop,noop_async,smtp"

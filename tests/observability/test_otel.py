@@ -38,7 +38,12 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 def instrumented() -> Iterator[None]:
     from opentelemetry_instrumentation_rq import RQInstrumentor
+    from rq.job import Job
 
+    if not hasattr(Job, "execute_success_callback"):
+        # opentelemetry-instrumentation-rq (0.1.4, the newest) patches Job.execute_success_callback,
+        # which RQ 3 removed: instrument() raises, for `rq worker` as for any process (README).
+        pytest.skip("opentelemetry-instrumentation-rq cannot instrument RQ 3 (Job.execute_success_callback is gone)")
     RQInstrumentor().instrument()
     try:
         yield

@@ -195,3 +195,21 @@ def test_serializer_resolution_errors_name_the_value() -> None:
         resolve_serializer("yaml")
     with pytest.raises(SerializerError, match="no_such_module"):
         resolve_serializer("no_such_module.Serializer")
+
+
+def test_rq3_statuses_and_rate_limit_fields() -> None:
+    """RQ 3's statuses are statuses; its rate-limit fields are read, and a non-integer
+    ``rate_limit_concurrency`` (which RQ 3's ``Job.restore`` cannot read) is repaired to ``""``."""
+    base = {"data": b"x", "origin": b"default"}
+    for status in (b"rate_limited", b"ready_to_enqueue"):
+        assert parse_job_hash("j", {**base, "status": status}).status == status.decode()
+    record = parse_job_hash("j", {**base, "rate_limit_key": b"rk", "rate_limit_concurrency": b"3"})
+    assert (record.rate_limit_key, record.rate_limit_concurrency, record.rate_limit) == ("rk", 3, "rk")
+    assert parse_job_hash("j", {**base, "rate_limit_key": b"rk"}).rate_limit is None  # both fields, as RQ 3
+    with pytest.raises(MalformedJobError) as info:
+        parse_job_hash("j", {**base, "rate_limit_key": b"rk", "rate_limit_concurrency": b"lots"})
+    assert info.value.repairs == {"rate_limit_concurrency": ""}
+    if hasattr(Job, "has_rate_limit"):  # RQ 3 reads the repaired hash
+        job = Job(id="j", connection=_OFFLINE)
+        job.restore({b"data": b"x", b"rate_limit_key": b"rk", b"rate_limit_concurrency": b""})
+        assert not job.has_rate_limit

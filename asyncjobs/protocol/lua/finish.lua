@@ -1,6 +1,6 @@
 -- Record the end of many executions at once (success, failure, stop, retry,
--- repeat, give-back), each exactly as stock RQ 2.12 would leave it
--- (docs/rq-protocol.md §8), plus dependents, atomically.
+-- repeat, give-back), each exactly as a stock RQ worker of the installed major
+-- would leave it (docs/rq-protocol.md §8, §13), plus dependents, atomically.
 --
 -- At most once (docs/rq-protocol.md §11.1): an outcome is applied only while
 -- its execution's member `<id>:<eid>` is still in rq:wip:<q>, and removing that
