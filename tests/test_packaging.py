@@ -18,6 +18,7 @@ import redis
 from rq import Queue
 
 from asyncjobs import __version__
+from tests.testsupport.packaging import lock_constraints
 from tests.testsupport.workers import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "asyncjobs"
@@ -33,7 +34,8 @@ def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 
 def test_wheel_without_extras(tmp_path: Path, redis_url: str, sync_redis: redis.Redis) -> None:
     dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(dist), str(PROJECT_ROOT)])
+    # --no-isolation: the build tools come from the lock (requirements/dev.lock), not from the index today.
+    _run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(dist), str(PROJECT_ROOT)])
     wheels = sorted(dist.glob("*.whl"))
     assert len(wheels) == 1 and wheels[0].name.startswith(f"asyncjobs_rq-{__version__}-")
     _run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())])
@@ -50,7 +52,9 @@ def test_wheel_without_extras(tmp_path: Path, redis_url: str, sync_redis: redis.
     # Only the wheel: a PYTHONPATH pointing at a checkout (with its .egg-info) would make pip skip the
     # install and the probes import the source tree instead.
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0])], env=clean)
+    # rq and redis at the lock's versions (as constraints), so the test gives the same result any day.
+    _run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0]),
+          "-c", str(lock_constraints(tmp_path))], env=clean)
 
     probe = _run(
         [python, "-c", (

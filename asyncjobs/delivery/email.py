@@ -18,15 +18,9 @@ import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from asyncjobs._extras import missing_extra
-
-try:
-    import aiosmtplib
-except ImportError as _exc:  # pragma: no cover - depends on the install
-    raise missing_extra('email', 'asyncjobs.delivery.email (SMTP)', _exc) from _exc
-
 from asyncjobs.delivery.errors import (
     AuthenticationError,
     DeliveryConfigurationError,
@@ -37,6 +31,19 @@ from asyncjobs.delivery.errors import (
     RecipientRejectedError,
     TransientDeliveryError,
 )
+
+# Messages, validation and the console backend need nothing beyond the standard library, so the
+# settings and the tasks import this module under any extra ([sms] alone included); the SMTP sender
+# needs aiosmtplib (the `email` extra) and says so when it is built without it.
+_AIOSMTPLIB_MISSING: ImportError | None = None
+if TYPE_CHECKING:
+    import aiosmtplib
+else:
+    try:
+        import aiosmtplib
+    except ImportError as _exc:  # pragma: no cover - depends on the install
+        aiosmtplib = None
+        _AIOSMTPLIB_MISSING = _exc
 
 __all__ = [
     "ConsoleEmailSender",
@@ -395,6 +402,8 @@ class SmtpEmailSender:
     backend = "smtp"
 
     def __init__(self, config: SmtpConfig) -> None:
+        if _AIOSMTPLIB_MISSING is not None:
+            raise missing_extra("email", "asyncjobs.delivery.email (the SMTP sender)", _AIOSMTPLIB_MISSING)
         self.config = config
         self._idle: list[_Conn] = []
         self._sem = asyncio.Semaphore(config.pool_size)

@@ -178,10 +178,11 @@ def run_asyncjobs_worker(
 
 
 def rq_command() -> list[str]:
-    script = BIN_DIR / "rq"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from rq.cli import main; main()"]
+    """Stock ``rq`` (its CLI, workers and readers), run by this interpreter; see
+    :mod:`tests.testsupport.stock_rq` for the one redis-py incompatibility it bounds."""
+    script = Path(__file__).with_name("stock_rq.py")
+    # -c keeps sys.path[0] the working directory, as the ``rq`` script's own ``--path .`` expects.
+    return [sys.executable, "-c", f"import runpy, sys; sys.argv[0] = 'rq'; runpy.run_path({str(script)!r}, run_name='__main__')"]
 
 
 def run_rq_worker(
