@@ -33,6 +33,7 @@ SDK_MAJOR = compat.parse_version(sentry_sdk.VERSION)[0]
 #: 2.x releases with span streaming run these tests both ways
 LIFECYCLES = ["stream"] if SDK_MAJOR >= 3 else (
     ["static", "stream"] if compat.Sdk2().required_api().get("sentry_sdk.traces.start_span") else ["static"])
+
 J = "tests.observability.jobs"
 
 
