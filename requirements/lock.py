@@ -3,6 +3,8 @@
 * ``dev.lock``: everything ``make test`` installs (the ``dev`` extra and the build tools), for every
   Python CI uses (one universal resolution, markers where versions differ), with hashes.
 * ``demo.lock``: what ``make demo`` installs (the ``demo`` extra).
+* ``sentry2.lock``: the newest sentry-sdk 2.x, which ``make test-sentry2`` installs over ``dev.lock``
+  (the Sentry adapter has a 2.x and a 3.x implementation; ``dev.lock`` holds 3.x).
 * ``oldest.lock``: the lowest version pyproject.toml declares for each library a user combines with
   asyncjobs (the core dependencies and the runtime extras), with the test tools at their ``dev.lock``
   versions; ``make test-oldest`` installs it.  ``oldest.in`` is written beside it, so a reviewer sees
@@ -101,6 +103,8 @@ def tool_constraints() -> str:
 def main() -> None:
     compile_lock("requirements/dev.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",))
     compile_lock("requirements/demo.lock", "pyproject.toml", "requirements/tools.in", extras=("demo",))
+    # The newest sentry-sdk 2.x alone (its dependencies are dev.lock's), for make test-sentry2.
+    compile_lock("requirements/sentry2.lock", "requirements/sentry2.in", extra_args=("--no-deps",))
     floors = oldest_inputs()
     (HERE / "oldest.in").write_text(
         "# Written by requirements/lock.py: the lowest version pyproject.toml declares for each library\n"
