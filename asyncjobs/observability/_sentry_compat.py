@@ -320,8 +320,10 @@ _COMMON_API: dict[str, tuple[str, ...]] = {
 
 def _cron_api() -> dict[str, tuple[str, ...]]:
     """Sentry's private ``_start_check_in`` -- needed only where ``RqIntegration`` has cron monitoring."""
-    from sentry_sdk.integrations.rq import RqIntegration
-
+    try:
+        from sentry_sdk.integrations.rq import RqIntegration
+    except Exception:  # reported by missing_api for RqIntegration itself
+        return {}
     if "monitor_cron_jobs" not in inspect.signature(RqIntegration.__init__).parameters:
         return {}
     return {"sentry_sdk.integrations.rq._start_check_in": ("integration", "job")}
@@ -357,6 +359,9 @@ def missing_api(sdk: SdkApi | None = None) -> list[str]:
             obj = _resolve(dotted)
         except (ImportError, AttributeError):
             missing.append(dotted)
+            continue
+        except Exception as exc:  # e.g. DidNotEnable from an integration that refuses the installed rq
+            missing.append(f"{dotted} ({type(exc).__name__}: {exc})")
             continue
         if keywords:
             try:
