@@ -6,6 +6,8 @@
 * ``dev-rq2.lock``: ``dev.lock`` with RQ 2.12 instead (every other version as in ``dev.lock``), for
   ``make test LOCK=requirements/dev-rq2.lock``: asyncjobs supports both RQ majors and CI tests both.
 * ``demo.lock``: what ``make demo`` installs (the ``demo`` extra).
+* ``sentry2.lock``: the newest sentry-sdk 2.x, which ``make test-sentry2`` installs over ``dev.lock``
+  (the Sentry adapter has a 2.x and a 3.x implementation; ``dev.lock`` holds 3.x).
 * ``oldest.lock``: the lowest version pyproject.toml declares for each library a user combines with
   asyncjobs (the core dependencies and the runtime extras), with the test tools at their ``dev.lock``
   versions; ``make test-oldest`` installs it.  ``oldest.in`` is written beside it, so a reviewer sees
@@ -116,6 +118,8 @@ def main() -> None:
         compile_lock("requirements/dev-rq2.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",),
                      extra_args=("-c", str(pins)))
     compile_lock("requirements/demo.lock", "pyproject.toml", "requirements/tools.in", extras=("demo",))
+    # The newest sentry-sdk 2.x alone (its dependencies are dev.lock's), for make test-sentry2.
+    compile_lock("requirements/sentry2.lock", "requirements/sentry2.in", extra_args=("--no-deps",))
     floors = oldest_inputs()
     (HERE / "oldest.in").write_text(
         "# Written by requirements/lock.py: the lowest version pyproject.toml declares for each library\n"

@@ -2,7 +2,7 @@
 
 * :mod:`asyncjobs.observability.sentry` (``pip install 'asyncjobs-rq[sentry]'``): what
   ``sentry_sdk.integrations.rq`` does for ``rq worker``: one error event per failed job, a
-  transaction per job continuing the producer's trace.
+  transaction (sentry-sdk 2.x) or span (3.x) per job continuing the producer's trace.
 * :mod:`asyncjobs.observability.otel` (``pip install 'asyncjobs-rq[otel]'``): a span per job,
   child of the producer's context (``opentelemetry-instrumentation-rq``'s ``traceparent`` in
   ``job.meta``).

@@ -377,8 +377,14 @@ AUTO_ADAPTERS = (
 
 
 def add_auto_adapters(hooks: HookSet) -> list[str]:
-    """Add the built-in adapters whose library is initialised for RQ (see :data:`AUTO_ADAPTERS`)."""
+    """Add the built-in adapters whose library is initialised for RQ (see :data:`AUTO_ADAPTERS`).
+
+    An adapter that cannot work with the installed version of its library (it raises
+    :class:`~asyncjobs._extras.UnsupportedVersionError` on import) is left out with one warning
+    naming the version and the fix, here at start-up, rather than failing around every job."""
     import sys
+
+    from asyncjobs._extras import UnsupportedVersionError
 
     added = []
     for library, adapter in AUTO_ADAPTERS:
@@ -388,6 +394,9 @@ def add_auto_adapters(hooks: HookSet) -> list[str]:
             module = importlib.import_module(adapter)
             if not module.auto_enable():
                 continue
+        except UnsupportedVersionError as exc:
+            log.warning("%s is not enabled: %s", adapter, exc)
+            continue
         except Exception:
             log.exception("could not check whether to enable %s", adapter)
             continue

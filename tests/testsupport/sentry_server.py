@@ -8,6 +8,7 @@ with the SDK's envelope parser.  Answers 200 like Sentry; serves from a thread.
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,7 +49,8 @@ class SentryIngest:
         return f"http://public@127.0.0.1:{self.server.server_address[1]}/1"
 
     def items(self, kind: str) -> list[dict[str, Any]]:
-        """Payloads of every envelope item of type ``kind`` (``event``, ``transaction``) received."""
+        """Payloads of every envelope item of type ``kind`` (``event``, ``transaction``, ``span``,
+        ``check_in``) received.  The SDK's parser decodes only events; the others are JSON too."""
         from sentry_sdk.envelope import Envelope
 
         with self.lock:
@@ -56,8 +58,12 @@ class SentryIngest:
         out = []
         for body in bodies:
             for item in Envelope.deserialize(body).items:
-                if item.type == kind and item.payload.json is not None:
-                    out.append(item.payload.json)
+                if item.type != kind:
+                    continue
+                payload = item.payload.json
+                if payload is None:
+                    payload = json.loads(item.payload.get_bytes())
+                out.append(payload)
         return out
 
     def __enter__(self) -> SentryIngest:
