@@ -7,6 +7,9 @@ VENV ?= .venv
 LOCK ?= requirements/dev.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The stamp names the lock it was installed from: a venv switched to another lock (dev-rq2.lock: RQ 2.12)
+# or back is reinstalled from it.
+$(shell test -f $(STAMP) && grep -qxF '$(LOCK)' $(STAMP) || rm -f $(STAMP))
 PYTEST := $(BIN)/python -m pytest -n 2 -p no:cacheprovider
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 

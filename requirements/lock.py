@@ -35,8 +35,6 @@ RUNTIME_EXTRAS = ("email", "sms", "outbox", "postgres", "uvloop", "metrics", "se
 #: The extras that hold test tools (what ``make test-oldest`` needs beside the floors).
 TOOL_EXTRAS = ("test", "bench", "dev")
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
-#: The older RQ major asyncjobs supports, locked in dev-rq2.lock.
-RQ2 = "rq>=2.12,<2.13"
 
 
 def uv() -> str:
@@ -112,11 +110,8 @@ def main() -> None:
                  extra_args=("--upgrade-package", "rq"))
     # Everything at its dev.lock version (uv keeps the versions of the file it writes) except RQ: 2.12.
     shutil.copyfile(HERE / "dev.lock", HERE / "dev-rq2.lock")
-    with tempfile.TemporaryDirectory() as tmp:
-        pins = Path(tmp) / "rq2.txt"
-        pins.write_text(RQ2 + "\n")
-        compile_lock("requirements/dev-rq2.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",),
-                     extra_args=("-c", str(pins)))
+    compile_lock("requirements/dev-rq2.lock", "pyproject.toml", "requirements/tools.in", extras=("dev",),
+                 extra_args=("-c", "requirements/rq2.in"))
     compile_lock("requirements/demo.lock", "pyproject.toml", "requirements/tools.in", extras=("demo",))
     # The newest sentry-sdk 2.x alone (its dependencies are dev.lock's), for make test-sentry2.
     compile_lock("requirements/sentry2.lock", "requirements/sentry2.in", extra_args=("--no-deps",))
