@@ -80,7 +80,10 @@ async def test_every_key_is_under_the_stores_prefix(aconn: Redis, sync_redis: re
     claimed = await claim_one(store)
     assert sync_redis.smembers(keys.worker_executions("w")) == {f"parent:{claimed.execution_id}".encode()}
     assert sync_redis.hget(keys.execution("parent", claimed.execution_id), "job_id") == b"parent"
+    sync_redis.delete(keys.worker_executions("w"))  # lost (e.g. expired with the worker key): a heartbeat heals it
     await store.heartbeat([Running("default", "parent", claimed.execution_id)], 90)
+    assert sync_redis.smembers(keys.worker_executions("w")) == {f"parent:{claimed.execution_id}".encode()}
+    assert 0 < sync_redis.ttl(keys.worker_executions("w")) <= 90
     await store.finish(Outcomes([outcome(claimed)], state="idle"))
     assert status(sync_redis, keys, "parent") == "finished" and status(sync_redis, keys, "child") == "queued"
     assert sync_redis.lrange(keys.queue("default"), 0, -1) == [b"child"]

@@ -4,7 +4,8 @@
 -- maintenance) while this call was on its way: it is skipped, so its execution
 -- records are never written again after the finish removed them.
 -- The worker's executions set (RQ 3, docs/rq-protocol.md §13.3) gets the
--- worker key's TTL, as a stock worker's heartbeat gives it.
+-- worker key's TTL, as a stock worker's heartbeat gives it, and every running
+-- execution's member again (a set lost with an expired worker key heals).
 -- KEYS[1]: the key prefix (docs/rq-protocol.md §13.2)
 -- ARGV: worker, worker_ttl, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl, then q, jid, eid triples
 local P = KEYS[1]
@@ -14,7 +15,7 @@ local wkey = P .. ':worker:' .. worker
 local alive = redis.call('EXISTS', wkey)
 redis.call('HSET', wkey, 'last_heartbeat', now_ts)
 redis.call('EXPIRE', wkey, worker_ttl)
-redis.call('EXPIRE', wkey .. ':executions', worker_ttl)
+local wexec = wkey .. ':executions'
 for i = 9, #ARGV, 3 do
   local q, jid, eid = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local wip, member = P .. ':wip:' .. q, jid .. ':' .. eid
@@ -29,6 +30,8 @@ for i = 9, #ARGV, 3 do
     if redis.call('TYPE', jk)['ok'] == 'hash' then
       redis.call('HSET', jk, 'last_heartbeat', now_ts)
     end
+    redis.call('SADD', wexec, member)
   end
 end
+redis.call('EXPIRE', wexec, worker_ttl)
 return alive
