@@ -32,6 +32,7 @@ import redis
 
 from tests.testsupport.redis_server import RedisServer, find_redis_server, free_port
 from tests.testsupport.sinks import SinkProcess
+from tests.testsupport.workers import rq_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -374,7 +375,9 @@ class Bench:
     def commands(self, w: Workload, c: Contender, run_id: str, n: int) -> list[list[str]]:
         url = self.url
         if c.kind in ("rq-fork", "rq-simple"):
-            cmd = [str(BIN / "rq"), "worker", "--burst", "-u", url, "--logging_level", "WARNING",
+            # Stock rq as the tests run it: with RQ's own 1 s bound on its pub/sub thread's stop, or a
+            # burst worker can sit up to 60 s in its teardown with redis-py 8.2 (tests/testsupport/stock_rq.py).
+            cmd = [*rq_command(), "worker", "--burst", "-u", url, "--logging_level", "WARNING",
                    "-P", str(ROOT)]
             if c.kind == "rq-simple":
                 cmd += ["-w", "rq.worker.SimpleWorker"]

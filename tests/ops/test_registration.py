@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+import rq
 from redis.asyncio import Redis
 from rq.worker import Worker
 
@@ -19,10 +20,10 @@ async def test_registration_with_concurrency_is_read_by_stock_and_info(redis_url
     finally:
         await conn.aclose()
     raw = sync_redis.hgetall("rq:worker:reg-w")
-    assert raw[b"version"] == f"2.12.0+asyncjobs.{__version__}.c50".encode()
+    assert raw[b"version"] == f"{rq.__version__}+asyncjobs.{__version__}.c50".encode()
     assert raw[b"concurrency"] == b"50"
     (stock,) = Worker.all(connection=sync_redis)
-    assert stock.name == "reg-w" and stock.version == f"2.12.0+asyncjobs.{__version__}.c50"
+    assert stock.name == "reg-w" and stock.version == f"{rq.__version__}+asyncjobs.{__version__}.c50"
     assert [q.name for q in stock.queues] == ["a", "b"] and stock.get_state() == "started"
     snap = collect(sync_redis)
     (view,) = snap.workers
