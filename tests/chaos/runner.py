@@ -147,7 +147,7 @@ def run_scenario(
         producer.join()
         if producer.error is not None:
             raise RuntimeError(f"the producer failed: {producer.error!r}") from producer.error
-        _wait_backlog(cluster, plan, limit=max(30.0, produce_seconds))
+        _wait_backlog(cluster, plan, limit=max(30.0, produce_seconds), rate_limits=sc.rate_limits)
         ctx.stop.set()
         if sc.inject is not None:
             injector.join(120)
@@ -244,14 +244,16 @@ def _statuses(conn: redis.Redis, ids: list[str]) -> list[str | None]:
     return [s.decode() if s else None for s in pipe.execute()]
 
 
-def _wait_backlog(cluster: Cluster, plan: Plan, limit: float) -> None:
-    """Keep the faults going until the queues have emptied (or ``limit`` passes)."""
+def _wait_backlog(cluster: Cluster, plan: Plan, limit: float, rate_limits: dict[str, int] | None = None) -> None:
+    """Keep the faults going until the queues have emptied (or ``limit`` passes); rate-limited jobs
+    waiting for a slot are on no queue, but are backlog too."""
     conn = cluster.conn()
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         with cluster.redis_lock:
             try:
                 backlog = sum(conn.llen(f"rq:queue:{q}") for q in ("chaos-high", "chaos"))
+                backlog += sum(conn.zcard(f"rq:rl:{k}:rate_limited") for k in rate_limits or ())
             except redis.ConnectionError:
                 backlog = 1
         if backlog == 0:
