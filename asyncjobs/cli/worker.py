@@ -205,7 +205,10 @@ def _setup_logging(args: argparse.Namespace, settings: dict[str, Any] | None) ->
     setup_logging(args.logging_level, args.log_format, args.date_format)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None = None) -> int:
+    """``early_signals``: SIGTERM/SIGINT the console script recorded before the worker's own handlers
+    (``asyncjobs.cli.entry``); the worker stops before registering, as for a signal a moment later."""
+    early: list[int] = early_signals if early_signals is not None else []
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
@@ -237,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from asyncjobs.worker.pool import run_pool
 
             setup = functools.partial(_child_logging, args)
-            return run_pool(config, args.processes, use_uvloop=args.uvloop, prefixes=prefixes, child_setup=setup)
-        return run_worker(config, use_uvloop=args.uvloop)
+            return run_pool(config, args.processes, use_uvloop=args.uvloop, prefixes=prefixes, child_setup=setup,
+                            early_signals=early)
+        return run_worker(config, use_uvloop=args.uvloop, early_signals=early, exits_after=early_signals is not None)
 
 
 def _key_prefixes(given: Sequence[str], cluster: bool) -> tuple[str, ...]:

@@ -69,7 +69,7 @@ def _child(
         setup()
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
-    os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir))
+    os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir, exits_after=True))
 
 
 def _prefix_target(config: WorkerConfig, keys: Keys) -> Any:
@@ -102,12 +102,16 @@ def run_pool(
     use_uvloop: bool = False,
     prefixes: tuple[str, ...] = (),
     child_setup: Callable[[], None] | None = None,
+    early_signals: list[int] | None = None,
 ) -> int:
     """Supervise ``processes`` workers, or ``processes`` per key prefix when ``prefixes`` are given;
-    ``child_setup`` (picklable) runs first in each child of a prefix (its logging)."""
+    ``child_setup`` (picklable) runs first in each child of a prefix (its logging); ``early_signals``:
+    stop signals the console script recorded before the supervisor's handlers (then no child starts)."""
     total = processes * max(1, len(prefixes))
+    early = early_signals if early_signals is not None else []
     if config.metrics_port is None and config.health_port is None:
-        return _supervise(config, processes, use_uvloop, None, None, prefixes=prefixes, child_setup=child_setup)
+        return _supervise(config, processes, use_uvloop, None, None, prefixes=prefixes, child_setup=child_setup,
+                          early=early)
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
     from asyncjobs.worker.runner import ops_redis_client
@@ -136,7 +140,7 @@ def run_pool(
         return 2
     try:
         return _supervise(config, processes, use_uvloop, board, mp_dir, registry, sampler, prefixes=prefixes,
-                          child_setup=child_setup)
+                          child_setup=child_setup, early=early)
     finally:
         if sampler is not None:
             sampler.stop()
@@ -156,6 +160,7 @@ def _supervise(
     *,
     prefixes: tuple[str, ...] = (),
     child_setup: Callable[[], None] | None = None,
+    early: list[int] | None = None,
 ) -> int:
     # Children of another key prefix must import RQ afresh (it reads RQ_KEY_PREFIX at import): spawn.
     ctx: Any = mp.get_context("spawn" if prefixes else "fork")
@@ -222,6 +227,9 @@ def _supervise(
     try:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        if early:  # stopped before the handlers above: start nothing
+            log.info("stop requested while starting: no worker process started")
+            return 0
         for i in range(total):
             start(i)
         _loop(config, children, started_at, early_deaths, restart_at, stopping, child_config, start, board, mp_dir,

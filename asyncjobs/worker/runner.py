@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from collections.abc import Sequence
 from typing import Any
 
 from asyncjobs.worker.config import WorkerConfig
@@ -34,9 +36,16 @@ def run_worker(
     use_uvloop: bool = False,
     slot: Slot | None = None,
     multiprocess_dir: str | None = None,
+    early_signals: Sequence[int] = (),
+    exits_after: bool = False,
 ) -> int:
     """Run one worker.  ``slot``/``multiprocess_dir``: a ``--processes`` child whose supervisor
-    serves the endpoints; otherwise this process serves ``--metrics-port``/``--health-port``."""
+    serves the endpoints; otherwise this process serves ``--metrics-port``/``--health-port``.
+    ``early_signals``: SIGTERM/SIGINT received before the event loop's handlers were installed (the
+    console script records them, ``asyncjobs.cli.entry``); they count as if received just after.
+    ``exits_after``: the process exits once this returns (the console script): stop signals arriving
+    after the event loop has closed (and taken its handlers with it) are absorbed instead of killing
+    a worker that has already stopped."""
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
     from asyncjobs.protocol.serializers import SerializerError
@@ -82,7 +91,7 @@ def run_worker(
     if watchdog is not None:
         watchdog.start()
     try:
-        return _run(worker, config, use_uvloop)
+        return _run(worker, config, use_uvloop, early_signals, exits_after)
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -92,7 +101,9 @@ def run_worker(
         close_servers(servers)
 
 
-def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
+def _run(
+    worker: Any, config: WorkerConfig, use_uvloop: bool, early_signals: Sequence[int] = (), exits_after: bool = False
+) -> int:
     from asyncjobs.protocol.store import WorkerNameTaken
     from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
@@ -104,6 +115,11 @@ def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
 
     async def main() -> None:
         worker.install_signal_handlers()
+        if early_signals:  # a list the console script's own handler appended to until just now
+            log.info("received %s while starting", ", ".join(signal.Signals(s).name for s in early_signals))
+            worker.request_stop()
+            if len(early_signals) > 1:
+                worker.request_cold_stop()
         await worker.run()
 
     try:
@@ -119,4 +135,12 @@ def _run(worker: Any, config: WorkerConfig, use_uvloop: bool) -> int:
     except (WorkerNameTaken, StartupHookFailed) as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        if exits_after:
+            # Closing the loop restored the default action (death by signal): the second signal of a
+            # cold stop, sent just after the first, must not kill a worker that has already stopped.
+            # SIG_IGN, not a Python handler: the interpreter's exit puts Python handlers back to the
+            # default action before the process is gone, but leaves an ignored signal ignored.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
     return 0

@@ -189,3 +189,14 @@ def test_a_short_sigkill_scenario_end_to_end(redis_url: str, tmp_path: Path) -> 
     assert row.faults.get("sigkill", 0) >= 1, row.faults
     assert row.jobs > 300  # the plan plus the slot probe
     assert row.verdict == "pass", "\n".join(row.problem_samples) + f"\nlogs: {row.run_dir}"
+
+
+@pytest.mark.skipif("ratelimit" not in SCENARIOS, reason="RateLimit is RQ 3's (RQ 2.12 is installed)")
+def test_a_short_ratelimit_scenario_end_to_end(redis_url: str, tmp_path: Path) -> None:
+    """RQ 3 rate-limited jobs under SIGKILLs and stop commands: every job ends, every limiter empties."""
+    row = run_scenario(
+        SCENARIOS["ratelimit"], tmp_path, redis_url + "?socket_timeout=5", seed=5, jobs=300, produce_seconds=3,
+        say=lambda _: None,
+    )
+    assert row.faults.get("sigkill", 0) >= 1, row.faults
+    assert row.verdict == "pass", "\n".join(row.problem_samples) + f"\nlogs: {row.run_dir}"

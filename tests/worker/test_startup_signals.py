@@ -35,3 +35,21 @@ def test_stop_signal_while_redis_is_unreachable_at_startup(fault: str, sig: int,
             proc.signal(sig)
             assert proc.wait(15) == 0, proc.output()
             assert "exiting before registration" in proc.output()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_before_the_worker_has_its_handlers(sig: int, redis_url: str) -> None:
+    """A stop signal while the process still imports and reads its configuration (the event loop's
+    handlers are not installed yet) is not fatal: the worker exits 0 before registering, as it does
+    for a signal a moment later (seen in the chaos suite: a worker restarted and stopped at once died
+    with -15)."""
+    with run_asyncjobs_worker(redis_url, "default", "--name", "w-early") as proc:
+        wait_for(lambda: "connecting to" in proc.output(), 20, interval=0.005, message=proc.output)
+        proc.signal(sig)
+        # A second signal (a cold stop) once the worker has stopped, while the process exits: the
+        # event loop took its handlers with it, and the default action would kill the process.
+        wait_for(lambda: "exiting before registration" in proc.output() or proc.returncode is not None, 15,
+                 interval=0.002, message=proc.output)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.output()
+        assert "stop requested while starting" in proc.output()
