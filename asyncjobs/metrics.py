@@ -45,6 +45,7 @@ __all__ = [
     "mark_process_dead",
     "new_registry",
     "preload",
+    "recycled",
     "redis_error",
     "set_concurrency",
     "set_in_flight",
@@ -91,6 +92,10 @@ class _Metrics:
         self.redis_errors = Counter("asyncjobs_redis_errors", "Redis calls that failed and were retried", **kw)
         self.delivery = Counter(
             "asyncjobs_delivery", "Email/SMS deliveries by channel and result", ["channel", "result"], **kw
+        )
+        self.recycles = Counter(
+            "asyncjobs_worker_recycles", "Worker processes recycled (--max-jobs, --max-memory), by reason",
+            ["reason"], **kw,
         )
         self._lock = threading.Lock()
         # Labelled children cached per queue: no label lookups (and their lock) per job.
@@ -213,6 +218,11 @@ def set_loop_lag(seconds: float) -> None:
 def redis_error() -> None:
     if _metrics is not None:
         _metrics.redis_errors.inc()
+
+
+def recycled(reason: str) -> None:
+    if _metrics is not None:
+        _metrics.recycles.labels(reason).inc()
 
 
 def delivery(channel: str, result: str) -> None:

@@ -29,7 +29,14 @@ from typing import Any
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.protocol.codec import format_size
 from asyncjobs.protocol.rqversion import prefix_problem
-from asyncjobs.worker.config import DEFAULTS, OPS_SETTINGS, WorkerConfig, ops_options, parse_size
+from asyncjobs.worker.config import (
+    DEFAULTS,
+    OPS_SETTINGS,
+    WorkerConfig,
+    ops_options,
+    parse_memory,
+    parse_size,
+)
 from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 from asyncjobs.worker.runner import run_worker, setup_logging
 
@@ -83,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-ttl", type=int, default=DEFAULTS["default_result_ttl"], help="default result TTL in seconds (default %(default)s)")
     p.add_argument("--worker-ttl", type=int, default=DEFAULTS["worker_ttl"], help="worker key TTL in seconds (default %(default)s)")
     p.add_argument("--job-monitoring-interval", type=float, default=DEFAULTS["job_monitoring_interval"], help="heartbeat interval (default %(default)g s)")
-    p.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+    p.add_argument("--max-jobs", type=int, default=None,
+                   help="exit after this many jobs (under --processes: the child is replaced by a fresh one)")
+    p.add_argument("--max-memory", default=None, metavar="MB",
+                   help="recycle once this process's RSS passes MB megabytes (or 512M, 2G): finish the jobs in "
+                        "flight and exit with status 75; under --processes the child is replaced at once")
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument(
         "--dequeue-strategy", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
@@ -164,6 +175,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         worker_ttl=args.worker_ttl,
         job_monitoring_interval=args.job_monitoring_interval,
         max_jobs=args.max_jobs,
+        max_memory=parse_memory(args.max_memory),
         max_idle_time=args.max_idle_time,
         dequeue_strategy=args.dequeue_strategy,
         shutdown_timeout=args.shutdown_timeout,

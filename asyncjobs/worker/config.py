@@ -27,6 +27,14 @@ def parse_size(text: str, option: str = "--max-payload-size") -> int:
     return int(digits) * _SIZE_UNITS[unit]
 
 
+def parse_memory(text: str | None) -> int | None:
+    """``--max-memory``: ``"512"`` (megabytes), ``"512M"``, ``"2G"`` -> bytes; None stays None."""
+    if text is None:
+        return None
+    value = str(text).strip()
+    return parse_size(value + "M" if value.isdigit() else value, "--max-memory")
+
+
 #: Options for the ops endpoints: flag, else the -c settings module, else the environment (same name).
 OPS_SETTINGS: dict[str, tuple[str, Any]] = {
     "metrics_port": ("ASYNCJOBS_METRICS_PORT", int),
@@ -72,6 +80,8 @@ class WorkerConfig:
     worker_ttl: int = 420
     job_monitoring_interval: float = 30.0
     max_jobs: int | None = None
+    #: ``--max-memory``: recycle (drain and exit) once the process's RSS passes this many bytes
+    max_memory: int | None = None
     max_idle_time: float | None = None
     dequeue_strategy: DequeueStrategy = "default"
     shutdown_timeout: float = 30.0
@@ -129,6 +139,8 @@ class WorkerConfig:
             )
         if self.max_jobs is not None and self.max_jobs < 1:
             raise ValueError(f"--max-jobs must be at least 1, got {self.max_jobs}")
+        if self.max_memory is not None and self.max_memory < 1 << 20:
+            raise ValueError(f"--max-memory must be at least 1 MB, got {self.max_memory} bytes")
         if self.max_payload_size < 1024:
             raise ValueError(
                 f"--max-payload-size must be at least 1K (1024 bytes), got {self.max_payload_size}"

@@ -130,6 +130,11 @@ class Observer:
         if self.slot is not None:
             self.slot.draining = True
 
+    def recycled(self, reason: str) -> None:
+        """The worker recycles itself (``--max-jobs``/``--max-memory``: ``reason`` max_jobs, max_memory)."""
+        if self.metrics_on:
+            metrics.recycled(reason)
+
     def stopped(self) -> None:
         if self.metrics_on:
             metrics.set_concurrency(0)

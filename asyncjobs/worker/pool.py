@@ -2,8 +2,11 @@
 
 Each child is a full worker with its own RQ identity (``<name>-<i>`` when a
 name is given).  A child that dies is restarted (its in-flight jobs are
-recovered by RQ's abandoned-job maintenance); SIGTERM/SIGINT is forwarded so
-every child drains gracefully; a second signal is forwarded too (cold stop).
+recovered by RQ's abandoned-job maintenance), and so is one that recycled itself
+(``--max-jobs``, ``--max-memory``: it drained first), at once; only a stop of the
+whole pool, ``--burst`` and ``--max-idle-time`` end children for good.
+SIGTERM/SIGINT is forwarded so every child drains gracefully; a second signal is
+forwarded too (cold stop).
 
 With ``--key-prefix`` given (RQ 3), there are ``N`` children per prefix, each started as a fresh
 interpreter with ``RQ_KEY_PREFIX`` set to its prefix: RQ reads the prefix once, at import, so RQ's own
@@ -40,6 +43,7 @@ from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.ops import HealthBoard, OpsServer, Slot, close_servers, start_servers
+from asyncjobs.worker.recycle import RECYCLE_EXIT
 
 log = logging.getLogger("asyncjobs.pool")
 
@@ -69,7 +73,8 @@ def _child(
         setup()
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
-    os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir, exits_after=True))
+    os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir, exits_after=True,
+                        pooled=True))
 
 
 def _prefix_target(config: WorkerConfig, keys: Keys) -> Any:
@@ -291,7 +296,14 @@ def _loop(
                 from asyncjobs import metrics
 
                 metrics.mark_process_dead(proc.pid, mp_dir)
-            if stopping["count"] or config.burst or proc.exitcode == 0:
+            # Every child that ends is replaced, except on a stop of the whole pool, in --burst, and after
+            # --max-idle-time (exit 0: the child found no work; the pool ends when all have).
+            if stopping["count"] or config.burst or (proc.exitcode == 0 and config.max_idle_time is not None):
+                continue
+            if proc.exitcode == RECYCLE_EXIT:  # --max-jobs/--max-memory: drained and deregistered itself
+                log.info("worker process %d (pid %s) recycled itself; starting a fresh one", i, proc.pid)
+                early_deaths[i] = 0
+                restart_at[i] = time.monotonic()
                 continue
             name = child_config(i).name
             if name and proc.pid:

@@ -19,6 +19,7 @@ from asyncjobs.worker.ops import (
     close_servers,
     start_servers,
 )
+from asyncjobs.worker.recycle import RECYCLE_EXIT
 
 __all__ = ["run_worker", "setup_logging"]
 
@@ -38,8 +39,11 @@ def run_worker(
     multiprocess_dir: str | None = None,
     early_signals: Sequence[int] = (),
     exits_after: bool = False,
+    pooled: bool = False,
 ) -> int:
-    """Run one worker.  ``slot``/``multiprocess_dir``: a ``--processes`` child whose supervisor
+    """Run one worker; the exit status: 0, or :data:`~asyncjobs.worker.recycle.RECYCLE_EXIT` after a
+    ``--max-memory`` recycle (and after a ``--max-jobs`` one when ``pooled``: a ``--processes`` child, which
+    its supervisor replaces), 1 or 2 when it could not start.  ``slot``/``multiprocess_dir``: a ``--processes`` child whose supervisor
     serves the endpoints; otherwise this process serves ``--metrics-port``/``--health-port``.
     ``early_signals``: SIGTERM/SIGINT received before the event loop's handlers were installed (the
     console script records them, ``asyncjobs.cli.entry``); they count as if received just after.
@@ -91,7 +95,7 @@ def run_worker(
     if watchdog is not None:
         watchdog.start()
     try:
-        return _run(worker, config, use_uvloop, early_signals, exits_after)
+        code = _run(worker, config, use_uvloop, early_signals, exits_after)
     finally:
         if watchdog is not None:
             watchdog.stop()
@@ -99,6 +103,9 @@ def run_worker(
             sampler.stop()
             registry.unregister(sampler)
         close_servers(servers)
+    if code == 0 and (worker.recycled == "max_memory" or (pooled and worker.recycled)):
+        return RECYCLE_EXIT
+    return code
 
 
 def _run(

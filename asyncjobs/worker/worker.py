@@ -66,6 +66,7 @@ from asyncjobs.worker.lifecycle import run_shutdown_hooks
 from asyncjobs.worker.ops import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
+from asyncjobs.worker.recycle import MemoryLimit, current_rss
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 from asyncjobs.worker.shutdown import Shutdown
 
@@ -129,6 +130,9 @@ class Worker:
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self.slots = Slots(config.concurrency, config.max_jobs)
+        self.memory = MemoryLimit(config.max_memory)
+        #: why the worker ended on its own: "max_jobs" or "max_memory" (a recycle), else None
+        self.recycled: str | None = None
         self.shutdown = Shutdown(
             self.slots, config.shutdown_timeout, lambda i: self._cancel(i, CancelReason.GIVE_BACK),
             on_stop=self.observer.draining,
@@ -265,7 +269,8 @@ class Worker:
             log.error("could not register worker death (Redis unreachable: %s)", exc)
         self.executor.shutdown()
         await self._close_connections(redis_conn)
-        log.info("worker %s stopped: %d succeeded, %d failed", self.name, self.successful, self.failed)
+        log.info("worker %s stopped: %d succeeded, %d failed%s", self.name, self.successful, self.failed,
+                 f"; recycled ({self.recycled}, RSS {current_rss() / (1 << 20):.1f} MB)" if self.recycled else "")
 
     def _connect(self) -> Redis:
         """The worker's client: bounded waits, and no silent re-sends (a lost reply is the worker's
@@ -391,6 +396,15 @@ class Worker:
         while not self._stopping.is_set():
             if self.slots.max_jobs_reached:
                 log.info("max jobs (%d) reached", self.config.max_jobs)
+                self._recycle("max_jobs")
+                break
+            if self.memory.exceeded():
+                log.warning(
+                    "memory %.1f MB is over --max-memory %.1f MB after %d jobs: recycling (no new jobs; "
+                    "the %d in flight finish first)", self.memory.rss / (1 << 20),
+                    (self.config.max_memory or 0) / (1 << 20), self.slots.started, len(self.slots),
+                )
+                self._recycle("max_memory")
                 break
             request = self._unresolved_claim
             if request is None:
@@ -440,6 +454,10 @@ class Worker:
                 log.info("idle for %.0fs (--max-idle-time): exiting", self.config.max_idle_time)
                 break
             await self._wait_for_work()
+
+    def _recycle(self, reason: str) -> None:
+        self.recycled = reason
+        self.observer.recycled(reason)
 
     async def _wait_for_work(self) -> None:
         """Until a job arrives on a queue (BLMOVE wait, one per queue), a slot frees, or stop."""

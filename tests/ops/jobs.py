@@ -55,3 +55,18 @@ async def wait_for_file(path: str, timeout: float = 60.0) -> str:
             raise TimeoutError(f"{path} never appeared")
         await asyncio.sleep(0.05)
     return "done"
+
+
+_LEAKED: list[bytearray] = []
+
+
+def leak(path: str, token: str, megabytes: int) -> int:
+    """Keep ``megabytes`` MB alive for the rest of the process (a leak on purpose); record the token;
+    return the process's RSS in bytes after leaking."""
+    from asyncjobs.worker.recycle import current_rss
+
+    block = bytearray(megabytes << 20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page: resident, not just reserved
+    _LEAKED.append(block)
+    _append(path, token)
+    return current_rss()
