@@ -53,3 +53,20 @@ def test_stop_signal_before_the_worker_has_its_handlers(sig: int, redis_url: str
         proc.signal(signal.SIGTERM)
         assert proc.wait(15) == 0, proc.output()
         assert "stop requested while starting" in proc.output()
+
+
+def test_stop_signals_until_the_process_is_gone_do_not_kill_a_stopped_worker(redis_url: str) -> None:
+    """Signals sent without pause from the worker's stop until the process is gone (a supervisor that
+    repeats SIGTERM, a user pressing Ctrl-C again and again): none finds the default action.  Closing
+    the event loop puts SIGTERM/SIGINT back to their default action before the console script can
+    ignore them; a signal in that gap killed the worker with -15 (seen once in CI, test_oldest)."""
+    with run_asyncjobs_worker(redis_url, "default", "--name", "w-storm") as proc:
+        wait_for(lambda: "connecting to" in proc.output(), 20, interval=0.005, message=proc.output)
+        proc.signal(signal.SIGTERM)
+        wait_for(lambda: "exiting before registration" in proc.output() or proc.returncode is not None, 15,
+                 interval=0.001, message=proc.output)
+        sent = 0
+        while proc.returncode is None and sent < 200_000:
+            proc.signal(signal.SIGTERM if sent % 2 else signal.SIGINT)
+            sent += 1
+        assert proc.wait(15) == 0, f"after {sent} signals: {proc.output()}"
