@@ -13,7 +13,7 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
-    from asyncjobs.worker.rq_compat import AsyncWorker
+    from asyncjobs.host.rq_compat import AsyncWorker
 
 __all__ = ["AsyncWorker", "__version__", "get_current_job"]
 
@@ -21,7 +21,7 @@ __all__ = ["AsyncWorker", "__version__", "get_current_job"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package (e.g. by producers) pulls in nothing heavy.
     if name == "AsyncWorker":
-        from asyncjobs.worker.rq_compat import AsyncWorker
+        from asyncjobs.host.rq_compat import AsyncWorker
 
         return AsyncWorker
     if name == "get_current_job":

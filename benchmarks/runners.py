@@ -101,7 +101,7 @@ def observer_cost(mode: str, n: int = 100_000) -> dict[str, Any]:
 
     from asyncjobs import metrics
     from asyncjobs.protocol.transitions import Kind
-    from asyncjobs.worker.ops import Observer
+    from asyncjobs.worker.observer import Observer
 
     with tempfile.TemporaryDirectory(prefix="bench-mp-") as tmp:
         if mode == "mp":

@@ -3,7 +3,7 @@
 The batteries own their composition (``asyncjobs.delivery.{runtime,tasks,queues,settings,ratelimit}``,
 ``asyncjobs.outbox.notifications``); ``asyncjobs.tasks``, ``asyncjobs.queues`` and
 ``asyncjobs.notifications`` stay as thin public faces, and stay the names jobs carry in Redis.
-``AsyncWorker`` lives with the worker (``asyncjobs.worker.rq_compat``); ``asyncjobs.AsyncWorker``
+``AsyncWorker`` lives with the worker (``asyncjobs.host.rq_compat``); ``asyncjobs.AsyncWorker``
 is the public name and ``asyncjobs.cli.rq_compat.AsyncWorker`` the old path, both the same class.
 """
 
@@ -24,10 +24,10 @@ from tests.testsupport.workers import PROJECT_ROOT, run_asyncjobs_worker, run_rq
 def test_async_worker_lives_with_the_worker() -> None:
     import asyncjobs
     from asyncjobs.cli import rq_compat as old
-    from asyncjobs.worker import rq_compat
+    from asyncjobs.host import rq_compat
 
     assert asyncjobs.AsyncWorker is rq_compat.AsyncWorker is old.AsyncWorker
-    assert asyncjobs.AsyncWorker.__module__ == "asyncjobs.worker.rq_compat"
+    assert asyncjobs.AsyncWorker.__module__ == "asyncjobs.host.rq_compat"
 
 
 def test_rq_cli_with_the_old_async_worker_path(redis_url: str, sync_redis: redis.Redis) -> None:
@@ -44,8 +44,8 @@ def test_rq_cli_with_the_old_async_worker_path(redis_url: str, sync_redis: redis
 def test_cli_defaults_are_worker_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """``asyncjobs-worker`` with no flags builds exactly ``WorkerConfig``'s defaults (one source of defaults)."""
     from asyncjobs.cli.worker import build_parser, config_from_args
+    from asyncjobs.connection import DEFAULT_REDIS_URL, RedisTarget
     from asyncjobs.worker.config import DEFAULTS, WorkerConfig
-    from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget
 
     for var in ("REDIS_URL", "RQ_CONFIG", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_SSL"):
         monkeypatch.delenv(var, raising=False)
@@ -66,8 +66,8 @@ def test_cli_defaults_are_worker_config_defaults(monkeypatch: pytest.MonkeyPatch
 
 
 def test_settings_default_redis_url_is_the_worker_default() -> None:
+    from asyncjobs.connection import DEFAULT_REDIS_URL
     from asyncjobs.delivery.settings import Settings
-    from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 
     assert Settings.model_fields["redis_url"].default == DEFAULT_REDIS_URL
 

@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget, parse_sentinels
+from asyncjobs.connection import DEFAULT_REDIS_URL, RedisTarget, parse_sentinels
 
 __all__ = [
     "add_connection_args",

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
+from asyncjobs.connection import DEFAULT_REDIS_URL
+from asyncjobs.host.runner import run_worker, setup_logging
 from asyncjobs.protocol.codec import format_size
 from asyncjobs.protocol.rqversion import prefix_problem
 from asyncjobs.worker.config import (
@@ -37,8 +39,6 @@ from asyncjobs.worker.config import (
     parse_memory,
     parse_size,
 )
-from asyncjobs.worker.connection import DEFAULT_REDIS_URL
-from asyncjobs.worker.runner import run_worker, setup_logging
 
 log = logging.getLogger("asyncjobs")
 
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     log.info("connecting to %s", config.connection.describe())
     with _pid_file(args.pid):
         if args.processes > 1 or prefixes:
-            from asyncjobs.worker.pool import run_pool
+            from asyncjobs.host.supervisor import run_pool
 
             setup = functools.partial(_child_logging, args)
             return run_pool(config, args.processes, use_uvloop=args.uvloop, prefixes=prefixes, child_setup=setup,

@@ -28,9 +28,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - depends on the install
     raise missing_extra('email', 'asyncjobs.delivery.settings (pydantic-settings, with the email, sms or outbox extra)', _exc) from _exc
 
+from asyncjobs.connection import DEFAULT_REDIS_URL
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url
-from asyncjobs.worker.connection import DEFAULT_REDIS_URL
 
 __all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
 

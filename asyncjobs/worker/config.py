@@ -7,9 +7,9 @@ from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
+from asyncjobs.connection import DEFAULT_REDIS_URL, RedisTarget
 from asyncjobs.protocol.codec import DEFAULT_MAX_PAYLOAD_SIZE
 from asyncjobs.redact import redact_url
-from asyncjobs.worker.connection import DEFAULT_REDIS_URL, RedisTarget
 
 DequeueStrategy = Literal["default", "round_robin", "random"]
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from asyncjobs.backoff import wait_or
-from asyncjobs.worker.connection import RedisTarget
+from asyncjobs.connection import RedisTarget
 
 log = logging.getLogger("asyncjobs.worker")
 

@@ -63,7 +63,7 @@ from asyncjobs.worker.hooks import (
 )
 from asyncjobs.worker.joblog import job_extra, started_message
 from asyncjobs.worker.lifecycle import run_shutdown_hooks
-from asyncjobs.worker.ops import Observer
+from asyncjobs.worker.observer import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.recycle import MemoryLimit, current_rss
@@ -121,7 +121,7 @@ class Worker:
         observer: Observer | None = None,
     ) -> None:
         """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.worker.hooks`);
-        ``observer``: metrics and health reporting (see :mod:`asyncjobs.worker.ops`)."""
+        ``observer``: metrics and health reporting (see :mod:`asyncjobs.host.probes`)."""
         self.config = config
         self.observer = observer or Observer()
         self.name = config.name or uuid.uuid4().hex

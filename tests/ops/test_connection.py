@@ -22,7 +22,7 @@ from rq import Queue
 
 from asyncjobs.cli.rqconfig import add_connection_args, resolve_target, target_from_settings
 from asyncjobs.cli.worker import build_parser, config_from_args
-from asyncjobs.worker.connection import RedisTarget, parse_sentinels
+from asyncjobs.connection import RedisTarget, parse_sentinels
 from examples.devserver import free_port, terminate
 from tests.ops import jobs
 from tests.testsupport.redis_server import find_redis_server

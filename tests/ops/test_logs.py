@@ -14,7 +14,7 @@ import pytest
 import redis
 from rq import Queue
 
-from asyncjobs.worker.logs import JsonFormatter, make_formatter
+from asyncjobs.host.logs import JsonFormatter, make_formatter
 from tests.ops import jobs
 from tests.testsupport.workers import (
     WorkerProcess,

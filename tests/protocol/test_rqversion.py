@@ -6,9 +6,9 @@ import pytest
 import rq
 from redis.crc import key_slot
 
+from asyncjobs.cluster import parse_cluster_slots
 from asyncjobs.protocol import rqversion
 from asyncjobs.protocol.keys import DEFAULT, Keys
-from asyncjobs.worker.cluster import parse_cluster_slots
 
 
 def test_the_installed_rq() -> None:

@@ -8,17 +8,10 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from asyncjobs.host.logs import setup_logging
+from asyncjobs.host.probes import OpsServer, Watchdog, close_servers, start_servers
 from asyncjobs.worker.config import WorkerConfig
-from asyncjobs.worker.logs import setup_logging
-from asyncjobs.worker.ops import (
-    HealthBoard,
-    Observer,
-    OpsServer,
-    Slot,
-    Watchdog,
-    close_servers,
-    start_servers,
-)
+from asyncjobs.worker.observer import HealthBoard, Observer, Slot
 from asyncjobs.worker.recycle import RECYCLE_EXIT
 
 __all__ = ["run_worker", "setup_logging"]

@@ -17,7 +17,7 @@ Three ways to say where Redis is, as ``rq worker`` has them:
 
 With ``cluster=True`` the URL (or ``host``/``port``) names any node of a Redis
 Cluster, and every client connects to the node that owns the slot of RQ's key
-prefix, following it after a failover (:mod:`asyncjobs.worker.cluster`,
+prefix, following it after a failover (:mod:`asyncjobs.cluster`,
 docs/rq-protocol.md §14).
 
 ``options`` are keyword arguments of ``redis.Redis`` (``username``,
@@ -182,8 +182,8 @@ class RedisTarget:
         )
 
     def slot_owner(self) -> Any:
-        """The :class:`~asyncjobs.worker.cluster.SlotOwner` of this target (one per process)."""
-        from asyncjobs.worker.cluster import SlotOwner
+        """The :class:`~asyncjobs.cluster.SlotOwner` of this target (one per process)."""
+        from asyncjobs.cluster import SlotOwner
 
         seed = self._seed_kwargs()
         key = self.slot_key or self.cluster_prefix()
@@ -214,7 +214,7 @@ class RedisTarget:
         import redis.asyncio as aredis
 
         if self.cluster:
-            from asyncjobs.worker.cluster import async_pool
+            from asyncjobs.cluster import async_pool
 
             return aredis.Redis(connection_pool=async_pool(self.slot_owner(), self._cluster_kwargs(overrides)))
         kw = self._kwargs(overrides)
@@ -235,7 +235,7 @@ class RedisTarget:
         import redis as sync_redis
 
         if self.cluster:
-            from asyncjobs.worker.cluster import sync_pool
+            from asyncjobs.cluster import sync_pool
 
             return sync_redis.Redis(connection_pool=sync_pool(self.slot_owner(), self._cluster_kwargs(overrides)))
         kw = self._kwargs(overrides)

@@ -18,7 +18,7 @@ With ``--metrics-port``/``--health-port`` the supervisor alone listens, for all 
 temporary ``PROMETHEUS_MULTIPROC_DIR`` it creates and removes), ``/livez`` fails when any
 child's event loop is blocked, ``/readyz`` when any child is not registered, Redis is
 unreachable, or the pool is draining.  Children write their loop heartbeat and state into
-shared memory (:class:`~asyncjobs.worker.ops.HealthBoard`).
+shared memory (:class:`~asyncjobs.host.probes.HealthBoard`).
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ from types import FrameType
 from typing import Any
 
 from asyncjobs.backoff import RetryPolicy
+from asyncjobs.host.probes import OpsServer, close_servers, start_servers
 from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
-from asyncjobs.worker.ops import HealthBoard, OpsServer, Slot, close_servers, start_servers
+from asyncjobs.worker.observer import HealthBoard, Slot
 from asyncjobs.worker.recycle import RECYCLE_EXIT
 
 log = logging.getLogger("asyncjobs.pool")
@@ -67,7 +68,7 @@ def _child(
     mp_dir: str | None,
     setup: Callable[[], None] | None = None,
 ) -> None:
-    from asyncjobs.worker.runner import run_worker
+    from asyncjobs.host.runner import run_worker
 
     if setup is not None:  # a spawned child (--key-prefix): its logging is not inherited
         setup()
@@ -119,7 +120,7 @@ def run_pool(
                           early=early)
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
-    from asyncjobs.worker.runner import ops_redis_client
+    from asyncjobs.host.runner import ops_redis_client
 
     if config.name is None:  # the probes look the children up by name
         config = replace(config, name=f"asyncjobs-c{config.concurrency}-{uuid.uuid4().hex[:12]}")

@@ -26,9 +26,9 @@ from typing import Any
 
 from rq.worker import Worker as RQWorker
 
+from asyncjobs.connection import RedisTarget
+from asyncjobs.host.runner import run_worker, setup_logging
 from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
-from asyncjobs.worker.connection import RedisTarget
-from asyncjobs.worker.runner import run_worker, setup_logging
 
 
 class AsyncWorker(RQWorker):
