@@ -14,8 +14,9 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
 
 if TYPE_CHECKING:
     from asyncjobs.host.rq_compat import AsyncWorker
+    from asyncjobs.limits import QueueControl, Throttled
 
-__all__ = ["AsyncWorker", "__version__", "get_current_job"]
+__all__ = ["AsyncWorker", "QueueControl", "Throttled", "__version__", "get_current_job"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,6 +25,10 @@ def __getattr__(name: str) -> Any:
         from asyncjobs.host.rq_compat import AsyncWorker
 
         return AsyncWorker
+    if name in ("QueueControl", "Throttled"):
+        from asyncjobs import limits
+
+        return getattr(limits, name)
     if name == "get_current_job":
         from asyncjobs.worker.context import get_current_job
 

@@ -37,6 +37,7 @@ from asyncjobs.worker.config import (
     WorkerConfig,
     ops_options,
     parse_memory,
+    parse_queue_limit,
     parse_size,
 )
 
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="config_or_concurrency", action=_ConfigOrConcurrency, metavar="MODULE|N",
                    help="settings module as `rq worker -c` (e.g. -c myapp.rq_settings); a number is --concurrency")
     p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"], help="jobs in flight at once (default %(default)s)")
+    p.add_argument("--queue-limit", action="append", default=[], metavar="QUEUE=N",
+                   help="at most N jobs of QUEUE in flight in this process (repeatable; also QUEUE_LIMITS = "
+                   "{QUEUE: N} in the -c settings module). Fleet-wide limits: `asyncjobs-worker queues`")
     p.add_argument("--threads", type=int, default=None, help="thread pool size for sync jobs (default: concurrency)")
     p.add_argument("--burst", "-b", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", "-n", default=None,
@@ -160,6 +164,12 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         queues = [configured] if isinstance(configured, str) else [str(q) for q in configured]
     if not queues:
         queues = ["default"]
+    queue_limits = [parse_queue_limit(text) for text in args.queue_limit]
+    if not queue_limits and settings and settings.get("QUEUE_LIMITS"):
+        configured_limits = settings["QUEUE_LIMITS"]
+        if not isinstance(configured_limits, dict):
+            raise ValueError(f"QUEUE_LIMITS in the settings module must be a dict {{queue: N}}, got {configured_limits!r}")
+        queue_limits = [(str(q), n) for q, n in configured_limits.items()]
     target = resolve_target(args, settings)
     name = args.name or (settings or {}).get("NAME") or f"asyncjobs-c{args.concurrency}-{uuid.uuid4().hex[:12]}"
     return WorkerConfig(
@@ -187,6 +197,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         disable_default_exception_handler=args.disable_default_exception_handler,
         max_payload_size=parse_size(args.max_payload_size),
         log_job_description=not args.disable_job_desc_logging,
+        queue_limits=tuple(queue_limits),
         **ops_options({f: getattr(args, f) for f in OPS_SETTINGS}, settings, os.environ),
     )
 

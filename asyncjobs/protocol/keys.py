@@ -116,6 +116,11 @@ class Keys:
     def rate_limit_keys(self) -> str:
         return f"{self.prefix}:rl-keys"
 
+    @property
+    def queue_limits(self) -> str:
+        """asyncjobs' queue limits hash (asyncjobs/limits.py); its rate logs are ``<this>:rate:<queue>``."""
+        return self.own("queue-limits")
+
     def own(self, name: str) -> str:
         """A key of asyncjobs' own (not RQ's): ``<prefix>:asyncjobs:<name>``.
 

@@ -118,6 +118,7 @@ class ClaimRequest:
     queues: tuple[str, ...]
     count: int
     execution_ids: tuple[str, ...]
+    caps: tuple[int, ...] = ()  # this worker's own room per queue (-1: none), as ``queues``
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,8 @@ class ClaimResult:
     dropped: list[str] = field(default_factory=list)  # ids whose hash is gone (or has no data)
     poisoned: list[tuple[str, str]] = field(default_factory=list)  # (id, Redis type) of non-hash keys
     suspended: bool = False
+    #: queues with jobs that a queue limit held back: milliseconds until one may open (-1: paused)
+    blocked: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,7 @@ class RedisStore:
         self.keys = keys
         self.rq_major = rq_major
         self._prefix_key = [keys.prefix]
+        self._exchange_keys = [keys.prefix, keys.queue_limits]
         self._finish: AsyncScript = redis.register_script(_script("finish.lua"))
         self._heartbeat: AsyncScript = redis.register_script(_script("heartbeat.lua"))
         self._exchange: AsyncScript = redis.register_script(_exchange_script())
@@ -235,14 +239,17 @@ class RedisStore:
         ]
 
     # -- dequeue ----------------------------------------------------------
-    def claim_request(self, queues: Sequence[str], count: int, execution_ids: Sequence[str]) -> ClaimRequest:
+    def claim_request(
+        self, queues: Sequence[str], count: int, execution_ids: Sequence[str], caps: Sequence[int] = ()
+    ) -> ClaimRequest:
         """A new claim of up to ``count`` jobs, to pass to :meth:`exchange` (and again, unchanged,
-        if its reply was lost)."""
+        if its reply was lost).  ``caps``: at most this many of each queue (-1: no own cap)."""
         token = ""
         if count > 0:
             self._claims += 1
             token = f"{self._token_prefix}:{self._claims}"
-        return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]))
+        own = tuple(caps) if caps else (-1,) * len(queues)
+        return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]), own)
 
     async def exchange(self, outcomes: Outcomes | None, request: ClaimRequest) -> ClaimResult:
         """Store ``outcomes`` (if any), then claim: one atomic round trip.
@@ -259,10 +266,10 @@ class RedisStore:
         args = [
             payload, request.token, " ".join(answered),
             *self._start_args(now), str(request.count), str(len(request.queues)), *request.queues,
-            *request.execution_ids,
+            *(str(c) for c in (request.caps or (-1,) * len(request.queues))), *request.execution_ids,
         ]
         try:
-            reply = await self._exchange(keys=self._prefix_key, args=args)
+            reply = await self._exchange(keys=self._exchange_keys, args=args)
         except BaseException:
             self._answered = answered + self._answered  # not known to be deleted: try again next time
             raise
@@ -283,7 +290,8 @@ class RedisStore:
 
     @staticmethod
     def _parse_claim(reply: Any, now: datetime) -> ClaimResult:
-        suspended, claimed, dropped, poisoned = reply
+        suspended, claimed, dropped, poisoned = reply[:4]
+        blocked = {q.decode(): int(ms) for q, ms in reply[4]} if len(reply) > 4 else {}
         jobs: list[Claimed] = []
         for q, jid, eid, flat in claimed:
             pairs = dict(zip(flat[0::2], flat[1::2], strict=True))
@@ -293,6 +301,7 @@ class RedisStore:
             [d.decode() for d in dropped],
             [(i.decode(), t.decode()) for i, t in poisoned],
             bool(suspended),
+            blocked,
         )
 
     # -- completion --------------------------------------------------------

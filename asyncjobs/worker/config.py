@@ -108,6 +108,9 @@ class WorkerConfig:
     health_host: str = "0.0.0.0"
     #: ``/livez`` fails once the event loop has not run for this many seconds
     max_loop_lag: float = 10.0
+    #: ``--queue-limit QUEUE=N``: at most N jobs of QUEUE in flight in this process (the fleet-wide
+    #: limits are set in Redis: ``asyncjobs-worker queues limit``, :class:`asyncjobs.QueueControl`)
+    queue_limits: tuple[tuple[str, int], ...] = ()
 
     @property
     def connection(self) -> RedisTarget:
@@ -152,6 +155,13 @@ class WorkerConfig:
             raise ValueError(f"--max-loop-lag must be a positive number of seconds, got {self.max_loop_lag}")
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
+        for queue, cap in self.queue_limits:
+            if queue not in self.queues:
+                raise ValueError(
+                    f"--queue-limit {queue}={cap}: {queue!r} is not one of --queues ({','.join(self.queues)})"
+                )
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ValueError(f"--queue-limit {queue}={cap!r}: the limit must be a whole number >= 1")
 
     @property
     def heartbeat_ttl(self) -> int:
@@ -165,6 +175,14 @@ class WorkerConfig:
 
 #: :class:`WorkerConfig`'s default values by field name: the one source of the worker's defaults
 #: (``asyncjobs-worker``'s flags and ``rq worker -w asyncjobs.AsyncWorker`` take theirs from here).
+def parse_queue_limit(text: str) -> tuple[str, int]:
+    """``"sms=5"`` -> ``("sms", 5)`` (``--queue-limit``)."""
+    queue, sep, value = text.rpartition("=")
+    if not sep or not queue.strip() or not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"--queue-limit {text!r} is not QUEUE=N with N >= 1, e.g. --queue-limit sms=5")
+    return queue.strip(), int(value)
+
+
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {f.name: f.default for f in fields(WorkerConfig) if f.default is not MISSING}
 )

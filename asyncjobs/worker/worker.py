@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from rq.timeouts import JobTimeoutException
 
 from asyncjobs.backoff import Backoff, wait_or
+from asyncjobs.limits import Throttled, throttle_async
 from asyncjobs.protocol import transitions
 from asyncjobs.protocol.codec import (
     JobRecord,
@@ -80,6 +81,9 @@ RECANCEL_FIRST = 0.5
 RECANCEL_MAX = 5.0
 #: Report a job that ignores cancellation every this many seconds.
 IGNORED_CANCEL_REPORT = 60.0
+#: Longest wait before a queue held back by a limit is tried again (limits change live; a fleet
+#: concurrency slot frees on another worker unannounced).
+LIMIT_POLL = 1.0
 #: Loop iterations a cancel may wait for a job to leave Python 3.11's ``wait_for`` (see below).
 CANCEL_DEFER_MAX = 1000
 
@@ -141,6 +145,9 @@ class Worker:
         self._waiters: dict[str, asyncio.Task[bool]] = {}
         self._unresolved_claim: ClaimRequest | None = None
         self._suspended = False  # what the last claim saw
+        #: queues whose jobs a queue limit held back at the last claim: ms until one may open (-1: paused)
+        self._blocked: dict[str, int] = {}
+        self._own_caps = dict(config.queue_limits)
         self._claimed_last = 0
         self._rr_offset = 0
         self.successful = 0
@@ -384,6 +391,7 @@ class Worker:
                 "something other than RQ?)", job_id, job_id, type_,
             )
         self._suspended = result.suspended
+        self._blocked = result.blocked
         for claimed in result.jobs:
             self._launch(claimed)
         self._claimed_last = len(result.jobs)
@@ -416,7 +424,8 @@ class Worker:
                     # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
                     await asyncio.sleep(0)
                     continue
-                request = self.store.claim_request(self._queue_order(), free, self._execution_ids(free))
+                order = self._queue_order()
+                request = self.store.claim_request(order, free, self._execution_ids(free), self._caps(order))
             if not await self._exchange(request):
                 await backoff.wait("claim jobs", self._stopping)
                 continue
@@ -438,14 +447,14 @@ class Worker:
                 idle_since = time.monotonic()
                 continue
             if len(self.slots) or self.recorder.pending:
-                if self.config.burst:
+                if self.config.burst and not self._blocked:
                     # Jobs in flight may still enqueue work (retries, dependents): wait for one to end.
                     self.slots.freed.clear()
                     if not self.recorder.pending:
                         await self.slots.freed.wait()
                     continue
-            elif self.config.burst:
-                break
+            elif self.config.burst and not any(ms >= 0 for ms in self._blocked.values()):
+                break  # (jobs held back only by a rate, a fleet concurrency or a timed pause: wait for them)
             if (
                 self.config.max_idle_time is not None
                 and not len(self.slots)
@@ -465,10 +474,12 @@ class Worker:
         if self.config.max_idle_time is not None:
             timeout = max(0.1, min(timeout, self.config.max_idle_time))
         if self.slots.free() > 0:
+            held = self._held_back()
             for queue in self.config.queues:
-                if queue not in self._waiters:
+                if queue not in self._waiters and queue not in held:
                     self._waiters[queue] = asyncio.create_task(self._waiter(queue, timeout))
-        if not self._waiters:
+        reopen = self._limit_wait()
+        if not self._waiters and reopen is None:
             await wait_or(self._stopping, 0.05)
             return
         self.slots.freed.clear()
@@ -476,9 +487,38 @@ class Worker:
             return
         stop = asyncio.create_task(self._stopping.wait())
         freed = asyncio.create_task(self.slots.freed.wait())
-        await asyncio.wait({stop, freed, *self._waiters.values()}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        freed.cancel()
+        waits: set[asyncio.Task[Any]] = {stop, freed, *self._waiters.values()}
+        if reopen is not None:
+            waits.add(asyncio.create_task(asyncio.sleep(reopen)))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits - set(self._waiters.values()):
+            task.cancel()
+
+    def _caps(self, order: list[str]) -> list[int]:
+        """``--queue-limit``: the room left per queue in ``order`` (-1: no cap of this worker's)."""
+        if not self._own_caps:
+            return []
+        running: dict[str, int] = {}
+        for item in self.slots:
+            running[item.claimed.queue] = running.get(item.claimed.queue, 0) + 1
+        return [
+            max(0, self._own_caps[q] - running.get(q, 0)) if q in self._own_caps else -1 for q in order
+        ]
+
+    def _held_back(self) -> set[str]:
+        """Queues not to wait on with BLMOVE: a limit holds their jobs back (they would wake us at once)."""
+        held = set(self._blocked)
+        for queue, room in zip(self.config.queues, self._caps(list(self.config.queues)), strict=False):
+            if room == 0:
+                held.add(queue)  # woken by a slot freeing instead
+        return held
+
+    def _limit_wait(self) -> float | None:
+        """Seconds until a queue a limit held back may open; at most 1 s (limits change live)."""
+        if not self._blocked:
+            return None
+        waits = [ms / 1000 if ms >= 0 else LIMIT_POLL for ms in self._blocked.values()]
+        return min(max(0.005, min(waits)), LIMIT_POLL)
 
     async def _waiter(self, queue: str, timeout: float) -> bool:
         """Wake the loop when ``queue`` has a job; the loop's own claim takes it (or not)."""
@@ -662,6 +702,8 @@ class Worker:
                 return await self._failed(item, record, handle, cancelled, started, ended, elapsed)
             return await self._interrupted(item, record, handle, started, ended)
         failure = work.exception()
+        if isinstance(failure, Throttled):
+            return await self._throttled(item, failure, started, ended)
         if failure is not None:
             return await self._failed(item, record, handle, failure, started, ended, elapsed)
         value = work.result()
@@ -693,6 +735,16 @@ class Worker:
         log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra(item, "finished", elapsed))
         item.after_recorded = _webhooks(record, handle, "finished", ended)
         return transitions.success(record, ex, rv, self.config.default_result_ttl, working_time=elapsed)
+
+    async def _throttled(self, item: InFlight, exc: Throttled, started: Any, ended: Any) -> Transition:
+        """The job raised :class:`asyncjobs.Throttled`: pause its queue fleet-wide, and give the job
+        back to the front of its queue (not failed, no retry used)."""
+        claimed = item.claimed
+        log.warning("job %s throttled: queue %r paused for %gs, job back at the front of its queue",
+                    claimed.job_id, claimed.queue, exc.retry_after,
+                    extra=self._job_extra(item, "throttled", item.duration))
+        await self._safe(throttle_async(self.redis, self.store.keys, claimed.queue, exc.retry_after))
+        return transitions.give_back(self._execution(claimed, started, ended))
 
     async def _interrupted(
         self, item: InFlight, record: JobRecord, handle: JobHandle, started: Any, ended: Any

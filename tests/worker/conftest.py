@@ -31,6 +31,8 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: 
 def _reset_gates() -> None:
     jobs.gates.clear()
     jobs.seen.clear()
+    jobs.starts.clear()
+    jobs.running.update(now=0, max=0)
 
 
 @pytest.fixture

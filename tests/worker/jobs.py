@@ -114,3 +114,33 @@ def recording_handler(job: object, exc_type: type, exc_value: BaseException, tb:
     """An ``--exception-handler`` that notes which job and exception it saw."""
     handled.append(f"{getattr(job, 'id', '?')}:{exc_type.__name__}")
     return True
+
+
+#: (queue tag, monotonic start time) of each ``record`` call, in start order
+starts: list[tuple[str, float]] = []
+running: dict[str, int] = {"now": 0, "max": 0}
+
+
+async def record(tag: str) -> str:
+    starts.append((tag, time.monotonic()))
+    return tag
+
+
+async def counted(seconds: float) -> None:
+    """Records how many of these run at once (``running["max"]``)."""
+    running["now"] += 1
+    running["max"] = max(running["max"], running["now"])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        running["now"] -= 1
+
+
+async def throttled_once(key: str, retry_after: float) -> str:
+    """Raises ``asyncjobs.Throttled`` the first time it runs for ``key``."""
+    from asyncjobs.limits import Throttled
+
+    seen.append(key)
+    if seen.count(key) == 1:
+        raise Throttled(retry_after)
+    return f"ran {key} after throttling"

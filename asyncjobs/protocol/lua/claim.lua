@@ -26,14 +26,24 @@
 -- KEYS[1]: the key prefix (`rq`, or RQ_KEY_PREFIX): every key is built from it
 --          (docs/rq-protocol.md §13.2), and declaring it routes the call to the
 --          Redis Cluster node that owns the prefix's slot (§14).
+-- KEYS[2]: the queue limits hash (asyncjobs/limits.py): per queue `c:<q>` (fleet-wide
+--          concurrency), `r:<q>` (`<count>/<period ms>` starts) and `p:<q>` (paused until, epoch
+--          ms, -1 until resumed).  One HMGET per call when no limit is set.  A queue that is
+--          paused, at its concurrency or out of rate is skipped: the claim goes on with the next.
+--          Concurrency counts the queue's rq:wip members whose deadline has not passed (a lease
+--          the heartbeat renews); rate keeps the starts of the last period in `<KEYS[2]>:rate:<q>`.
 -- ARGV: worker, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl,
---       n, nq, q1..qnq, then n execution ids.
--- Returns {suspended (0/1), {{q, jid, eid, hgetall}...}, {dropped ids}, {{id, type}...}}
+--       n, nq, q1..qnq, cap1..capnq (this worker's own room per queue, -1 none), then n
+--       execution ids.
+-- Returns {suspended (0/1), {{q, jid, eid, hgetall}...}, {dropped ids}, {{id, type}...},
+--          {{q, ms}...}}: the last lists the queues with jobs that a limit held back, with the
+--          milliseconds until one may open (-1: paused until resumed).
 local worker, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, nq = tonumber(ARGV[8]), tonumber(ARGV[9])
-local base = 9 + nq
+local base = 9 + 2 * nq
 local P = KEYS[1]
+local LIM = KEYS[2]
 local wkey = P .. ':worker:' .. worker
 local wexec = wkey .. ':executions'
 
@@ -42,7 +52,7 @@ local dropped = {}
 local poisoned = {}
 
 if redis.call('EXISTS', P .. ':suspended') == 1 then
-  return {1, claimed, dropped, poisoned}
+  return {1, claimed, dropped, poisoned, {}}
 end
 
 -- Take the head of queue `qk` if it is a job: returns true when claimed.
@@ -87,17 +97,88 @@ local function start(q, qk, jid, eid)
   return true
 end
 
+-- The limits of the queues asked for: one HMGET (nothing else when none is set).
+local fields = {}
+for i = 1, nq do
+  local q = ARGV[9 + i]
+  fields[3 * i - 2], fields[3 * i - 1], fields[3 * i] = 'c:' .. q, 'r:' .. q, 'p:' .. q
+end
+local lim = redis.call('HMGET', LIM, unpack(fields))
+local blocked = {}
+local now_ms = nil
+local function clock()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
+
+-- How many jobs of queue i this claim may start (up to `want`); when none, the milliseconds until
+-- one may (-1: paused until resumed); the rate key and period when a rate is set.
+local function room(i, q, want)
+  local cap = tonumber(ARGV[9 + nq + i])
+  if cap and cap >= 0 and cap < want then want = cap end
+  local c, r, p = lim[3 * i - 2], lim[3 * i - 1], lim[3 * i]
+  if p then
+    local untl = tonumber(p)
+    if untl == -1 then return 0, nil, -1, 0 end
+    if untl and untl > clock() then return 0, nil, untl - clock(), 0 end
+  end
+  if c then
+    local limit = tonumber(c)
+    if limit then
+      local running = redis.call('ZCOUNT', P .. ':wip:' .. q, now_f, '+inf')
+      if running >= limit then return 0, nil, 1000, 0 end
+      if limit - running < want then want = limit - running end
+    end
+  end
+  local rk = nil
+  if r then
+    local count, period = string.match(r, '^(%d+)/(%d+)$')
+    count, period = tonumber(count), tonumber(period)
+    if count and period then
+      rk = LIM .. ':rate:' .. q
+      redis.call('ZREMRANGEBYSCORE', rk, '-inf', clock() - period)
+      local starts = redis.call('ZCARD', rk)
+      if starts >= count then
+        local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+        return 0, nil, math.max(1, tonumber(oldest[2]) + period - clock()), 0
+      end
+      if count - starts < want then want = count - starts end
+      return want, rk, 0, period
+    end
+  end
+  return want, nil, 0, 0
+end
+
 -- Bad entries are popped too, but at most MAX_BAD per call: a flood of them cannot stall Redis.
 local MAX_BAD = 1000
 local used, bad = 0, 0
 for i = 1, nq do
   local q = ARGV[9 + i]
   local qk = P .. ':queue:' .. q
+  local allowed, rk, wait, period = nil, nil, 0, 0
+  local taken = 0
   while used < n and bad < MAX_BAD do
     local jid = redis.call('LINDEX', qk, 0)
     if not jid then break end
-    if start(q, qk, jid, ARGV[base + used + 1]) then used = used + 1 else bad = bad + 1 end
+    if allowed == nil then
+      allowed, rk, wait, period = room(i, q, n - used)
+    end
+    if taken >= allowed then
+      if taken == 0 and wait ~= 0 then table.insert(blocked, {q, string.format('%d', wait)}) end
+      break
+    end
+    local eid = ARGV[base + used + 1]
+    if start(q, qk, jid, eid) then
+      used, taken = used + 1, taken + 1
+      if rk then redis.call('ZADD', rk, clock(), jid .. ':' .. eid) end
+    else
+      bad = bad + 1
+    end
   end
+  if rk and taken > 0 then redis.call('PEXPIRE', rk, period) end
   if used >= n or bad >= MAX_BAD then break end
 end
 
@@ -110,4 +191,4 @@ if #claimed > 0 and redis.call('EXISTS', wkey) == 1 then
     redis.call('HSET', wkey, 'current_job', claimed[1][2])
   end
 end
-return {0, claimed, dropped, poisoned}
+return {0, claimed, dropped, poisoned, blocked}

@@ -1,0 +1,177 @@
+"""Queue limits enforced when a job is claimed (issue 20): fleet-wide concurrency and rate,
+pause/resume, ``Throttled`` back-pressure and per-worker caps, with in-process workers on a real
+Redis.  What is asserted is which jobs ran and in what order, never how fast."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from rq import Queue
+
+from asyncjobs.limits import QueueControl, Rate, Throttled, parse_duration
+from tests.worker import jobs
+from tests.worker.conftest import eventually
+
+J = "tests.worker.jobs"
+
+
+def status(conn: redis.Redis, job_id: str) -> str | None:
+    value = conn.hget(f"rq:job:{job_id}", "status")
+    return value.decode() if value else None
+
+
+async def test_rate_limited_queue_does_not_hold_back_the_next_queue(sync_redis: redis.Redis, start_worker) -> None:
+    # The issue's measurement: --concurrency 20 --queues sms,emails, SMS at 5/s, 100 SMS then 20
+    # emails.  With the rate inside the task the emails waited behind slots holding SMS; with the
+    # rate on the queue the claim skips `sms` once out of tokens and serves `emails` at once.
+    QueueControl(sync_redis).limit("sms", rate="5/s")
+    sms, emails = Queue("sms", connection=sync_redis), Queue("emails", connection=sync_redis)
+    for i in range(100):
+        sms.enqueue(f"{J}.record", f"sms{i}")
+    email_ids = [emails.enqueue(f"{J}.record", f"email{i}").id for i in range(20)]
+    worker, _ = await start_worker(queues=("sms", "emails"), concurrency=20)
+    await eventually(lambda: all(status(sync_redis, i) == "finished" for i in email_ids), what="20 emails done")
+    tags = [t for t, _ in jobs.starts]
+    last_email = max(i for i, t in enumerate(tags) if t.startswith("email"))
+    sms_before = sum(1 for t in tags[:last_email] if t.startswith("sms"))
+    # Every email started before most SMS: at 5/s only the first window's SMS (and a few more on
+    # a slow machine) can have gone first.
+    assert sms_before < 50, tags
+    assert sms.count > 40  # the rest of the SMS still wait on their queue, not in a worker slot
+    assert "sms" in worker._blocked
+    assert len(worker.slots) == 0  # no slot held by a job waiting for its limit
+
+
+async def test_fleet_concurrency_across_two_workers(sync_redis: redis.Redis, start_worker) -> None:
+    QueueControl(sync_redis).limit("calls", concurrency=3)
+    q = Queue("calls", connection=sync_redis)
+    ids = [q.enqueue(f"{J}.counted", 0.05).id for _ in range(12)]
+    for _ in range(2):
+        await start_worker(queues=("calls",), concurrency=5, burst=True)
+    await eventually(lambda: all(status(sync_redis, i) == "finished" for i in ids), what="12 jobs done")
+    assert jobs.running["max"] == 3
+
+
+async def test_rate_shared_by_two_burst_workers(sync_redis: redis.Redis, start_worker) -> None:
+    QueueControl(sync_redis).limit("api", rate="10/s")
+    q = Queue("api", connection=sync_redis)
+    for i in range(25):
+        q.enqueue(f"{J}.record", f"api{i}")
+    tasks = [(await start_worker(queues=("api",), concurrency=10, burst=True))[1] for _ in range(2)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 60)  # burst workers wait for the rate, then exit
+    times = sorted(t for _, t in jobs.starts)
+    assert len(times) == 25 and q.count == 0
+    # Never more than the rate (plus, for the recording's own delays, the burst) in any 1 s window.
+    assert max(sum(1 for u in times if t <= u < t + 1.0) for t in times) <= 20
+
+
+async def test_pause_and_resume_one_queue(sync_redis: redis.Redis, start_worker) -> None:
+    control = QueueControl(sync_redis)
+    control.pause("a")
+    a, b = Queue("a", connection=sync_redis), Queue("b", connection=sync_redis)
+    held = a.enqueue(f"{J}.record", "a")
+    free = b.enqueue(f"{J}.record", "b")
+    worker, _ = await start_worker(queues=("a", "b"), concurrency=2)
+    await eventually(lambda: status(sync_redis, free.id) == "finished", what="b's job")
+    await eventually(lambda: worker._blocked.get("a") == -1, what="a seen paused")
+    assert status(sync_redis, held.id) == "queued"
+    assert control.get("a").paused_until == float("inf")
+    control.resume("a")
+    await eventually(lambda: status(sync_redis, held.id) == "finished", what="a's job after resume")
+    assert [t for t, _ in jobs.starts] == ["b", "a"]
+
+
+async def test_timed_pause_ends_by_itself(sync_redis: redis.Redis, start_worker) -> None:
+    QueueControl(sync_redis).pause("a", seconds=0.5)
+    job = Queue("a", connection=sync_redis).enqueue(f"{J}.record", "a")
+    worker, _ = await start_worker(queues=("a",), concurrency=1)
+    await eventually(lambda: "a" in worker._blocked, what="a seen paused")
+    assert status(sync_redis, job.id) == "queued"
+    await eventually(lambda: status(sync_redis, job.id) == "finished", what="job after the pause")
+
+
+async def test_throttled_job_goes_back_and_pauses_its_queue(sync_redis: redis.Redis, start_worker) -> None:
+    q = Queue("sms", connection=sync_redis)
+    job = q.enqueue(f"{J}.throttled_once", "k", 0.3, retry=None)
+    await start_worker(queues=("sms",), concurrency=2)
+    await eventually(lambda: status(sync_redis, job.id) == "finished", what="throttled job run again")
+    assert job.latest_result().return_value == "ran k after throttling"
+    assert jobs.seen == ["k", "k"]
+    assert q.failed_job_registry.count == 0
+    assert QueueControl(sync_redis).get("sms").paused_until is not None  # the pause was set (now over)
+
+
+async def test_own_queue_cap_leaves_slots_to_other_queues(sync_redis: redis.Redis, start_worker) -> None:
+    a, b = Queue("a", connection=sync_redis), Queue("b", connection=sync_redis)
+    a_ids = [a.enqueue(f"{J}.wait_gate", "cap").id for _ in range(4)]
+    b_ids = [b.enqueue(f"{J}.wait_gate", "cap").id for _ in range(2)]
+    await start_worker(queues=("a", "b"), concurrency=5, queue_limits=(("a", 2),))
+    await eventually(lambda: all(status(sync_redis, i) == "started" for i in b_ids), what="b's jobs started")
+    assert sorted(status(sync_redis, i) for i in a_ids) == ["queued", "queued", "started", "started"]
+    jobs.gate("cap").set()
+    await eventually(lambda: all(status(sync_redis, i) == "finished" for i in a_ids), what="a's jobs done")
+
+
+def test_values_are_checked() -> None:
+    assert Rate.parse("20/s") == Rate(20, 1000)
+    assert Rate.parse("5/10s") == Rate(5, 10_000)
+    assert str(Rate.parse("600/m")) == "600/m"
+    assert parse_duration("10m") == 600
+    with pytest.raises(ValueError, match="'20 per second' is not <count>/<period>"):
+        Rate.parse("20 per second")
+    with pytest.raises(ValueError, match="retry_after=-1"):
+        Throttled(-1)
+    with pytest.raises(ValueError, match="concurrency 0"):
+        QueueControl(None).limit("sms", concurrency=0)
+
+
+@pytest.fixture
+async def store(redis_url: str):  # type: ignore[no-untyped-def]
+    from redis.asyncio import Redis
+
+    from asyncjobs.protocol.store import RedisStore
+
+    conn = Redis.from_url(redis_url)
+    try:
+        yield RedisStore(conn, "limits-test", heartbeat_ttl=90)
+    finally:
+        await conn.aclose()
+
+
+async def test_no_limits_cost_one_command_per_claim(store, sync_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    Queue("b", connection=sync_redis).enqueue(f"{J}.record", "b")
+    await store.exchange(None, store.claim_request(["empty"], 1, ["a" * 32]))  # the script loaded
+    sync_redis.config_resetstat()
+    (claimed,) = (await store.exchange(None, store.claim_request(["a", "b"], 2, ["b" * 32, "c" * 32]))).jobs
+    assert claimed.queue == "b"
+    stats = sync_redis.info("commandstats")
+    assert stats["cmdstat_hmget"]["calls"] == 1
+    assert not {"cmdstat_time", "cmdstat_zcount", "cmdstat_zcard"} & set(stats)
+
+
+async def test_a_dead_workers_slot_comes_back_when_its_lease_ends(store, sync_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    QueueControl(sync_redis).limit("q", concurrency=1)
+    q = Queue("q", connection=sync_redis)
+    q.enqueue(f"{J}.record", "q")
+    now = sync_redis.time()[0]
+    # A running job of a worker that still heartbeats holds the one slot ...
+    sync_redis.zadd("rq:wip:q", {"live:1": now + 60})
+    result = await store.exchange(None, store.claim_request(["q"], 1, ["d" * 32]))
+    assert result.jobs == [] and result.blocked == {"q": 1000}
+    # ... one whose worker was SIGKILLed does not, once its heartbeat deadline (the lease) passed.
+    sync_redis.zadd("rq:wip:q", {"live:1": now - 1})
+    result = await store.exchange(None, store.claim_request(["q"], 1, ["e" * 32]))
+    assert [c.queue for c in result.jobs] == ["q"]
+
+
+def test_queue_limit_flag() -> None:
+    from asyncjobs.cli.worker import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--queues", "sms,emails", "--queue-limit", "sms=5"])
+    assert config_from_args(args).queue_limits == (("sms", 5),)
+    with pytest.raises(ValueError, match="'sms=none' is not QUEUE=N"):
+        config_from_args(build_parser().parse_args(["-Q", "sms", "--queue-limit", "sms=none"]))
+    with pytest.raises(ValueError, match="'fax' is not one of --queues"):
+        config_from_args(build_parser().parse_args(["-Q", "sms", "--queue-limit", "fax=1"]))
