@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["DEFAULT_REDIS_URL", "PLAIN_OPTIONS", "RedisTarget", "parse_sentinels"]
+__all__ = ["DEFAULT_REDIS_URL", "PLAIN_OPTIONS", "RedisRefused", "RedisTarget", "parse_sentinels", "refusal_hint"]
 
 #: Where Redis is when nothing says otherwise (as ``rq worker``): the one place this default is written.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -56,6 +56,39 @@ PLAIN_OPTIONS = frozenset(
     }
 )
 _SECRET = frozenset({"password", "ssl_password"})
+
+
+class RedisRefused(Exception):
+    """Redis refused the worker's configuration (wrong database, credentials, ACL, missing command):
+    retrying cannot cure it, so the worker stops with this one-line message (exit 2)."""
+
+
+#: Replies that mean "this configuration is wrong", never "the server is away": (text in the error, the fix).
+_REFUSALS = (
+    ("db index is out of range", "use a database number the server has (0-15 unless redis.conf sets `databases`)"),
+    ("invalid db index", "use a database number the server has (0-15 unless redis.conf sets `databases`)"),
+    ("wrongpass", "check the user and password (URL, --redis-username, --redis-password-file)"),
+    ("invalid username-password", "check the user and password (URL, --redis-username, --redis-password-file)"),
+    ("invalid password", "check the password (URL, --redis-password-file, REDIS_PASSWORD)"),
+    ("noauth", "this Redis needs a password: put it in the URL or use --redis-password-file"),
+    ("noperm", "grant this ACL user the commands and keys RQ needs (e.g. `+@all ~rq:*` ... see the README)"),
+    ("unknown command", "this server lacks a command RQ needs: use Redis >= 6.2 (or a compatible server)"),
+)
+
+
+def refusal_hint(exc: BaseException) -> str | None:
+    """The fix when ``exc`` is Redis refusing the configuration rather than an outage; else None."""
+    import redis.exceptions as rexc
+
+    if not isinstance(exc, rexc.RedisError):
+        return None
+    text = str(exc).lower()
+    for needle, hint in _REFUSALS:
+        if needle in text:
+            return hint
+    if isinstance(exc, (rexc.AuthenticationError, rexc.AuthorizationError)):
+        return "check the user, password and ACL rules of this Redis"
+    return None
 
 
 def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
@@ -102,8 +135,29 @@ class RedisTarget:
             raise ValueError(
                 f"invalid Redis URL {redact_url(self.url)!r}: it must start with redis://, rediss:// or unix://"
             )
+        if self.url is not None:
+            self._check_url(self.url)
         if self.cluster:
             self._check_cluster()
+
+    @staticmethod
+    def _check_url(url: str) -> None:
+        from urllib.parse import urlsplit
+
+        from redis.connection import parse_url
+
+        try:
+            urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
+            parse_url(url)  # type: ignore[no-untyped-call, unused-ignore]
+        except ValueError as exc:
+            shown = redact_url(url)
+            if shown == "***":  # masked whole because it does not parse: show it without the credentials
+                scheme, _, rest = url.partition("://")
+                shown = f"{scheme}://{rest.rpartition('@')[2]}"
+            raise ValueError(
+                f"invalid Redis URL {shown!r}: {exc}; write redis://[user:password@]host:port/db, e.g. "
+                f"{DEFAULT_REDIS_URL}"
+            ) from None
 
     def _check_cluster(self) -> None:
         from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION, hash_tag

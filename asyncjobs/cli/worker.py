@@ -40,6 +40,7 @@ from asyncjobs.worker.config import (
     parse_queue_limit,
     parse_size,
 )
+from asyncjobs.host.preflight import battery_settings_problem
 
 log = logging.getLogger("asyncjobs")
 
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             from asyncjobs.worker.hooks import load_hooks
 
             load_hooks(config.hooks)  # a bad --hooks module is an error now, not in each child
+        problem = battery_settings_problem(config.allowed_modules)
+        if problem:
+            raise ValueError(problem)
     except (ValueError, TypeError) as exc:
         print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
         return 2

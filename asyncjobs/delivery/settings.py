@@ -32,7 +32,7 @@ from asyncjobs.connection import DEFAULT_REDIS_URL
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url
 
-__all__ = ["Settings", "SettingsError", "get_settings", "reload_settings"]
+__all__ = ["Settings", "SettingsError", "check_settings", "get_settings", "reload_settings"]
 
 _SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
 #: URL settings that may carry secrets, and how they are shown in reprs and error messages.
@@ -246,6 +246,11 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once (cached)."""
     return load_settings()
+
+
+def check_settings() -> None:
+    """Read the settings now, as a worker does at start-up; raise :class:`SettingsError` naming each bad one."""
+    reload_settings()
 
 
 def reload_settings() -> Settings:

@@ -22,6 +22,7 @@ environment (the settings module wins, as for RQ's own settings).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from rq.worker import Worker as RQWorker
@@ -29,6 +30,7 @@ from rq.worker import Worker as RQWorker
 from asyncjobs.connection import RedisTarget
 from asyncjobs.host.runner import run_worker, setup_logging
 from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
+from asyncjobs.host.preflight import battery_settings_problem
 
 
 class AsyncWorker(RQWorker):
@@ -54,18 +56,34 @@ class AsyncWorker(RQWorker):
             "text" if not log_format or log_format == DEFAULT_LOGGING_FORMAT else log_format
         )
         datefmt = None if not date_format or date_format == DEFAULT_LOGGING_DATE_FORMAT else date_format
-        setup_logging(str(logging_level or "INFO"), fmt, datefmt)
+        try:
+            setup_logging(str(logging_level or "INFO"), fmt, datefmt)
+            config = self._config(burst, max_jobs, max_idle_time, with_scheduler, dequeue_strategy)
+            problem = battery_settings_problem(config.allowed_modules)
+            if problem:
+                raise ValueError(problem)
+        except ValueError as exc:  # one line naming the value, never a traceback (exit 2, as argparse)
+            print(f"asyncjobs: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        code = run_worker(config)
+        if code == 2:  # a configuration error (e.g. Redis refused the database or the credentials)
+            raise SystemExit(2)
+        return code == 0
+
+    def _config(
+        self, burst: bool, max_jobs: int | None, max_idle_time: int | None, with_scheduler: bool, dequeue_strategy: str
+    ) -> WorkerConfig:
         handlers = tuple(
             f"{h.__module__}.{h.__qualname__}" for h in (self._exc_handlers or []) if hasattr(h, "__qualname__")
         )
         ser = self.serializer if isinstance(self.serializer, type) else type(self.serializer)
         spec = f"{ser.__module__}.{ser.__qualname__}"
-        config = WorkerConfig(
+        return WorkerConfig(
             queues=tuple(q.name for q in self.queues),
             # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
             redis=RedisTarget.from_client(self.connection),
             name=self.name,
-            concurrency=int(os.environ.get("ASYNCJOBS_CONCURRENCY") or DEFAULTS["concurrency"]),
+            concurrency=_env_int("ASYNCJOBS_CONCURRENCY", DEFAULTS["concurrency"]),
             burst=burst,
             serializer=spec,
             default_result_ttl=int(self.default_result_ttl),
@@ -90,10 +108,22 @@ class AsyncWorker(RQWorker):
             ),
             **ops_options({}, _rq_settings(), os.environ),
         )
-        return run_worker(config) == 0
 
     def __repr__(self) -> str:
         return f"AsyncWorker({self.name!r})"
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name) or ""
+    if not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${name}={text!r} is not a positive whole number: set e.g. {name}={default}")
+    return value
 
 
 def _rq_settings() -> dict[str, Any] | None:

@@ -105,6 +105,7 @@ def _run(
     worker: Any, config: WorkerConfig, use_uvloop: bool, early_signals: Sequence[int] = (), exits_after: bool = False
 ) -> int:
     from asyncjobs.protocol.store import WorkerNameTaken
+    from asyncjobs.connection import RedisRefused
     from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
         log.warning(
@@ -143,6 +144,9 @@ def _run(
     except (WorkerNameTaken, StartupHookFailed) as exc:
         log.error("%s", exc)
         return 1
+    except RedisRefused as exc:
+        log.error("%s", exc)
+        return 2
     finally:
         if exits_after:
             # Closing the loop restored the default action (death by signal): the second signal of a

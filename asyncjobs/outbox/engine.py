@@ -8,10 +8,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["make_engine", "make_session_factory"]
+__all__ = ["async_database_url", "make_engine", "make_session_factory"]
 
 #: How long a SQLite connection waits for another writer (seconds).
 SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def async_database_url(url: str) -> str:
+    """``postgres://`` (Heroku, Django's ``DATABASE_URL``) and a bare ``postgresql://`` mean PostgreSQL
+    through the async driver, ``postgresql+asyncpg://``; any other URL is returned as given."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("postgres", "postgresql"):
+        return f"postgresql+asyncpg://{rest}"
+    return url
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -20,8 +29,9 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     SQLite gets a generous busy timeout and WAL journaling (readers do not
     block the writer), so several workers and a processor can share the file.
     The URL must name an async driver (``postgresql+asyncpg://``,
-    ``sqlite+aiosqlite://``).
+    ``sqlite+aiosqlite://``); ``postgres://`` and ``postgresql://`` get ``asyncpg``.
     """
+    url = async_database_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.get_driver_name() != "aiosqlite":

@@ -51,6 +51,7 @@ from asyncjobs.worker.admission import CancelReason, InFlight, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
+from asyncjobs.connection import RedisRefused, refusal_hint
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.hooks import (
@@ -217,12 +218,15 @@ class Worker:
             log.info("enabled %s (its library is set up for RQ)", adapter)
         try:
             await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
-        except StopRequested:
-            log.info("stop requested while starting: exiting before registration")
+        except (StopRequested, RedisRefused) as exc:
+            if isinstance(exc, StopRequested):
+                log.info("stop requested while starting: exiting before registration")
             await self.hooks.shutdown()
             await run_shutdown_hooks()
             self.executor.shutdown()
             await self._close_connections(redis_conn)
+            if isinstance(exc, RedisRefused):
+                raise
             return
         log.info(
             "worker %s started: queues=%s concurrency=%d burst=%s%s",
@@ -902,6 +906,11 @@ class Worker:
             try:
                 return attempt.result()
             except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
+                hint = refusal_hint(exc)
+                if hint is not None:  # a configuration error: retrying cannot cure it
+                    raise RedisRefused(
+                        f"Redis at {self.config.connection.describe()} refused to {what}: {exc}; {hint}"
+                    ) from None
                 await backoff.wait(f"{what}: {exc}", self._stopping)
 
     async def _safe(self, aw: Awaitable[Any]) -> None:
