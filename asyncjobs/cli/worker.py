@@ -28,6 +28,7 @@ from typing import Any
 
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.connection import DEFAULT_REDIS_URL
+from asyncjobs.host.preflight import battery_settings_problem
 from asyncjobs.host.runner import run_worker, setup_logging
 from asyncjobs.protocol.codec import format_size
 from asyncjobs.protocol.rqversion import prefix_problem
@@ -40,7 +41,6 @@ from asyncjobs.worker.config import (
     parse_queue_limit,
     parse_size,
 )
-from asyncjobs.host.preflight import battery_settings_problem
 
 log = logging.getLogger("asyncjobs")
 

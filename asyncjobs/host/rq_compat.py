@@ -28,9 +28,9 @@ from typing import Any
 from rq.worker import Worker as RQWorker
 
 from asyncjobs.connection import RedisTarget
+from asyncjobs.host.preflight import battery_settings_problem
 from asyncjobs.host.runner import run_worker, setup_logging
 from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
-from asyncjobs.host.preflight import battery_settings_problem
 
 
 class AsyncWorker(RQWorker):

@@ -104,8 +104,8 @@ def run_worker(
 def _run(
     worker: Any, config: WorkerConfig, use_uvloop: bool, early_signals: Sequence[int] = (), exits_after: bool = False
 ) -> int:
-    from asyncjobs.protocol.store import WorkerNameTaken
     from asyncjobs.connection import RedisRefused
+    from asyncjobs.protocol.store import WorkerNameTaken
     from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
         log.warning(

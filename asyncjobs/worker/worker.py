@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from rq.timeouts import JobTimeoutException
 
 from asyncjobs.backoff import Backoff, wait_or
+from asyncjobs.connection import RedisRefused, refusal_hint
 from asyncjobs.limits import Throttled, throttle_async
 from asyncjobs.protocol import transitions
 from asyncjobs.protocol.codec import (
@@ -51,7 +52,6 @@ from asyncjobs.worker.admission import CancelReason, InFlight, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
-from asyncjobs.connection import RedisRefused, refusal_hint
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.hooks import (
