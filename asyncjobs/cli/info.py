@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from asyncjobs.limits import QueueLimits, parse_limits
 from asyncjobs.protocol import keys
 from asyncjobs.protocol.queuestats import read_queue_sizes
 
@@ -73,6 +74,13 @@ class QueueInfo:
     scheduled: int
     deferred: int
     oldest_queued_age_s: float | None
+    #: jobs running on all workers whose heartbeat deadline has not passed (what a concurrency limit counts)
+    running: int = 0
+    #: the queue's limits (asyncjobs/limits.py); None when not set
+    limit_concurrency: int | None = None
+    limit_rate: str | None = None
+    rate_window_starts: int | None = None  # starts in the rate's current window
+    paused_until: str | None = None  # ISO time, "until resumed", or None
 
 
 @dataclass
@@ -124,6 +132,9 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
         queue_names = list(dict.fromkeys(queues))
     else:
         queue_names = sorted(_text(k).removeprefix(keys.DEFAULT.queue_prefix) for k in conn.smembers(keys.QUEUES))
+    limits = parse_limits(conn.hgetall(keys.DEFAULT.queue_limits))
+    if not queues:
+        queue_names = sorted(set(queue_names) | set(limits))
     worker_keys = sorted(_text(k) for k in conn.smembers(keys.WORKERS))
 
     pipe = conn.pipeline(transaction=False)
@@ -195,8 +206,36 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
         QueueInfo(z.queue, z.queued, z.started, z.failed, z.scheduled, z.deferred, z.oldest_age)
         for z in read_queue_sizes(conn, queue_names, now)
     ]
+    _add_limits(conn, qinfos, limits, now)
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return Snapshot(stamp, workers, qinfos)
+
+
+def _add_limits(conn: Any, qinfos: list[QueueInfo], limits: dict[str, QueueLimits], now: float) -> None:
+    """Jobs running fleet-wide (live leases), and each queue's limits, into ``qinfos``."""
+    if not qinfos:
+        return
+    pipe = conn.pipeline(transaction=False)
+    for q in qinfos:
+        pipe.zcount(keys.started(q.name), now, "+inf")
+        rate = limits[q.name].rate if q.name in limits else None
+        if rate is not None:
+            pipe.zcount(f"{keys.DEFAULT.queue_limits}:rate:{q.name}", now * 1000 - rate.period_ms, "+inf")
+    replies = iter(pipe.execute())
+    for q in qinfos:
+        q.running = int(next(replies))
+        lim = limits.get(q.name)
+        if lim is None:
+            continue
+        q.limit_concurrency = lim.concurrency
+        if lim.rate is not None:
+            q.limit_rate = str(lim.rate)
+            q.rate_window_starts = int(next(replies))
+        if lim.paused_at(now):
+            assert lim.paused_until is not None
+            q.paused_until = "until resumed" if lim.paused_until == float("inf") else (
+                datetime.fromtimestamp(lim.paused_until, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            )
 
 
 def _age(seconds: float | None) -> str:
@@ -234,7 +273,37 @@ def format_snapshot(snap: Snapshot, *, max_jobs: int = 10) -> str:
             f"  {q.name:<20} {q.queued:>7} {q.started:>8} {q.failed:>7} {q.scheduled:>9} {q.deferred:>8}  "
             f"{_age(q.oldest_queued_age_s)}"
         )
+    limited = [q for q in snap.queues if describe_limits(q)]
+    if limited:
+        lines.append("")
+        lines.append("Queue limits (fleet-wide; `asyncjobs-worker queues`)")
+        for q in limited:
+            lines.append(f"  {q.name:<20} {describe_limits(q)}")
+        lines.extend(f"  warning: {w}" for w in stock_warnings(snap))
     return "\n".join(lines)
+
+
+def describe_limits(q: QueueInfo) -> str:
+    """``running 3/10  rate 20/s (12 in window)  paused until ...``; "" for a queue without limits."""
+    parts = []
+    if q.limit_concurrency is not None:
+        parts.append(f"running {q.running}/{q.limit_concurrency}")
+    if q.limit_rate is not None:
+        parts.append(f"rate {q.limit_rate} ({q.rate_window_starts} in window)")
+    if q.paused_until is not None:
+        parts.append(f"paused {q.paused_until}" if q.paused_until == "until resumed" else f"paused until {q.paused_until}")
+    return "  ".join(parts)
+
+
+def stock_warnings(snap: Snapshot) -> list[str]:
+    """Stock ``rq worker`` processes serving a limited queue: they do not obey its limits."""
+    out = []
+    limited = {q.name for q in snap.queues if describe_limits(q)}
+    for w in snap.workers:
+        served = sorted(limited & set(w.queues))
+        if w.kind != ASYNCJOBS_MARK and not w.dead and served:
+            out.append(f"stock worker {w.name} serves {','.join(served)}: it does not know queue limits or pauses")
+    return out
 
 
 def check(

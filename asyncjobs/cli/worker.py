@@ -5,9 +5,10 @@ Forms (the first argument decides; nothing else is ever a subcommand):
 * ``asyncjobs-worker [options] [QUEUE ...]``: run a worker, as ``rq worker``;
 * ``asyncjobs-worker info [options] [QUEUE ...]``: live workers, jobs in flight, queue sizes;
 * ``asyncjobs-worker check [options] [--name NAME] [QUEUE ...]``: exit 0 if such a worker is
-  registered and heart-beating, else 1 with the reason (for container health checks).
+  registered and heart-beating, else 1 with the reason (for container health checks);
+* ``asyncjobs-worker queues [limit|pause|resume] ...``: queue limits and pauses (asyncjobs.cli.queues).
 
-A queue literally named ``info`` or ``check`` is run with ``--queues info`` or
+A queue literally named ``info``, ``check`` or ``queues`` is run with ``--queues info`` or
 ``asyncjobs-worker -- info``: only a bare first argument is taken as a subcommand.
 """
 
@@ -44,7 +45,7 @@ from asyncjobs.worker.config import (
 
 log = logging.getLogger("asyncjobs")
 
-SUBCOMMANDS = ("info", "check")
+SUBCOMMANDS = ("info", "check", "queues")
 _DIGITS = re.compile(r"^\d+$")
 
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncjobs-worker",
         description="Run RQ jobs concurrently on one asyncio event loop (a drop-in for `rq worker`). "
-        "Also: `asyncjobs-worker info` and `asyncjobs-worker check` (see --help of each).",
+        "Also: `asyncjobs-worker info`, `asyncjobs-worker check` and `asyncjobs-worker queues` "
+        "(see --help of each).",
     )
     p.add_argument("queue_names", nargs="*", metavar="QUEUE", help="queues to listen on, highest priority first")
     p.add_argument("--queues", "-Q", default="", help="comma-separated queues (alternative to positional names)")
@@ -234,6 +236,10 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
     (``asyncjobs.cli.entry``); the worker stops before registering, as for a signal a moment later."""
     early: list[int] = early_signals if early_signals is not None else []
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "queues":
+        from asyncjobs.cli.queues import run_queues
+
+        return run_queues(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

@@ -175,3 +175,33 @@ def test_queue_limit_flag() -> None:
         config_from_args(build_parser().parse_args(["-Q", "sms", "--queue-limit", "sms=none"]))
     with pytest.raises(ValueError, match="'fax' is not one of --queues"):
         config_from_args(build_parser().parse_args(["-Q", "sms", "--queue-limit", "fax=1"]))
+
+
+def test_queues_cli_sets_shows_and_clears(redis_url: str, sync_redis: redis.Redis, capsys) -> None:  # type: ignore[no-untyped-def]
+    from rq import Worker
+
+    from asyncjobs.cli.worker import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--url", redis_url])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    assert run("queues", "limit", "sms", "--concurrency", "3", "--rate", "20/s") == (
+        0, "sms: concurrency 3, rate 20/s\n", "")
+    assert run("queues", "pause", "sms", "--for", "10m")[1] == "sms: concurrency 3, rate 20/s, paused (timed) (for 600s)\n"
+    Queue("sms", connection=sync_redis).enqueue(f"{J}.record", "x")
+    Worker(["sms"], connection=sync_redis, name="stock-one").register_birth()  # a stock worker on the queue
+    code, out, err = run("queues")
+    assert code == 0
+    assert "sms                        1        0  running 0/3  rate 20/s (0 in window)  paused until " in out
+    assert "stock worker stock-one serves sms: it does not know queue limits or pauses" in err
+    code, out, _ = run("info")
+    assert "Queue limits (fleet-wide; `asyncjobs-worker queues`)" in out and "running 0/3" in out
+    assert run("queues", "resume", "sms")[1] == "sms: concurrency 3, rate 20/s\n"
+    assert run("queues", "limit", "sms", "--clear", "--rate", "1/s")[1] == "sms: concurrency 3\n"
+    assert run("queues", "limit", "sms", "--clear")[1] == "sms: no limits\n"
+    code, _, err = run("queues", "limit", "sms", "--rate", "fast")
+    assert code == 2 and "rate 'fast' is not <count>/<period>" in err
+    code, _, err = run("queues", "limit", "sms")
+    assert code == 2 and "give --concurrency N and/or --rate N/PERIOD, or --clear" in err
