@@ -24,6 +24,8 @@ from asyncjobs.protocol import keys
 from asyncjobs.protocol.queuestats import read_queue_sizes
 
 __all__ = [
+    "CronJobView",
+    "CronView",
     "JobInFlight",
     "QueueInfo",
     "Snapshot",
@@ -84,10 +86,32 @@ class QueueInfo:
 
 
 @dataclass
+class CronJobView:
+    name: str
+    queue: str
+    schedule: str  # "every 60s" or the cron expression
+    last_run: str | None  # RQ's latest_enqueue_time (UTC)
+    next_run: str | None  # RQ's next_enqueue_time (UTC)
+
+
+@dataclass
+class CronView:
+    """``--cron``: the worker holding the leader lease, its lease left, and its cron jobs (as it
+    recorded them in RQ's CronScheduler hash); ``schedulers``: every CronScheduler RQ lists (the
+    leader, and any stock ``rq cron``)."""
+
+    leader: str | None
+    lease_left_s: float | None
+    schedulers: list[str]
+    jobs: list[CronJobView] = field(default_factory=list)
+
+
+@dataclass
 class Snapshot:
     at: str
     workers: list[WorkerView]
     queues: list[QueueInfo]
+    cron: CronView | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,7 +232,34 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
     ]
     _add_limits(conn, qinfos, limits, now)
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return Snapshot(stamp, workers, qinfos)
+    return Snapshot(stamp, workers, qinfos, _cron(conn))
+
+
+def _cron(conn: Any) -> CronView | None:
+    """The cron leader and its jobs' last and next runs (None when no cron runs at all)."""
+    import json
+
+    pipe = conn.pipeline(transaction=False)
+    pipe.get(keys.DEFAULT.cron_leader)
+    pipe.pttl(keys.DEFAULT.cron_leader)
+    pipe.zrange(keys.DEFAULT.cron_schedulers, 0, -1)
+    leader_raw, pttl, names = pipe.execute()
+    leader = _text(leader_raw) or None
+    schedulers = [_text(n) for n in names]
+    if leader is None and not schedulers:
+        return None
+    view = CronView(leader, pttl / 1000 if leader and pttl and pttl > 0 else None, schedulers)
+    source = leader or schedulers[-1]
+    raw = conn.hget(keys.DEFAULT.cron_scheduler(source), "cron_jobs")
+    try:
+        entries = json.loads(_text(raw)) if raw else []
+    except ValueError:
+        entries = []
+    for e in entries if isinstance(entries, list) else []:
+        schedule = f"every {e.get('interval')}s" if e.get("interval") else str(e.get("cron") or "?")
+        view.jobs.append(CronJobView(str(e.get("name") or e.get("func_name") or "?"), str(e.get("queue_name", "?")),
+                                     schedule, e.get("latest_enqueue_time"), e.get("next_enqueue_time")))
+    return view
 
 
 def _add_limits(conn: Any, qinfos: list[QueueInfo], limits: dict[str, QueueLimits], now: float) -> None:
@@ -280,6 +331,14 @@ def format_snapshot(snap: Snapshot, *, max_jobs: int = 10) -> str:
         for q in limited:
             lines.append(f"  {q.name:<20} {describe_limits(q)}")
         lines.extend(f"  warning: {w}" for w in stock_warnings(snap))
+    if snap.cron is not None:
+        c = snap.cron
+        lease = f" (lease {c.lease_left_s:.1f}s left)" if c.lease_left_s is not None else ""
+        lines.append("")
+        lines.append(f"Cron: leader {c.leader or 'none'}{lease}; RQ cron schedulers: {', '.join(c.schedulers) or 'none'}")
+        for cj in c.jobs:
+            lines.append(f"  {cj.name}  queue={cj.queue}  {cj.schedule}  last run {cj.last_run or '-'}  "
+                         f"next run {cj.next_run or '-'}")
     return "\n".join(lines)
 
 

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. --hooks myapp.worker_hooks or --hooks asyncjobs.observability.sentry")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
     p.add_argument("--disable-default-exception-handler", action="store_true")
+    p.add_argument("--cron", default=None, metavar="CONFIG",
+                   help="also run RQ's cron from CONFIG (the file `rq cron` takes); any number of workers may "
+                        "pass it: one leads and enqueues each tick exactly once")
+    p.add_argument("--cron-lease", type=float, default=DEFAULTS["cron_lease"], metavar="SECONDS",
+                   help="the cron leader's lease: a dead leader is replaced within 4/3 of it (default %(default)g)")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
     p.add_argument("--key-prefix", action="append", default=[], metavar="PREFIX",
                    help="serve the queues under this RQ key prefix (RQ 3's RQ_KEY_PREFIX, e.g. {rq-a}); repeat "
@@ -189,6 +194,8 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         job_monitoring_interval=args.job_monitoring_interval,
         max_jobs=args.max_jobs,
         max_memory=parse_memory(args.max_memory),
+        cron=args.cron,
+        cron_lease=args.cron_lease,
         max_idle_time=args.max_idle_time,
         dequeue_strategy=args.dequeue_strategy,
         shutdown_timeout=args.shutdown_timeout,
@@ -259,6 +266,10 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         problem = battery_settings_problem(config.allowed_modules)
         if problem:
             raise ValueError(problem)
+        if config.cron:
+            from asyncjobs.worker.cron import load_cron_config
+
+            load_cron_config(config.cron)  # a bad --cron file too: the error names its file and line
     except (ValueError, TypeError) as exc:
         print(f"asyncjobs-worker: error: {exc}", file=sys.stderr)
         return 2

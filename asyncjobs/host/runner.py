@@ -46,6 +46,7 @@ def run_worker(
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
     from asyncjobs.protocol.serializers import SerializerError
+    from asyncjobs.worker.cron import CronConfigError
     from asyncjobs.worker.hooks import HookError
     from asyncjobs.worker.worker import Worker
 
@@ -63,7 +64,7 @@ def run_worker(
         slot = board.slots[0]
     try:
         worker = Worker(config, observer=Observer(slot, metrics_on=metrics_on))
-    except (SerializerError, HookError) as exc:
+    except (SerializerError, HookError, CronConfigError) as exc:
         log.error("%s", exc)
         return 2
     servers: list[OpsServer] = []

@@ -121,6 +121,35 @@ class Keys:
         """asyncjobs' queue limits hash (asyncjobs/limits.py); its rate logs are ``<this>:rate:<queue>``."""
         return self.own("queue-limits")
 
+    # -- cron (issue 21): RQ's own monitoring keys (rq/cron.py, cron_*_registry.py) and asyncjobs' lease
+    @property
+    def cron_schedulers(self) -> str:
+        return f"{self.prefix}:cron_schedulers"  # RQ's CronScheduler registry (zset: name -> heartbeat)
+
+    def cron_scheduler(self, name: str) -> str:
+        return f"{self.prefix}:cron_scheduler:{name}"  # RQ's CronScheduler hash (cron_jobs JSON)
+
+    @property
+    def cron_jobs(self) -> str:
+        return f"{self.prefix}:cron_jobs"  # RQ's CronJobRegistry (zset: cron job name -> last enqueue)
+
+    def cron_job_history(self, name: str) -> str:
+        return f"{self.prefix}:cron_job:{name}:jobs"  # RQ's CronJob history (zset: job id -> enqueued_at)
+
+    @property
+    def cron_leader(self) -> str:
+        """The cron leader lease (string: the leading worker's name, PX = the lease)."""
+        return self.own("cron:leader")
+
+    @property
+    def cron_last(self) -> str:
+        """Hash: cron job id -> the scheduled time (epoch ms) of its last tick enqueued."""
+        return self.own("cron:last")
+
+    def cron_tick(self, cron_id: str, scheduled_ms: int) -> str:
+        """The per-tick marker (SET NX with a TTL): this tick of this cron job is enqueued."""
+        return self.own(f"cron:tick:{cron_id}:{scheduled_ms}")
+
     def own(self, name: str) -> str:
         """A key of asyncjobs' own (not RQ's): ``<prefix>:asyncjobs:<name>``.
 

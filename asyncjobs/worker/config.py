@@ -111,6 +111,10 @@ class WorkerConfig:
     #: ``--queue-limit QUEUE=N``: at most N jobs of QUEUE in flight in this process (the fleet-wide
     #: limits are set in Redis: ``asyncjobs-worker queues limit``, :class:`asyncjobs.QueueControl`)
     queue_limits: tuple[tuple[str, int], ...] = ()
+    #: ``--cron``: the config file (or dotted module) ``rq cron`` takes; one worker of the fleet enqueues
+    cron: str | None = None
+    #: ``--cron-lease``: seconds the cron leader's lease lasts (a dead leader is replaced within 4/3 of it)
+    cron_lease: float = 15.0
 
     @property
     def connection(self) -> RedisTarget:
@@ -153,6 +157,8 @@ class WorkerConfig:
                 raise ValueError(f"{flag} must be a TCP port (0-65535, 0 = any free port), got {port}")
         if self.max_loop_lag <= 0:
             raise ValueError(f"--max-loop-lag must be a positive number of seconds, got {self.max_loop_lag}")
+        if not 1.0 <= self.cron_lease <= 3600:
+            raise ValueError(f"--cron-lease must be between 1 and 3600 seconds, got {self.cron_lease}")
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
         for queue, cap in self.queue_limits:

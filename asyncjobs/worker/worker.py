@@ -53,6 +53,7 @@ from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
+from asyncjobs.worker.cron import load_cron_config
 from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.hooks import (
     JobView,
@@ -135,6 +136,8 @@ class Worker:
         self.resolver = FunctionResolver(config.allowed_modules)
         self._redis = redis
         self.slots = Slots(config.concurrency, config.max_jobs)
+        #: ``--cron``: the config's jobs, loaded (and checked) now, so a bad file fails the start
+        self.cron_entries = load_cron_config(config.cron) if config.cron else []
         self.memory = MemoryLimit(config.max_memory)
         #: why the worker ended on its own: "max_jobs" or "max_memory" (a recycle), else None
         self.recycled: str | None = None
@@ -330,6 +333,12 @@ class Worker:
             await self._retrying(lambda: self._first_maintenance(maint), "maintenance")
         tasks.append(asyncio.create_task(maint.run(self._stopping, self.name, first_done=self.config.burst),
                                          name="asyncjobs-maintenance"))
+        if self.cron_entries:
+            from asyncjobs.worker.cron import CronRunner
+
+            cron = CronRunner(self.config.connection, self.cron_entries, self.name, config_file=self.config.cron or "",
+                              lease=self.config.cron_lease, keys=self.store.keys, serializer=self._rq_serializer())
+            tasks.append(asyncio.create_task(cron.run(self._stopping), name="asyncjobs-cron"))
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
 
