@@ -22,4 +22,4 @@ def missing_extra(extra: str, feature: str, error: ImportError) -> MissingExtraE
 class UnsupportedVersionError(ImportError):
     """An optional package is installed in a version a battery cannot work with; the message names the
     installed version, the supported range and the fix.  A built-in adapter raising it is reported once
-    at worker start-up and left out (see ``asyncjobs.worker.hooks.add_auto_adapters``)."""
+    at worker start-up and left out (see ``asyncjobs.worker.hookset.add_auto_adapters``)."""

@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         _setup_logging(args, settings)
         config = config_from_args(args, settings)
         if config.hooks:
-            from asyncjobs.worker.hooks import load_hooks
+            from asyncjobs.worker.hookset import load_hooks
 
             load_hooks(config.hooks)  # a bad --hooks module is an error now, not in each child
         problem = battery_settings_problem(config.allowed_modules)

@@ -154,7 +154,7 @@ def _current() -> _LoopResources:
 
 def _register_shutdown_hook() -> None:
     try:
-        from asyncjobs.worker.lifecycle import on_shutdown
+        from asyncjobs.hooks import on_shutdown
     except ImportError:  # pragma: no cover - worker package absent
         return
     on_shutdown(aclose_all)

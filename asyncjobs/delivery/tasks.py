@@ -34,8 +34,8 @@ from asyncjobs.delivery.email import EmailMessage, EmailSendResult, build_mime
 from asyncjobs.delivery.errors import PermanentDeliveryError
 from asyncjobs.delivery.retry import RetriesExhaustedError, retry_async
 from asyncjobs.delivery.settings import get_settings
+from asyncjobs.hooks import log_description
 from asyncjobs.redact import mask_email, mask_phone
-from asyncjobs.worker.joblog import log_description
 
 if TYPE_CHECKING:  # the SMS side (the `sms` extra) is imported when send_sms runs
     from asyncjobs.delivery.sms import SmsResult

@@ -45,9 +45,9 @@ def run_worker(
     a worker that has already stopped."""
     from asyncjobs import metrics
     from asyncjobs._extras import MissingExtraError
+    from asyncjobs.hooks import HookError
     from asyncjobs.protocol.serializers import SerializerError
     from asyncjobs.worker.cron import CronConfigError
-    from asyncjobs.worker.hooks import HookError
     from asyncjobs.worker.worker import Worker
 
     metrics_on = config.metrics_port is not None or multiprocess_dir is not None
@@ -106,8 +106,8 @@ def _run(
     worker: Any, config: WorkerConfig, use_uvloop: bool, early_signals: Sequence[int] = (), exits_after: bool = False
 ) -> int:
     from asyncjobs.connection import RedisRefused
+    from asyncjobs.hooks import StartupHookFailed
     from asyncjobs.protocol.store import WorkerNameTaken
-    from asyncjobs.worker.hooks import StartupHookFailed
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
         log.warning(
             "--allow-module restricts which functions run, but the custom serializer %r decodes payloads "

@@ -42,7 +42,7 @@ import sentry_sdk
 import sentry_sdk.utils
 from sentry_sdk.consts import VERSION
 
-from asyncjobs.worker.hooks import JobStatus, JobView
+from asyncjobs.hooks import JobStatus, JobView
 
 __all__ = [
     "FLOOR", "INSTALLED", "PROBLEM", "SDK", "SUPPORTED", "JobTrace", "Sdk2", "Sdk3", "SdkApi", "api_problem",

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asyncjobs._extras import missing_extra
-from asyncjobs.worker.hooks import JobOutcome, JobStatus, JobView
+from asyncjobs.hooks import JobOutcome, JobStatus, JobView
 
 try:
     from opentelemetry import context, propagate, trace

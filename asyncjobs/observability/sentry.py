@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from asyncjobs._extras import UnsupportedVersionError, missing_extra
-from asyncjobs.worker.hooks import JobOutcome, JobStatus, JobView
+from asyncjobs.hooks import JobOutcome, JobStatus, JobView
 
 try:
     import sentry_sdk

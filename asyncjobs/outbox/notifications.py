@@ -140,7 +140,7 @@ def _db() -> _Db:
         db = _Db(pid=os.getpid(), url=url, engine=engine, factory=make_session_factory(engine))
         _dbs[loop] = db
         try:
-            from asyncjobs.worker.lifecycle import on_shutdown
+            from asyncjobs.hooks import on_shutdown
 
             on_shutdown(dispose_engines)
         except ImportError:  # pragma: no cover - worker package not installed

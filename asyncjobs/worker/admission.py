@@ -20,7 +20,7 @@ from asyncjobs.protocol.store import Claimed, Running
 from asyncjobs.protocol.transitions import Transition
 
 if TYPE_CHECKING:
-    from asyncjobs.worker.hooks import JobView
+    from asyncjobs.hooks import JobView
 
 __all__ = ["CancelReason", "GiveBack", "InFlight", "Slots"]
 

@@ -8,7 +8,7 @@ stops pure-Python code at its next bytecode (a call blocked in C finishes
 first, and its thread stays busy until then).  The interrupt can never land
 after the job's function returned: see :class:`_SyncCall`.
 
-A sync job's plain-``def`` ``before_job``/``after_job`` hooks (:class:`~asyncjobs.worker.hooks.ThreadHooks`)
+A sync job's plain-``def`` ``before_job``/``after_job`` hooks (:class:`~asyncjobs.worker.hookset.ThreadHooks`)
 run on its thread, in its context, right before and after the function; an interrupt can land
 in a ``before_job`` hook (it then ends the job) but never in an ``after_job`` hook.
 """
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from asyncjobs.worker.context import JobHandle, pop_rq_job, push_rq_job, reset_current, set_current
 
 if TYPE_CHECKING:
-    from asyncjobs.worker.hooks import ThreadHooks
+    from asyncjobs.worker.hookset import ThreadHooks
 
 log = logging.getLogger("asyncjobs.worker")
 

@@ -3,7 +3,7 @@
 Like stock ``rq worker`` it logs ``<queue>: <description> (<job id>)``, where the
 description is the one RQ stored at enqueue time (the call with its
 arguments) unless the job's function describes itself
-(:func:`log_description`), in which case that text is logged instead: the
+(:func:`asyncjobs.hooks.log_description`), in which case that text is logged instead: the
 delivery tasks use this to keep message bodies, codes and full recipients out
 of logs.  ``--disable-job-desc-logging`` (stock's flag) logs only the job id.
 
@@ -16,27 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
+from asyncjobs.hooks import LOG_DESCRIPTION_ATTR
 from asyncjobs.protocol.codec import Call, JobRecord
 
 log = logging.getLogger("asyncjobs.worker")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: Attribute holding a job function's own describer: called with the job's arguments, returns text.
-LOG_DESCRIPTION_ATTR = "__asyncjobs_log_description__"
-
-
-def log_description(describe: Callable[..., str]) -> Callable[[F], F]:
-    """Decorate a job function so workers log ``describe(*args, **kwargs)`` instead of RQ's description."""
-
-    def decorate(func: F) -> F:
-        setattr(func, LOG_DESCRIPTION_ATTR, describe)
-        return func
-
-    return decorate
-
 
 def describe(record: JobRecord, call: Call, func: Callable[..., Any]) -> str:
     describer = getattr(func, LOG_DESCRIPTION_ATTR, None)
@@ -57,7 +42,7 @@ def started_message(
     return ("%s: %s (%s)", queue, describe(record, call, func), record.id)
 
 
-__all__ = ["LOG_DESCRIPTION_ATTR", "describe", "job_extra", "log_description", "started_message"]
+__all__ = ["describe", "job_extra", "started_message"]
 
 
 def job_extra(

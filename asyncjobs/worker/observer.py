@@ -20,19 +20,10 @@ from multiprocessing.sharedctypes import RawArray
 from typing import Any
 
 from asyncjobs import metrics
+from asyncjobs.hooks import JOB_STATUS
 from asyncjobs.protocol.transitions import Kind
 
-__all__ = ["LOOP_BEAT_INTERVAL", "STATUS", "HealthBoard", "Observer", "Slot"]
-
-#: asyncjobs_jobs_total's status for each kind of outcome.
-STATUS = {
-    Kind.SUCCESS: "finished",
-    Kind.FAILURE: "failed",
-    Kind.MAX_RETRIES: "failed",
-    Kind.STOPPED: "stopped",
-    Kind.RETRY: "retried",
-    Kind.REQUEUE: "requeued",
-}
+__all__ = ["LOOP_BEAT_INTERVAL", "HealthBoard", "Observer", "Slot"]
 
 #: The event loop writes its heartbeat this often.
 LOOP_BEAT_INTERVAL = 0.25
@@ -141,7 +132,7 @@ class Observer:
         """Every job :meth:`job_began` ends here once; a job given back is not timed."""
         self.in_flight -= 1
         if self.metrics_on:
-            metrics.job_ended(queue, STATUS[kind], None if kind is Kind.REQUEUE else duration)
+            metrics.job_ended(queue, JOB_STATUS[kind], None if kind is Kind.REQUEUE else duration)
 
     async def monitor_loop(self, stop: asyncio.Event) -> None:
         """Write the loop heartbeat and measure how late the loop wakes up."""

@@ -33,6 +33,7 @@ from rq.timeouts import JobTimeoutException
 
 from asyncjobs.backoff import Backoff, wait_or
 from asyncjobs.connection import RedisRefused, refusal_hint
+from asyncjobs.hooks import JobView, StartupHookFailed
 from asyncjobs.limits import Throttled, throttle_async
 from asyncjobs.protocol import transitions
 from asyncjobs.protocol.codec import (
@@ -55,9 +56,7 @@ from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.cron import load_cron_config
 from asyncjobs.worker.executor import Executor
-from asyncjobs.worker.hooks import (
-    JobView,
-    StartupHookFailed,
+from asyncjobs.worker.hookset import (
     ThreadHooks,
     add_auto_adapters,
     load_hooks,
@@ -65,7 +64,6 @@ from asyncjobs.worker.hooks import (
     outcome_of_transition,
 )
 from asyncjobs.worker.joblog import job_extra, started_message
-from asyncjobs.worker.lifecycle import run_shutdown_hooks
 from asyncjobs.worker.observer import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
@@ -225,7 +223,6 @@ class Worker:
             if isinstance(exc, StopRequested):
                 log.info("stop requested while starting: exiting before registration")
             await self.hooks.shutdown()
-            await run_shutdown_hooks()
             self.executor.shutdown()
             await self._close_connections(redis_conn)
             if isinstance(exc, RedisRefused):
@@ -275,7 +272,6 @@ class Worker:
             log.warning("%s did not end within 10 s of shutdown; cancelling it", task.get_name())
             task.cancel()
         await self.hooks.shutdown()
-        await run_shutdown_hooks()
         self.observer.stopped()
         try:
             await asyncio.wait_for(self.store.register_death(self.config.queues), 10)

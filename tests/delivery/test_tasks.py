@@ -161,12 +161,13 @@ def test_fresh_loop_per_job_like_stock_rq(task_env: pytest.MonkeyPatch, smtp_ser
 async def test_worker_shutdown_hook_closes_pools(
     task_env: pytest.MonkeyPatch, smtp_server: SmtpTestServer
 ) -> None:
-    from asyncjobs.worker import lifecycle
+    from asyncjobs import hooks
+    from asyncjobs.worker.hookset import HookSet
 
     await send_email("bob@example.com", "S", "B")
     assert smtp_server.open_connections == 1
-    assert runtime.aclose_all in lifecycle._hooks
-    await lifecycle.run_shutdown_hooks()
+    assert runtime.aclose_all in hooks._shutdown_hooks
+    await HookSet().shutdown()  # what the worker runs at shutdown
     smtp_server.wait_until_no_open_connections()
 
 

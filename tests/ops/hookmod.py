@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from asyncjobs.worker.hooks import JobOutcome, JobView
+from asyncjobs.hooks import JobOutcome, JobView
 from tests.ops.jobs import _append
 
 

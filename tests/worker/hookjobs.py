@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import asyncjobs
-from asyncjobs.worker.hooks import JobOutcome, JobView
+from asyncjobs.hooks import JobOutcome, JobView
 
 CTX: contextvars.ContextVar[str | None] = contextvars.ContextVar("hook_test_ctx", default=None)
 ACTX: contextvars.ContextVar[str | None] = contextvars.ContextVar("hook_test_actx", default=None)

@@ -10,7 +10,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from asyncjobs.worker import lifecycle
+from asyncjobs import hooks as public_hooks
 from tests.testsupport.redis_server import RedisServer
 from tests.worker.conftest import eventually
 
@@ -158,7 +158,7 @@ async def test_shutdown_hooks_run_once(sync_redis: redis.Redis, start_worker) ->
     async def hook() -> None:
         calls.append("closed")
 
-    lifecycle.on_shutdown(hook)
+    public_hooks.on_shutdown(hook)
     _worker, task = await start_worker(burst=True)
     await asyncio.wait_for(task, 30)
     assert calls == ["closed"]

@@ -13,9 +13,10 @@ from rq import Queue, Retry
 from rq.command import send_stop_job_command
 from rq.job import Job
 
-from asyncjobs.worker import lifecycle
+from asyncjobs import hooks as public_hooks
+from asyncjobs.hooks import HookError, StartupHookFailed, WorkerHooks
 from asyncjobs.worker.config import WorkerConfig
-from asyncjobs.worker.hooks import HookError, StartupHookFailed, WorkerHooks, load_hooks
+from asyncjobs.worker.hookset import load_hooks
 from asyncjobs.worker.worker import Worker
 from tests.worker import hookjobs
 from tests.worker.conftest import eventually
@@ -168,7 +169,7 @@ async def test_startup_and_shutdown_hooks_and_the_lifecycle_registry(
 
     def before(job: Any) -> None:
         calls.append("job")
-        lifecycle.on_shutdown(registry_hook)
+        public_hooks.on_shutdown(registry_hook)
 
     Queue("default", connection=sync_redis).enqueue(f"{H}.sync_ok", 1)
     _, task = await start_worker(burst=True, hooks=(WorkerHooks(on_startup=startup, on_shutdown=shutdown,

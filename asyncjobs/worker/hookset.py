@@ -1,31 +1,8 @@
-"""Lifecycle hooks: code of yours that the worker runs at start, at stop, and around every job.
+"""The engine's side of lifecycle hooks: loading hook sources and running them around jobs.
 
-Four hooks, each optional::
-
-    def on_startup() -> None: ...            # or async def; before the worker registers
-    def on_shutdown() -> None: ...           # or async def; after the last job ended
-    def before_job(job: JobView) -> None: ...                     # or async def
-    def after_job(job: JobView, outcome: JobOutcome) -> None: ...  # or async def
-
-A *hook source* is a module (``--hooks myapp.worker_hooks``, repeatable), any object with some
-of those attributes, or a :class:`WorkerHooks`.  ``WorkerConfig(hooks=(...))`` takes the same.
-
-Where each hook runs:
-
-* ``async def`` hooks run on the event loop, in the job's own task context (``before_job`` and
-  ``after_job`` of one job see the same :mod:`contextvars` context, and the job's code runs in a
-  copy of it: a context variable a ``before_job`` sets is visible to the job).
-* plain ``def`` ``before_job``/``after_job`` hooks of a **sync** job run on the job's own thread,
-  right before and right after its function, in the job's context (what Django's
-  ``close_old_connections`` needs: the connection is the thread's).  There ``outcome`` describes
-  what the function did (a failing ``on_success`` callback may still fail the job afterwards).
-* plain ``def`` hooks of an **async** job, and ``on_startup``/``on_shutdown``, run on the loop
-  (keep them quick: the loop waits for them).
-
-``after_job`` runs for every job whose ``before_job`` ran, whatever happened (finished, failed,
-retried, stopped, put back at shutdown), before its outcome is stored.  A hook that raises is
-logged with the job id and skipped: it never changes or loses the job's outcome.  An
-``on_startup`` hook that raises stops the worker before it takes any job (exit status 1).
+The hooks themselves, and what they see (:class:`~asyncjobs.hooks.JobView`,
+:class:`~asyncjobs.hooks.JobOutcome`), are the public surface in :mod:`asyncjobs.hooks`, which
+says where each hook runs.
 """
 
 from __future__ import annotations
@@ -34,138 +11,33 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from asyncjobs.worker.context import JobHandle
+from asyncjobs.hooks import (
+    HOOK_NAMES,
+    JOB_STATUS,
+    AfterJobHook,
+    BeforeJobHook,
+    HookError,
+    JobOutcome,
+    JobStatus,
+    JobView,
+    LifecycleHook,
+    StartupHookFailed,
+    take_shutdown_hooks,
+)
+from asyncjobs.protocol.transitions import Kind
 
-__all__ = [
-    "HOOK_NAMES",
-    "HookError",
-    "HookSet",
-    "JobOutcome",
-    "JobStatus",
-    "JobView",
-    "StartupHookFailed",
-    "WorkerHooks",
-    "load_hooks",
-]
+__all__ = ["HookSet", "ThreadHooks", "add_auto_adapters", "load_hooks"]
 
 log = logging.getLogger("asyncjobs.worker.hooks")
-
-HOOK_NAMES = ("on_startup", "on_shutdown", "before_job", "after_job")
 
 #: An ``async def`` hook still running after this many seconds is abandoned (logged as failed),
 #: so that a hung hook cannot keep a job's outcome from being stored.
 ASYNC_HOOK_TIMEOUT = 60.0
-
-LifecycleHook = Callable[[], Awaitable[None] | None]
-BeforeJobHook = Callable[["JobView"], Awaitable[None] | None]
-AfterJobHook = Callable[["JobView", "JobOutcome"], Awaitable[None] | None]
-
-
-class HookError(ValueError):
-    """A hook source cannot be loaded (bad module name, nothing hook-like in it)."""
-
-
-class StartupHookFailed(RuntimeError):
-    """An ``on_startup`` hook raised: the worker stops before taking any job."""
-
-
-class JobStatus(StrEnum):
-    FINISHED = "finished"
-    FAILED = "failed"
-    STOPPED = "stopped"  # send_stop_job_command
-    RETRIED = "retried"  # back on its queue or scheduled for another attempt
-    REQUEUED = "requeued"  # given back unfinished at shutdown
-
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    """How one execution of a job ended, as ``after_job`` sees it."""
-
-    status: JobStatus
-    #: seconds the job's function ran (0.0 if it never started)
-    duration: float
-    #: what the function raised (``None`` if it returned); may be ``None`` on the loop for a
-    #: failure that had no exception object (e.g. a kill-horse command)
-    exception: BaseException | None = None
-    #: the failure text as stored in RQ's Result (traceback), or ``None``
-    exc_text: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is JobStatus.FINISHED
-
-
-class JobView:
-    """What hooks see of the job being run: cheap, read-only fields, and the real RQ job on demand.
-
-    ``meta`` is the job's ``meta`` dict as RQ decodes it (where Sentry's and OpenTelemetry's RQ
-    integrations leave the producer's trace headers); :meth:`job` returns the ``rq.job.Job``
-    (built from the hash the worker already read, no extra Redis round trip; ``get_current_job()``
-    returns the same object).  ``state`` is a dict private to this execution for hooks to pass
-    things from ``before_job`` to ``after_job``.
-    """
-
-    __slots__ = (
-        "_handle", "description", "enqueued_at", "execution_id", "func_name", "id", "is_async",
-        "queue", "retries_left", "state", "worker_name",
-    )
-
-    def __init__(
-        self,
-        *,
-        job_id: str,
-        queue: str,
-        func_name: str,
-        handle: JobHandle,
-        worker_name: str,
-        execution_id: str = "",
-        description: str = "",
-        enqueued_at: datetime | None = None,
-        retries_left: int | None = None,
-        is_async: bool = False,
-    ) -> None:
-        self.id = job_id
-        self.queue = queue
-        self.func_name = func_name
-        self.worker_name = worker_name
-        self.execution_id = execution_id
-        self.description = description
-        self.enqueued_at = enqueued_at
-        self.retries_left = retries_left
-        self.is_async = is_async
-        self.state: dict[str, Any] = {}
-        self._handle = handle
-
-    @property
-    def meta(self) -> Mapping[str, Any]:
-        meta = self._handle.job().meta
-        return meta if isinstance(meta, dict) else {}
-
-    def job(self) -> Any:
-        """The ``rq.job.Job`` being run (bound to a synchronous Redis connection)."""
-        return self._handle.job()
-
-    def __repr__(self) -> str:
-        return f"<JobView {self.id} {self.func_name} on {self.queue!r}>"
-
-
-@dataclass(frozen=True)
-class WorkerHooks:
-    """Hooks given from Python: ``WorkerConfig(hooks=(WorkerHooks(before_job=f),))``."""
-
-    on_startup: LifecycleHook | None = None
-    on_shutdown: LifecycleHook | None = None
-    before_job: BeforeJobHook | None = None
-    after_job: AfterJobHook | None = None
-
 
 def _is_async(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
@@ -265,7 +137,11 @@ class HookSet:
                 raise StartupHookFailed(f"on_startup hook {_name(fn)} failed: {exc!r}") from exc
 
     async def shutdown(self) -> None:
-        for fn in reversed(self.on_shutdown):
+        """This worker's ``on_shutdown`` hooks, then the process-wide cleanups registered with
+        :func:`asyncjobs.hooks.on_shutdown` (each in reverse order): one loop, one timeout, one log line
+        per failure."""
+        hooks: list[LifecycleHook] = [*reversed(self.on_shutdown), *reversed(take_shutdown_hooks())]
+        for fn in hooks:
             try:
                 result = fn()
                 if inspect.isawaitable(result):
@@ -406,21 +282,11 @@ def add_auto_adapters(hooks: HookSet) -> list[str]:
 
 
 # ------------------------------------------------------------------ outcomes
-_KIND_STATUS = {
-    "success": JobStatus.FINISHED,
-    "failure": JobStatus.FAILED,
-    "max_retries": JobStatus.FAILED,
-    "stopped": JobStatus.STOPPED,
-    "retry": JobStatus.RETRIED,
-    "requeue": JobStatus.REQUEUED,
-}
-
-
 def outcome_of_transition(
-    kind: str, duration: float, exception: BaseException | None = None, exc_text: str | None = None
+    kind: Kind, duration: float, exception: BaseException | None = None, exc_text: str | None = None
 ) -> JobOutcome:
     """The outcome the worker stores (a :class:`~asyncjobs.protocol.transitions.Kind`), for hooks."""
-    status = _KIND_STATUS[str(kind)]
+    status = JOB_STATUS[kind]
     if status is JobStatus.FINISHED:
         exception = exc_text = None
     return JobOutcome(status, duration, exception, exc_text)
