@@ -50,6 +50,7 @@ __all__ = [
     "set_concurrency",
     "set_in_flight",
     "set_loop_lag",
+    "throttled",
 ]
 
 log = logging.getLogger("asyncjobs.metrics")
@@ -96,6 +97,10 @@ class _Metrics:
         self.recycles = Counter(
             "asyncjobs_worker_recycles", "Worker processes recycled (--max-jobs, --max-memory), by reason",
             ["reason"], **kw,
+        )
+        self.throttled = Counter(
+            "asyncjobs_queue_throttled", "Jobs that raised asyncjobs.Throttled (their queue paused), by queue",
+            ["queue"], **kw,
         )
         self._lock = threading.Lock()
         # Labelled children cached per queue: no label lookups (and their lock) per job.
@@ -225,6 +230,11 @@ def recycled(reason: str) -> None:
         _metrics.recycles.labels(reason).inc()
 
 
+def throttled(queue: str) -> None:
+    if _metrics is not None:
+        _metrics.throttled.labels(queue).inc()
+
+
 def delivery(channel: str, result: str) -> None:
     if _metrics is not None:
         _metrics.delivery.labels(channel, result).inc()
@@ -351,7 +361,27 @@ class QueueSampler:
         for w in workers:
             pipe.exists(w)  # members are worker keys, rq:worker:<name>
         live = sum(1 for r in (pipe.execute() if workers else []) if r)
-        self._reading = {"queues": per_queue, "workers": live}
+        self._reading = {"queues": per_queue, "workers": live, "limits": self._limits(conn, mine, now)}
+
+    @staticmethod
+    def _limits(conn: Any, queues: Sequence[str], now: float) -> dict[str, dict[str, float]]:
+        """Per sampled queue: jobs running fleet-wide (live leases), paused (0/1), and its limits."""
+        from asyncjobs.limits import parse_limits
+        from asyncjobs.protocol import keys
+
+        limits = parse_limits(conn.hgetall(keys.DEFAULT.queue_limits))
+        pipe = conn.pipeline(transaction=False)
+        for q in queues:
+            pipe.zcount(keys.started(q), now, "+inf")
+        out: dict[str, dict[str, float]] = {}
+        for q, running in zip(queues, pipe.execute(), strict=True):
+            lim = limits.get(q)
+            entry = out[q] = {"running": float(running), "paused": 1.0 if lim is not None and lim.paused_at(now) else 0.0}
+            if lim is not None and lim.concurrency is not None:
+                entry["concurrency"] = float(lim.concurrency)
+            if lim is not None and lim.rate is not None:
+                entry["rate_per_second"] = lim.rate.count * 1000 / lim.rate.period_ms
+        return out
 
     # prometheus_client's collector protocol
     def collect(self) -> Iterator[Any]:
@@ -371,4 +401,21 @@ class QueueSampler:
         if reading["workers"] is not None:
             yield GaugeMetricFamily("asyncjobs_workers_live", "Live workers registered for the sampled queues",
                                     value=float(reading["workers"]))
+        per_queue = reading.get("limits") or {}
+        if per_queue:
+            running = GaugeMetricFamily("asyncjobs_queue_running", "Jobs of the queue running on all workers "
+                                        "(live heartbeat leases: what a concurrency limit counts)", labels=["queue"])
+            paused = GaugeMetricFamily("asyncjobs_queue_paused", "1 while the queue is paused (queue limits)",
+                                       labels=["queue"])
+            limit = GaugeMetricFamily("asyncjobs_queue_limit", "The queue's fleet-wide limits "
+                                      "(concurrency; rate_per_second)", labels=["queue", "limit"])
+            for q, entry in per_queue.items():
+                running.add_metric([q], entry["running"])
+                paused.add_metric([q], entry["paused"])
+                for name in ("concurrency", "rate_per_second"):
+                    if name in entry:
+                        limit.add_metric([q, name], entry[name])
+            yield running
+            yield paused
+            yield limit
 

@@ -114,6 +114,11 @@ class Observer:
         if self.metrics_on:
             metrics.recycled(reason)
 
+    def throttled(self, queue: str) -> None:
+        """A job raised :class:`asyncjobs.Throttled`: its queue is paused."""
+        if self.metrics_on:
+            metrics.throttled(queue)
+
     def stopped(self) -> None:
         if self.metrics_on:
             metrics.set_concurrency(0)

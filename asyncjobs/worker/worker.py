@@ -752,6 +752,7 @@ class Worker:
         log.warning("job %s throttled: queue %r paused for %gs, job back at the front of its queue",
                     claimed.job_id, claimed.queue, exc.retry_after,
                     extra=self._job_extra(item, "throttled", item.duration))
+        self.observer.throttled(claimed.queue)
         await self._safe(throttle_async(self.redis, self.store.keys, claimed.queue, exc.retry_after))
         return transitions.give_back(self._execution(claimed, started, ended))
 

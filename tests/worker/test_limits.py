@@ -205,3 +205,26 @@ def test_queues_cli_sets_shows_and_clears(redis_url: str, sync_redis: redis.Redi
     assert code == 2 and "rate 'fast' is not <count>/<period>" in err
     code, _, err = run("queues", "limit", "sms")
     assert code == 2 and "give --concurrency N and/or --rate N/PERIOD, or --clear" in err
+
+
+def test_queue_sampler_exports_limits(sync_redis: redis.Redis, redis_url: str) -> None:
+    pytest.importorskip("prometheus_client")
+    from asyncjobs.metrics import QueueSampler
+
+    QueueControl(sync_redis).limit("sms", concurrency=4, rate="30/m")
+    QueueControl(sync_redis).pause("sms")
+    sync_redis.zadd("rq:wip:sms", {"job:1": sync_redis.time()[0] + 60})
+    sampler = QueueSampler(lambda: redis.Redis.from_url(redis_url), ["sms", "emails"])
+    try:
+        sampler.sample_once()
+        got = {
+            (f.name, tuple(sorted(smp.labels.items()))): smp.value
+            for f in sampler.collect() for smp in f.samples if f.name.startswith("asyncjobs_queue_")
+        }
+    finally:
+        sampler.stop()
+    assert got[("asyncjobs_queue_running", (("queue", "sms"),))] == 1
+    assert got[("asyncjobs_queue_paused", (("queue", "sms"),))] == 1
+    assert got[("asyncjobs_queue_paused", (("queue", "emails"),))] == 0
+    assert got[("asyncjobs_queue_limit", (("limit", "concurrency"), ("queue", "sms")))] == 4
+    assert got[("asyncjobs_queue_limit", (("limit", "rate_per_second"), ("queue", "sms")))] == 0.5
