@@ -20,6 +20,7 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 
+from asyncjobs.protocol.picklescan import PickleBoundsError
 from asyncjobs.protocol.serializers import ForbiddenGlobalError, Serializer
 from asyncjobs.protocol.timeutil import parse_utc
 
@@ -344,7 +345,7 @@ def call_from_payload(payload: bytes, serializer: Serializer) -> Call:
     """Deserialize inflated ``data`` bytes into a call; raise PayloadError with a readable reason."""
     try:
         loaded = serializer.loads(payload)
-    except ForbiddenGlobalError as exc:
+    except (ForbiddenGlobalError, PickleBoundsError) as exc:
         raise PayloadError(f"{exc}") from exc
     except Exception as exc:
         kind = type(serializer).__name__

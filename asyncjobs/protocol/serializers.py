@@ -26,6 +26,7 @@ from asyncjobs.protocol.allowlist import (
     own_module,
     walk_attributes,
 )
+from asyncjobs.protocol.picklescan import scan as scan_pickle
 
 
 @runtime_checkable
@@ -42,6 +43,7 @@ class PickleSerializer:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Any:
+        scan_pickle(data)  # bounds first: a deep enough tuple crashes CPython itself, plain pickle too
         return pickle.loads(data)
 
 
@@ -142,7 +144,11 @@ class RestrictedPickleSerializer:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Any:
+        scan_pickle(data, SAFE_GLOBALS, self._find_class)
         return _RestrictedUnpickler(data, self.allowed_modules).load()
+
+    def _find_class(self, module: str, name: str) -> Any:
+        return _RestrictedUnpickler(b"", self.allowed_modules).find_class(module, name)
 
     def __repr__(self) -> str:
         return f"RestrictedPickleSerializer({list(self.allowed_modules)!r})"

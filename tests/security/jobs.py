@@ -78,3 +78,27 @@ class Adder:
 
     def __call__(self, value: int) -> int:
         return value + self.offset
+
+
+async def nap(seconds: float) -> float:
+    """An async job that is still running while a hostile job beside it is decoded."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def greet(*, greeting: str = "hello") -> str:
+    """A keyword-only default a hostile payload would change (``__kwdefaults__``) for later jobs."""
+    return greeting
+
+
+class Settings:
+    """A module-level settings object (and class attribute) a hostile payload would change for later jobs."""
+
+    mask = True
+
+
+SETTINGS = Settings()
+
+
+def settings_mask() -> tuple[bool, bool]:
+    return SETTINGS.mask, Settings.mask

@@ -1,0 +1,120 @@
+"""Issue 18 items 1-3: hostile job data fails its own job, readably; it never crashes, stalls or changes the worker.
+
+Each scenario runs a real ``asyncjobs-worker`` subprocess on a real Redis, with
+ordinary jobs beside the hostile ones: the worker lives, the hostile job fails
+with a reason naming the bound, the others finish, SIGTERM ends the worker.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from tests.security import jobs
+from tests.security.test_allow_module import (
+    ALLOW,
+    _data_tuple,
+    _enqueue_raw,
+    _failed,
+    _str,
+)
+from tests.testsupport.workers import run_asyncjobs_worker, wait_for
+
+
+def _ended(conn: redis.Redis, *job_ids: str) -> bool:
+    return all(conn.hget(f"rq:job:{j}", "status") in (b"finished", b"failed") for j in job_ids)
+
+
+def _run_until_ended(url: str, conn: redis.Redis, job_ids: list[str], *args: str) -> str:
+    """A long-running worker (not burst): it must still be alive once every job has ended, and stop on SIGTERM."""
+    with run_asyncjobs_worker(url, "default", "--concurrency", "8", *args) as proc:
+        wait_for(lambda: _ended(conn, *job_ids) or not proc.is_running(), 60, message=proc.output)
+        assert proc.is_running(), f"the worker died:\n{proc.output()}"
+        proc.stop()
+        assert proc.wait(30) == 0, proc.output()
+        return proc.output()
+
+
+def _call(module: str, qualname: str, *arg_opcodes: bytes) -> bytes:
+    """Opcodes for ``module.qualname(*args)`` (protocol 4 names)."""
+    return _str(module) + _str(qualname) + b"\x93" + b"(" + b"".join(arg_opcodes) + b"t" + b"R"
+
+
+@pytest.mark.parametrize("restricted", [True, False], ids=["allow-module", "plain-pickle"])
+def test_deeply_nested_dict_key_fails_alone(restricted: bool, redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 1: ``{((((None,),),)...): 1}``, 200,000 deep, crashed CPython in ``tuplehash`` (SIGSEGV)."""
+    q = Queue("default", connection=sync_redis)
+    naps = [q.enqueue(jobs.nap, 1.0).id for _ in range(4)]
+    poison = _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", b"}N" + b"\x85" * 200_000 + b"K\x01s"))
+    assert len(sync_redis.hget(f"rq:job:{poison}", "data") or b"") < 1024
+    after = [q.enqueue(jobs.add, i, 1).id for i in range(4)]
+
+    _run_until_ended(redis_url, sync_redis, [*naps, poison, *after], *(ALLOW if restricted else ()))
+
+    _failed(sync_redis, poison, "DeserializationError", "nested deeper than 200 levels")
+    assert [Job.fetch(j, connection=sync_redis).return_value() for j in naps + after] == [1.0] * 4 + [1, 2, 3, 4]
+
+
+def test_allowed_types_composed_into_bombs_are_refused(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 2: safe value types composed so that building them never ends (the event loop stopped)."""
+    bombs = {
+        "int-of-decimal": _call("builtins", "int", _call("decimal", "Decimal", _str("1e1000000"))),
+        "int-of-small-decimal": _call("builtins", "int", _call("decimal", "Decimal", _str("1e400"))),
+        "deque-of-ipv6": _call("collections", "deque", _call("ipaddress", "IPv6Network", _str("::/0")), b"K\x00"),
+        "list-of-ipv4": _call("builtins", "list", _call("ipaddress", "IPv4Network", _str("0.0.0.0/0"))),
+        "fraction-exponent": _call("fractions", "Fraction", _str("1e-100000000")),
+    }
+    q = Queue("default", connection=sync_redis)
+    naps = [q.enqueue(jobs.nap, 1.0).id for _ in range(2)]
+    ids = {name: _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", ops)) for name, ops in bombs.items()}
+    after = q.enqueue(jobs.add, 20, 22).id
+
+    _run_until_ended(redis_url, sync_redis, [*naps, *ids.values(), after], *ALLOW)
+
+    _failed(sync_redis, ids["int-of-decimal"], "decimal.Decimal with more than 4300 digits", "Pass such numbers")
+    _failed(sync_redis, ids["int-of-small-decimal"], "object made by decimal.Decimal to builtins.int", "literal")
+    _failed(sync_redis, ids["deque-of-ipv6"], "object made by ipaddress.IPv6Network to collections.deque")
+    _failed(sync_redis, ids["list-of-ipv4"], "object made by ipaddress.IPv4Network to builtins.list")
+    _failed(sync_redis, ids["fraction-exponent"], "fractions.Fraction with more than 4300 digits")
+    assert [Job.fetch(j, connection=sync_redis).return_value() for j in [*naps, after]] == [1.0, 1.0, 42]
+
+
+def test_build_cannot_change_allowed_functions_or_shared_objects(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 3: BUILD on a function, a module-level object or a class changed them for every later job."""
+    kwdefaults = _str("tests.security.jobs") + _str("greet") + b"\x93" + b"N}" + _str("__kwdefaults__") + (
+        b"}" + _str("greeting") + _str("attacker") + b"s") + b"s\x86b"  # BUILD (None, {"__kwdefaults__": {...}})
+    shared = _str("tests.security.jobs") + _str("SETTINGS") + b"\x93" + b"}" + _str("mask") + b"\x89sb"
+    klass = _str("tests.security.jobs") + _str("Settings") + b"\x93" + b"N}" + _str("mask") + b"\x89s\x86b"
+    hostile = {
+        name: _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", ops))
+        for name, ops in (("greet", kwdefaults), ("SETTINGS", shared), ("Settings", klass))
+    }
+    # ... each ran alone, first, with one job slot; the jobs after them see the module as it was
+    q = Queue("default", connection=sync_redis)
+    greet, mask = q.enqueue(jobs.greet).id, q.enqueue(jobs.settings_mask).id
+    legit = q.enqueue(jobs.echo, jobs.Greeter("hey")).id  # an instance of an allowed class is still built
+
+    with run_asyncjobs_worker(redis_url, "default", "--burst", "--concurrency", "1", *ALLOW) as proc:
+        assert proc.wait(60) == 0, proc.output()
+
+    for name, job_id in hostile.items():
+        _failed(sync_redis, job_id, "DeserializationError", "which the job data did not create", f"tests.security.jobs.{name}")
+    assert Job.fetch(greet, connection=sync_redis).return_value() == "hello"
+    assert Job.fetch(mask, connection=sync_redis).return_value() == (True, True)
+    assert Job.fetch(legit, connection=sync_redis).return_value().greeting == "hey"
+
+
+def test_plain_pickle_payloads_round_trip_unchanged() -> None:
+    """The bounds do not change what an ordinary payload decodes to (plain and restricted)."""
+    from asyncjobs.protocol.serializers import PickleSerializer, RestrictedPickleSerializer
+
+    value = ("tests.security.jobs.echo", None, ([{"k": (1, 2.5, "x")}] * 3, jobs.Greeter("hi")), {"n": 10**300})
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    for serializer in (PickleSerializer(), RestrictedPickleSerializer(["tests.security.jobs"])):
+        got = serializer.loads(zlib.decompress(zlib.compress(data)))
+        assert got[0] == value[0] and got[2][0] == value[2][0] and got[2][1].greeting == "hi" and got[3] == value[3]
