@@ -197,11 +197,12 @@ def rq_serializer(serializer: Serializer, spec: str) -> Any:
     """``serializer`` in the form RQ's own classes accept (``Job``, registries, the scheduler).
 
     A restricted serializer is passed through, so job meta that RQ unpickles inside
-    the worker obeys the same allow-list as the payload.
+    the worker obeys the same allow-list as the payload; plain pickle is passed through
+    too (the same bytes as RQ's ``DefaultSerializer``), so meta is bounded like the payload.
     """
     from rq.serializers import resolve_serializer as rq_resolve
 
-    if getattr(serializer, "restricted", False):
+    if getattr(serializer, "restricted", False) or isinstance(serializer, PickleSerializer):
         return serializer
     name = getattr(serializer, "name", None)
     return rq_resolve(name if name in ("pickle", "json") else spec)

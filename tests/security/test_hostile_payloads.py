@@ -15,6 +15,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 
+from asyncjobs.protocol.serializers import PickleSerializer, RestrictedPickleSerializer
 from tests.security import jobs
 from tests.security.test_allow_module import (
     ALLOW,
@@ -50,14 +51,20 @@ def test_deeply_nested_dict_key_fails_alone(restricted: bool, redis_url: str, sy
     """Item 1: ``{((((None,),),)...): 1}``, 200,000 deep, crashed CPython in ``tuplehash`` (SIGSEGV)."""
     q = Queue("default", connection=sync_redis)
     naps = [q.enqueue(jobs.nap, 1.0).id for _ in range(4)]
-    poison = _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", b"}N" + b"\x85" * 200_000 + b"K\x01s"))
+    deep_key = b"}N" + b"\x85" * 200_000 + b"K\x01s"
+    poison = _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", deep_key))
     assert len(sync_redis.hget(f"rq:job:{poison}", "data") or b"") < 1024
+    # job.meta is unpickled inside the worker too (here by the job itself); RQ leaves unreadable meta undecoded
+    meta = q.enqueue(jobs.read_meta).id
+    sync_redis.hset(f"rq:job:{meta}", "meta", b"\x80\x04" + deep_key + b".")
     after = [q.enqueue(jobs.add, i, 1).id for i in range(4)]
 
-    _run_until_ended(redis_url, sync_redis, [*naps, poison, *after], *(ALLOW if restricted else ()))
+    _run_until_ended(redis_url, sync_redis, [*naps, poison, meta, *after], *(ALLOW if restricted else ()))
 
     _failed(sync_redis, poison, "DeserializationError", "nested deeper than 200 levels")
     assert [Job.fetch(j, connection=sync_redis).return_value() for j in naps + after] == [1.0] * 4 + [1, 2, 3, 4]
+    # (stock RQ's own pickle.loads of that meta would crash this test process: read it through the bounds)
+    assert Job.fetch(meta, connection=sync_redis, serializer=PickleSerializer()).return_value() == "['unserialized']"
 
 
 def test_allowed_types_composed_into_bombs_are_refused(redis_url: str, sync_redis: redis.Redis) -> None:
@@ -111,8 +118,6 @@ def test_build_cannot_change_allowed_functions_or_shared_objects(redis_url: str,
 
 def test_plain_pickle_payloads_round_trip_unchanged() -> None:
     """The bounds do not change what an ordinary payload decodes to (plain and restricted)."""
-    from asyncjobs.protocol.serializers import PickleSerializer, RestrictedPickleSerializer
-
     value = ("tests.security.jobs.echo", None, ([{"k": (1, 2.5, "x")}] * 3, jobs.Greeter("hi")), {"n": 10**300})
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     for serializer in (PickleSerializer(), RestrictedPickleSerializer(["tests.security.jobs"])):
