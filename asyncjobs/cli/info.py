@@ -28,6 +28,7 @@ __all__ = [
     "CronView",
     "JobInFlight",
     "QueueInfo",
+    "RegistryMemory",
     "Snapshot",
     "WorkerView",
     "check",
@@ -86,6 +87,22 @@ class QueueInfo:
 
 
 @dataclass
+class RegistryMemory:
+    """What a queue's list or registry costs Redis, estimated from a sample: the key itself plus
+    ``jobs`` x the mean ``MEMORY USAGE`` of up to :data:`MEMORY_SAMPLE` of its jobs (hash + results)."""
+
+    queue: str
+    registry: str  # queued, started, finished, failed, scheduled, deferred
+    jobs: int
+    bytes: int
+    sampled: int
+
+
+#: Jobs per registry whose MEMORY USAGE is read (never a scan of the registry).
+MEMORY_SAMPLE = 3
+
+
+@dataclass
 class CronJobView:
     name: str
     queue: str
@@ -112,6 +129,7 @@ class Snapshot:
     workers: list[WorkerView]
     queues: list[QueueInfo]
     cron: CronView | None = None
+    memory: list[RegistryMemory] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,7 +250,53 @@ def collect(conn: Any, queues: Sequence[str] | None = None, now: float | None = 
     ]
     _add_limits(conn, qinfos, limits, now)
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return Snapshot(stamp, workers, qinfos, _cron(conn))
+    return Snapshot(stamp, workers, qinfos, _cron(conn), _memory(conn, [q.name for q in qinfos]))
+
+
+def _memory(conn: Any, queue_names: Sequence[str]) -> list[RegistryMemory]:
+    """Sampled memory per queue and registry: two pipelined rounds, O(queues x MEMORY_SAMPLE)."""
+    d = keys.DEFAULT
+    regs = [(q, r, k) for q in queue_names for r, k in (
+        ("queued", d.queue(q)), ("started", d.started(q)), ("finished", d.finished(q)), ("failed", d.failed(q)),
+        ("scheduled", d.scheduled(q)), ("deferred", d.deferred(q)))]
+    if not regs:
+        return []
+    pipe = conn.pipeline(transaction=False)
+    for _q, r, k in regs:
+        if r == "queued":
+            pipe.llen(k)
+            pipe.lrange(k, 0, MEMORY_SAMPLE - 1)
+        else:
+            pipe.zcard(k)
+            pipe.zrange(k, 0, MEMORY_SAMPLE - 1)
+        pipe.memory_usage(k, samples=5)
+    replies = pipe.execute(raise_on_error=False)
+    samples: list[list[str]] = []
+    pipe = conn.pipeline(transaction=False)
+    for i, (_q, r, _k) in enumerate(regs):
+        members = replies[3 * i + 1]
+        members = members if isinstance(members, list) else []
+        ids = [_text(m).rpartition(":")[0] if r == "started" else _text(m) for m in members]
+        samples.append(ids)
+        for jid in ids:
+            pipe.memory_usage(d.job(jid), samples=5)
+            pipe.memory_usage(d.results(jid), samples=5)
+    sizes = iter(pipe.execute(raise_on_error=False) if any(samples) else [])
+    out: list[RegistryMemory] = []
+    for i, (q, r, _k) in enumerate(regs):
+        count, own = replies[3 * i], replies[3 * i + 2]
+        per_job = [sum(v for v in (next(sizes), next(sizes)) if isinstance(v, int)) for _ in samples[i]]
+        jobs = count if isinstance(count, int) else 0
+        mean = sum(per_job) / len(per_job) if per_job else 0
+        out.append(RegistryMemory(q, r, jobs, int((own if isinstance(own, int) else 0) + jobs * mean), len(per_job)))
+    return out
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def _cron(conn: Any) -> CronView | None:
@@ -331,6 +395,13 @@ def format_snapshot(snap: Snapshot, *, max_jobs: int = 10) -> str:
         for q in limited:
             lines.append(f"  {q.name:<20} {describe_limits(q)}")
         lines.extend(f"  warning: {w}" for w in stock_warnings(snap))
+    if any(m.jobs for m in snap.memory):
+        lines.append("")
+        lines.append(f"Memory by registry (estimated: the key + jobs x the mean of up to {MEMORY_SAMPLE} sampled "
+                     "jobs with their results)")
+        for m in snap.memory:
+            if m.jobs:
+                lines.append(f"  {m.queue:<20} {m.registry:<9} {m.jobs:>7} jobs  ~{_bytes(m.bytes)}")
     if snap.cron is not None:
         c = snap.cron
         lease = f" (lease {c.lease_left_s:.1f}s left)" if c.lease_left_s is not None else ""

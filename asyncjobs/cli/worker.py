@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker name (default: -c NAME, else asyncjobs-c<concurrency>-<random hex>)")
     p.add_argument("--serializer", "-S", default=DEFAULTS["serializer"], help="pickle, json, or a dotted path (like rq worker -S)")
     p.add_argument("--results-ttl", type=int, default=DEFAULTS["default_result_ttl"], help="default result TTL in seconds (default %(default)s)")
+    p.add_argument("--failure-ttl", type=int, default=None, metavar="SECONDS",
+                   help="keep failed and stopped jobs this long when the job sets no failure_ttl (default: "
+                        "RQ's, one year)")
     p.add_argument("--worker-ttl", type=int, default=DEFAULTS["worker_ttl"], help="worker key TTL in seconds (default %(default)s)")
     p.add_argument("--job-monitoring-interval", type=float, default=DEFAULTS["job_monitoring_interval"], help="heartbeat interval (default %(default)g s)")
     p.add_argument("--max-jobs", type=int, default=None,
@@ -190,6 +193,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         burst=args.burst,
         serializer=args.serializer,
         default_result_ttl=args.results_ttl,
+        default_failure_ttl=args.failure_ttl,
         worker_ttl=args.worker_ttl,
         job_monitoring_interval=args.job_monitoring_interval,
         max_jobs=args.max_jobs,

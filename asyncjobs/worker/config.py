@@ -77,6 +77,9 @@ class WorkerConfig:
     burst: bool = False
     serializer: str = "pickle"
     default_result_ttl: int = 500
+    #: ``--failure-ttl``: how long failed and stopped jobs (and their results) are kept when the job sets no
+    #: ``failure_ttl`` of its own; None = RQ's default, one year
+    default_failure_ttl: int | None = None
     worker_ttl: int = 420
     job_monitoring_interval: float = 30.0
     max_jobs: int | None = None
@@ -157,6 +160,8 @@ class WorkerConfig:
                 raise ValueError(f"{flag} must be a TCP port (0-65535, 0 = any free port), got {port}")
         if self.max_loop_lag <= 0:
             raise ValueError(f"--max-loop-lag must be a positive number of seconds, got {self.max_loop_lag}")
+        if self.default_failure_ttl is not None and self.default_failure_ttl < 1:
+            raise ValueError(f"--failure-ttl must be a positive number of seconds, got {self.default_failure_ttl}")
         if not 1.0 <= self.cron_lease <= 3600:
             raise ValueError(f"--cron-lease must be between 1 and 3600 seconds, got {self.cron_lease}")
         if self.job_monitoring_interval <= 0:

@@ -111,6 +111,10 @@ def _cancel_would_be_lost(task: asyncio.Task[Any]) -> bool:
     return False
 
 
+#: Outcomes kept for the job's ``failure_ttl`` (their hash, result and FailedJobRegistry entry).
+_KEPT_FOR_FAILURE_TTL = frozenset({Kind.FAILURE, Kind.STOPPED, Kind.MAX_RETRIES, Kind.RETRY})
+
+
 class StopRequested(Exception):
     """SIGTERM/SIGINT (or a shutdown command) arrived while the worker was still starting."""
 
@@ -617,6 +621,9 @@ class Worker:
             item.error = None
         if claimed.rate_limit_key:  # RQ 3: finish.lua releases its slot once the outcome is stored
             outcome = dataclasses.replace(outcome, rate_limit_key=claimed.rate_limit_key)
+        if outcome.failure_ttl is None and outcome.kind in _KEPT_FOR_FAILURE_TTL and self.config.default_failure_ttl:
+            # --failure-ttl: the worker's default where the job set none (a job's own failure_ttl wins)
+            outcome = dataclasses.replace(outcome, failure_ttl=self.config.default_failure_ttl)
         self.successful += outcome.succeeded
         self.failed += outcome.failed
         self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
