@@ -42,7 +42,7 @@ def started_message(
     return ("%s: %s (%s)", queue, describe(record, call, func), record.id)
 
 
-__all__ = ["describe", "job_extra", "started_message"]
+__all__ = ["describe", "exception_fields", "exception_summary", "job_extra", "started_message"]
 
 
 def job_extra(
@@ -53,3 +53,22 @@ def job_extra(
     if duration is not None:
         extra["duration_ms"] = round(duration * 1000.0, 3)
     return extra
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``ValueError`` for built-ins, ``httpx.HTTPStatusError`` for the rest (as a traceback's last line)."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", "") or ""
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` (the type alone when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    name = exception_type_name(exc)
+    return f"{name}: {lines[0]}" if lines else name
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """``extra=`` of a failed job's line: ``exc_type`` and ``exc_message`` (the traceback is ``exc_info``)."""
+    return {"exc_type": exception_type_name(exc), "exc_message": str(exc)}

@@ -63,7 +63,7 @@ from asyncjobs.worker.hookset import (
     outcome_of_call,
     outcome_of_transition,
 )
-from asyncjobs.worker.joblog import job_extra, started_message
+from asyncjobs.worker.joblog import exception_fields, exception_summary, job_extra, started_message
 from asyncjobs.worker.observer import Observer
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
@@ -802,20 +802,27 @@ class Worker:
     ) -> Transition:
         claimed = item.claimed
         text = "".join(traceback.format_exception(exc))
+        shown: BaseException = exc  # the exception whose traceback is stored (and logged)
         ex = self._execution(claimed, started, ended)
         if not callback_ran:
             try:
                 await self.callbacks.failure(record, handle, exc)
             except Exception as cb_exc:
                 text = "".join(traceback.format_exception(cb_exc))
+                shown = cb_exc
         await self.callbacks.exception_handlers(record, handle, exc)
         item.error, item.exc_text = exc, text
         if transitions.should_retry_on_exception(record):
             log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left,
                      extra=self._job_extra(item, "retried", elapsed))
             return transitions.exception_retry(record, ex, working_time=elapsed)
-        log.error("job %s failed: %s", claimed.job_id, text.strip().splitlines()[-1] if text.strip() else exc,
-                  extra=self._job_extra(item, "failed", elapsed))
+        # As stock: the type and message on the line, the whole traceback after it at ERROR (text) or in
+        # exc_info (JSON, with exc_type and exc_message).
+        # asyncjobs' own refusals (a function outside --allow-module, a payload it cannot decode) say all
+        # in their message: their traceback would show only the worker's frames.
+        own = isinstance(shown, (ResolveError, PayloadError, MalformedJobError))
+        log.error("job %s failed: %s", claimed.job_id, exception_summary(shown), exc_info=None if own else shown,
+                  extra={**self._job_extra(item, "failed", elapsed), **exception_fields(shown)})
         item.after_recorded = _webhooks(record, handle, "failed", ended, text)
         out = transitions.failure(record, ex, text, working_time=elapsed)
         if self.config.disable_default_exception_handler:

@@ -127,7 +127,10 @@ def test_an_unsupported_sdk_is_said_once_at_start_up(
         "pip install 'sentry-sdk>=2.7,<4' (or an asyncjobs-rq release that supports this one, if there is one)"
     ), output
     assert "hook" not in output.replace(said[0], ""), output  # no hook failure, per job or otherwise
-    assert "Traceback" not in output.replace("ValueError: kaput", ""), output
+    # The only tracebacks are the failed jobs' own, each after its "failed" line (as stock logs them).
+    assert output.count("Traceback") == output.count(" failed: ValueError: kaput ") == 3, output
+    lines = output.splitlines()
+    assert all(" failed: ValueError: kaput " in lines[i - 1] for i, ln in enumerate(lines) if "Traceback" in ln), output
 
 
 def test_an_unsupported_sdk_named_in_hooks_stops_start_up(

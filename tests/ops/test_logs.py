@@ -87,8 +87,27 @@ def test_worker_json_logs_every_line_parses(redis_url: str, sync_redis: redis.Re
         except ValueError:
             pytest.fail(f"not a JSON line: {line!r}")
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
-    errors = [p["message"] for p in parsed if p["level"] == "ERROR"]
-    assert any("kaboom" in m for m in errors), errors
+    (failed,) = [p for p in parsed if p["level"] == "ERROR"]
+    # Issue 22: the exception's type and message on the line, the whole traceback in its fields.
+    assert failed["message"].endswith("failed: ValueError: kaboom first line"), failed
+    assert failed["exc_type"] == "ValueError" and failed["exc_message"] == "kaboom first line\nkaboom second line"
+    assert failed["exc_info"].startswith("Traceback (most recent call last):"), failed
+    assert 'in boom\n    raise ValueError(message)' in failed["exc_info"], failed
+
+
+def test_failed_job_text_log_has_type_message_and_traceback(
+    redis_url: str, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """As stock ``rq worker``: the traceback follows the failed-job line at ERROR; with
+    ``--disable-job-desc-logging`` the job's arguments stay out of the log all the same."""
+    job = Queue("textlogs", connection=sync_redis).enqueue("compat.jobs.boom", "kaput")
+    with run_asyncjobs_worker(redis_url, "textlogs", "--burst", "--disable-job-desc-logging") as worker:
+        assert worker.wait(60) == 0, worker.output()
+        out = worker.output()
+    head = f"ERROR asyncjobs.worker: job {job.id} failed: ValueError: kaput\nTraceback (most recent call last):\n"
+    assert head in out, out
+    assert "in boom\n    raise ValueError(message)\nValueError: kaput\n" in out, out
+    assert "boom('kaput')" not in out and "compat.jobs.boom(" not in out
 
 
 def test_bad_log_format_is_a_clear_error(redis_url: str) -> None:
