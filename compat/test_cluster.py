@@ -131,3 +131,31 @@ def test_one_worker_serves_two_prefixes_on_two_masters(
         assert set(got.values()) == {"finished"}, (p, got, proc.output())
     assert sorted(_records(cluster, "{obs}:two")) == sorted(f"{p}{i}" for p in (a, b) for i in range(10))
     assert f"key prefix={a}" in proc.output() and f"key prefix={b}" in proc.output()
+
+
+def test_cron_on_a_cluster_keeps_every_key_in_the_prefix_slot(
+    clean: RedisCluster, asyncjobs_kind: WorkerKind, launcher: Launcher, tmp_path: Any
+) -> None:
+    """--cron under RQ_KEY_PREFIX={rq} on a cluster: the lease, the tick state and markers, and RQ's cron
+    monitoring keys are all under the prefix (one slot), and the ticks are enqueued there."""
+    cluster = clean
+    conf = tmp_path / "cron_config.py"
+    conf.write_text('from rq import cron\nfrom compat import jobs\n\ncron.register(jobs.add, "cronq", args=(1, 2), '
+                    'interval=1, name="tick")\n')
+    seed = next(p for p in cluster.ports if p != cluster.owner_of(PREFIX))
+    aj = launcher.start(asyncjobs_kind, ["default"], "--cluster", "--cron", str(conf), "--cron-lease", "2",
+                        "--name", "cron-cl", env={"RQ_KEY_PREFIX": PREFIX}, url=cluster.url(seed))
+    owner = cluster.client(cluster.owner_of(PREFIX))
+    wait_for(lambda: owner.llen(f"{PREFIX}:queue:cronq") >= 3, 30, message=aj.output)
+    assert owner.get(f"{PREFIX}:asyncjobs:cron:leader") == b"cron-cl"
+    assert owner.zcard(f"{PREFIX}:cron_job:tick:jobs") >= 3
+    assert owner.zscore(f"{PREFIX}:cron_schedulers", "cron-cl") is not None
+    assert owner.hexists(f"{PREFIX}:asyncjobs:cron:last", "tick")
+    aj.stop()
+    assert aj.wait(60) == 0, aj.output()
+    every = redis.RedisCluster.from_url(cluster.url())
+    try:
+        stray = [k for k in every.scan_iter(target_nodes=redis.RedisCluster.ALL_NODES) if not k.startswith(b"{")]
+    finally:
+        every.close()
+    assert stray == [], stray
