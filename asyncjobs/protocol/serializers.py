@@ -39,6 +39,10 @@ class Serializer(Protocol):
 class PickleSerializer:
     name = "pickle"
 
+    def __init__(self) -> None:
+        # rq.Worker records ``f"{serializer.__module__}.{serializer.__qualname__}"`` of what it is given.
+        self.__qualname__ = type(self).__qualname__
+
     def dumps(self, obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 

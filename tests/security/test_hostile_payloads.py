@@ -38,7 +38,9 @@ def _run_until_ended(url: str, conn: redis.Redis, job_ids: list[str], *args: str
         assert proc.is_running(), f"the worker died:\n{proc.output()}"
         proc.stop()
         assert proc.wait(30) == 0, proc.output()
-        return proc.output()
+        output = proc.output()
+    assert "maintenance pass failed" not in output and "Traceback" not in output, output
+    return output
 
 
 def _call(module: str, qualname: str, *arg_opcodes: bytes) -> bytes:
@@ -123,3 +125,4 @@ def test_plain_pickle_payloads_round_trip_unchanged() -> None:
     for serializer in (PickleSerializer(), RestrictedPickleSerializer(["tests.security.jobs"])):
         got = serializer.loads(zlib.decompress(zlib.compress(data)))
         assert got[0] == value[0] and got[2][0] == value[2][0] and got[2][1].greeting == "hi" and got[3] == value[3]
+
