@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from asyncjobs import metrics
-
 __all__ = ["Backoff", "Jitter", "RetryPolicy", "wait_or"]
 
 log = logging.getLogger("asyncjobs.worker")  # only Backoff logs, for the worker's Redis waits
@@ -68,9 +66,11 @@ REDIS_OUTAGE = RetryPolicy(max_attempts=1, backoff_base=0.2, backoff_max=10.0, j
 class Backoff:
     """A loop's backoff state: each :meth:`wait` waits longer, :meth:`reset` after a success."""
 
-    def __init__(self, policy: RetryPolicy = REDIS_OUTAGE) -> None:
+    def __init__(self, policy: RetryPolicy = REDIS_OUTAGE, *, on_wait: Callable[[], None] | None = None) -> None:
         self.policy = policy
         self.failures = 0
+        #: called once per :meth:`wait` (the engine counts ``asyncjobs_redis_errors_total`` with it)
+        self.on_wait = on_wait
 
     def reset(self) -> None:
         self.failures = 0
@@ -82,7 +82,8 @@ class Backoff:
     async def wait(self, what: str, stop: asyncio.Event | None) -> None:
         """Log ``what`` failed and wait (less if ``stop`` is set meanwhile)."""
         delay = self.next_delay()
-        metrics.redis_error()
+        if self.on_wait is not None:
+            self.on_wait()
         log.warning("Redis unavailable (%s); retrying in %.1fs", what, delay)
         if stop is None:
             await asyncio.sleep(delay)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncjobs.protocol.keys import DEFAULT, Keys
+from asyncjobs.protocol.scripts import lua
 
 __all__ = ["QueueControl", "QueueLimits", "Rate", "Throttled", "limits_key"]
 
@@ -111,23 +112,7 @@ class Throttled(Exception):
         super().__init__(message or f"throttled: retry after {self.retry_after:g}s")
 
 
-# KEYS[1] the limits hash; ARGV: queue, milliseconds (-1: until resumed), '1' to only extend.
-# Timed by the server's clock, as the claim script is. Returns the pause's end (ms, or -1).
-PAUSE_SCRIPT = """
-local f = 'p:' .. ARGV[1]
-local ms = tonumber(ARGV[2])
-local v = -1
-if ms >= 0 then
-  local t = redis.call('TIME')
-  v = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ms
-end
-if ARGV[3] == '1' then
-  local cur = tonumber(redis.call('HGET', KEYS[1], f) or '0')
-  if cur == -1 or (v ~= -1 and cur >= v) then return cur end
-end
-redis.call('HSET', KEYS[1], f, string.format('%d', v))
-return v
-"""
+PAUSE_SCRIPT = lua("pause.lua")
 
 
 def _ms(seconds: float | None) -> int:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import RedisError
 
 from asyncjobs.delivery.errors import TransientDeliveryError
+from asyncjobs.protocol.scripts import lua
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -133,22 +134,6 @@ class LocalRateLimiter:
         return f"LocalRateLimiter({self.rate})"
 
 
-# GCRA with reservation: KEYS[1] holds the theoretical arrival time (TAT, ms).
-# ARGV[1] = emission interval (ms), ARGV[2] = burst tolerance (ms).
-# Returns the wait in ms (as a string, to keep fractions) before the reserved slot.
-_GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait < 0 then wait = 0 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now + tolerance + 1000))
-return string.format('%.3f', wait)
-"""
 
 
 class RedisRateLimiter:
@@ -166,7 +151,7 @@ class RedisRateLimiter:
         self.key = key
         self.rate = rate
         self._sleep = sleep
-        self._script: Any = redis.register_script(_GCRA_LUA)
+        self._script: Any = redis.register_script(lua("ratelimit_gcra.lua"))
         self._interval_ms = 1000.0 * rate.period / rate.count
         self._tolerance_ms = self._interval_ms * (rate.count - 1)
 

@@ -5,7 +5,7 @@ loop.  The asyncjobs worker runs every job on one long-lived loop, so its jobs
 share one pool; a stock ``rq worker`` runs each coroutine job on a fresh loop,
 so a sender left on a previous (no longer running) loop is closed (on that
 loop, from a helper thread) and replaced.  Cleanup is registered with
-:func:`asyncjobs.worker.lifecycle.on_shutdown`, so the asyncjobs worker closes
+:func:`asyncjobs.hooks.on_shutdown`, so the asyncjobs worker closes
 the pools when it stops.
 
 Only the email side is imported with this module: the SMS providers (httpx, aiohttp:

@@ -10,6 +10,7 @@ from typing import Any
 
 from asyncjobs.host.logs import setup_logging
 from asyncjobs.host.probes import OpsServer, Watchdog, close_servers, start_servers
+from asyncjobs.host.sampler import QueueSampler
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.observer import HealthBoard, Observer, Slot
 from asyncjobs.worker.recycle import RECYCLE_EXIT
@@ -72,7 +73,7 @@ def run_worker(
     watchdog = Watchdog(slot, config.max_loop_lag, metrics_on=metrics_on) if slot is not None else None
     if board is not None:  # this process serves its own endpoints
         if registry is not None:
-            sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
+            sampler = QueueSampler(lambda: ops_redis_client(config), config.queues)
             registry.register(sampler)
         try:
             servers = start_servers(

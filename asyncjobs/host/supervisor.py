@@ -40,6 +40,7 @@ from typing import Any
 
 from asyncjobs.backoff import RetryPolicy
 from asyncjobs.host.probes import OpsServer, close_servers, start_servers
+from asyncjobs.host.sampler import QueueSampler
 from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.store import RedisStore
 from asyncjobs.worker.config import WorkerConfig
@@ -136,7 +137,7 @@ def run_pool(
             registry = metrics.new_registry(mp_dir)
             metrics.preload()
             if len(prefixes) <= 1:  # queue gauges have no prefix label: one keyspace only
-                sampler = metrics.QueueSampler(lambda: ops_redis_client(config), config.queues)
+                sampler = QueueSampler(lambda: ops_redis_client(config), config.queues)
                 registry.register(sampler)
         else:
             registry = None

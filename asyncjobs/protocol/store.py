@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,6 +26,7 @@ from redis.exceptions import ResponseError
 from asyncjobs.protocol.codec import MalformedJobError, normalize_hash, parse_job_hash
 from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION
+from asyncjobs.protocol.scripts import lua
 from asyncjobs.protocol.timeutil import epoch_float, epoch_int, format_utc, utcnow
 from asyncjobs.protocol.transitions import Transition
 
@@ -36,8 +36,7 @@ __all__ = [
 ]
 
 
-def _script(name: str) -> str:
-    return resources.files("asyncjobs.protocol").joinpath("lua", name).read_text("utf-8")
+_script = lua
 
 
 #: How long a claim's record outlives its call (a replay after a longer outage claims afresh;
@@ -46,59 +45,13 @@ CLAIM_RECORD_TTL = 3600
 
 
 def _exchange_script() -> str:
-    """finish.lua then claim.lua in one atomic call, idempotent per claim token.
-
-    See docs/rq-protocol.md §11.2 (claim tokens) and §11.6 (one script per cycle).
-
-    KEYS[1] is the key prefix (both scripts build their keys from it), ARGV[1] the finish payload
-    ('' for none), ARGV[2] the claim's token key ('' when nothing is claimed), ARGV[3] the
-    space-separated token keys of calls whose reply arrived (deleted here), ARGV[4...]
-    claim.lua's arguments.  Outcomes are applied at most once by finish.lua
-    itself; the claim runs at most once per token: a replay (redis-py's retry, a re-send after
-    an outage, a request that reached Redis after its sender gave up) returns the jobs the
-    first run claimed that are still this execution's, and claims nothing new.  Each file
-    becomes a function whose ``ARGV`` parameter shadows the global, so both run unchanged.
+    """``lua/exchange.lua`` with finish.lua and claim.lua included: finish then claim in one atomic call,
+    idempotent per claim token (the file says how).
     """
-    return (
-        "local function finish(ARGV)\n" + _script("finish.lua") + "\nend\n"
-        "local function claim(ARGV, record)\n" + _script("claim.lua") + "\nend\n"
-        "local P = KEYS[1]\n"
-        "if ARGV[1] ~= '' then finish({ARGV[1]}) end\n"
-        "for key in string.gmatch(ARGV[3], '%S+') do redis.call('DEL', key) end\n"
-        "local tk = ARGV[2]\n"
-        "if tk == '' then return {0, {}, {}, {}} end\n"
-        "if redis.call('EXISTS', tk) == 1 then\n"
-        "  -- A replay: the jobs the first run claimed, with their deadline renewed (the reply may\n"
-        "  -- have been lost for longer than the heartbeat TTL).\n"
-        "  local now_f, now_ts, wip_score, exec_score, exec_ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[9], ARGV[10]\n"
-        "  local claimed = {}\n"
-        "  for _, e in ipairs(redis.call('LRANGE', tk, 1, -1)) do\n"
-        "    local q, jid, eid = string.match(e, '^(.-)\\t(.-)\\t(.*)$')\n"
-        "    local jk = P .. ':job:' .. jid\n"
-        "    if redis.call('ZSCORE', P .. ':wip:' .. q, jid .. ':' .. eid)\n"
-        "        and redis.call('TYPE', jk)['ok'] == 'hash' then\n"
-        "      redis.call('ZADD', P .. ':wip:' .. q, 'XX', wip_score, jid .. ':' .. eid)\n"
-        "      local ek = P .. ':execution:' .. jid .. ':' .. eid\n"
-        "      redis.call('HSET', ek, 'last_heartbeat', now_f)\n"
-        "      redis.call('EXPIRE', ek, exec_ttl)\n"
-        "      redis.call('ZADD', P .. ':executions:' .. jid, exec_score, eid)\n"
-        "      redis.call('EXPIRE', P .. ':executions:' .. jid, exec_ttl)\n"
-        "      redis.call('HSET', jk, 'last_heartbeat', now_ts)\n"
-        "      table.insert(claimed, {q, jid, eid, redis.call('HGETALL', jk)})\n"
-        "    end\n"
-        "  end\n"
-        "  return {tonumber(redis.call('LINDEX', tk, 0)), claimed, {}, {}}\n"
-        "end\n"
-        "redis.call('RPUSH', tk, '0')\n"
-        f"redis.call('EXPIRE', tk, {CLAIM_RECORD_TTL})\n"
-        "local rest = {}\n"
-        "for i = 4, #ARGV do rest[i - 3] = ARGV[i] end\n"
-        "local reply = claim(rest, function(q, jid, eid)\n"
-        "  redis.call('RPUSH', tk, q .. '\\t' .. jid .. '\\t' .. eid)\n"
-        "end)\n"
-        "if reply[1] == 1 then redis.call('LSET', tk, 0, '1') end\n"
-        "return reply\n"
-    )
+    source = _script("exchange.lua").replace("__CLAIM_RECORD_TTL__", str(CLAIM_RECORD_TTL))
+    for name in ("finish.lua", "claim.lua"):
+        source = source.replace(f"--#include {name}\n", _script(name) + "\n")
+    return source
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,20 +133,6 @@ class WorkerNameTaken(RuntimeError):
     pass
 
 
-# KEYS: the worker key, rq:workers, the worker's executions set, then rq:workers:<q> per queue.
-_BURY = """
-local key = KEYS[1]
-if redis.call('HGET', key, 'pid') ~= ARGV[1] or redis.call('HEXISTS', key, 'death') == 1 then
-  return 0
-end
-redis.call('SREM', KEYS[2], key)
-for i = 4, #KEYS do redis.call('SREM', KEYS[i], key) end
-redis.call('HSET', key, 'death', ARGV[2])
-redis.call('HDEL', key, 'current_job')
-redis.call('EXPIRE', key, 60)
-redis.call('DEL', KEYS[3])
-return 1
-"""
 
 
 class RedisStore:
@@ -431,7 +370,7 @@ class RedisStore:
         """
         key = keys.worker(worker_name)
         reply = await redis.eval(
-            _BURY,
+            _script("bury.lua"),
             3 + len(queues),
             key,
             keys.workers,

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from asyncjobs import metrics
 from asyncjobs.backoff import Backoff
 from asyncjobs.protocol import keys
 
@@ -69,7 +70,7 @@ class CommandListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set (polled each second: redis-py's pub/sub may swallow a cancel)."""
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         while not stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:

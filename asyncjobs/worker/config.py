@@ -99,7 +99,7 @@ class WorkerConfig:
     #: False = ``--disable-job-desc-logging``: log job ids, not descriptions (which carry the arguments)
     log_job_description: bool = True
     #: lifecycle hook sources: module names (``"myapp.worker_hooks"``), modules, ``WorkerHooks``
-    #: or any object with on_startup/on_shutdown/before_job/after_job (see asyncjobs.worker.hooks)
+    #: or any object with on_startup/on_shutdown/before_job/after_job (see asyncjobs.hooks)
     hooks: tuple[object, ...] = ()
     # Sentinel, explicit host/port, TLS or ACL options; None = plain ``redis_url``.
     redis: RedisTarget | None = None

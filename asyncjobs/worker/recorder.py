@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.exceptions
 
+from asyncjobs import metrics
 from asyncjobs.backoff import Backoff
 from asyncjobs.protocol.store import Outcomes, RedisStore
 from asyncjobs.protocol.transitions import Transition
@@ -139,7 +140,7 @@ class Recorder:
         self._ready.set()
 
     async def run(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         while not self._closing:
             await self._ready.wait()
             self._ready.clear()

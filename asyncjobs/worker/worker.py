@@ -31,6 +31,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 from rq.timeouts import JobTimeoutException
 
+from asyncjobs import metrics
 from asyncjobs.backoff import Backoff, wait_or
 from asyncjobs.connection import RedisRefused, refusal_hint
 from asyncjobs.hooks import JobView, StartupHookFailed
@@ -128,7 +129,7 @@ class Worker:
         hooks: Iterable[object] = (),
         observer: Observer | None = None,
     ) -> None:
-        """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.worker.hooks`);
+        """``hooks``: hook sources added to ``config.hooks`` (see :mod:`asyncjobs.hooks`);
         ``observer``: metrics and health reporting (see :mod:`asyncjobs.host.probes`)."""
         self.config = config
         self.observer = observer or Observer()
@@ -412,7 +413,7 @@ class Worker:
 
     async def _work_loop(self) -> None:
         idle_since = time.monotonic()
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         suspended_logged = False
         while not self._stopping.is_set():
             if self.slots.max_jobs_reached:
@@ -878,7 +879,7 @@ class Worker:
     async def _resolve_unresolved_claim(self) -> None:
         """A claim sent before the stop whose reply was lost may have claimed jobs: ask again
         (same token) so they are given back rather than left started for maintenance to fail."""
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         deadline = time.monotonic() + self.config.shutdown_timeout
         while self._unresolved_claim is not None and time.monotonic() < deadline:
             if await self._exchange(self._unresolved_claim):
@@ -893,7 +894,7 @@ class Worker:
     # ------------------------------------------------------------ heartbeats
     async def _heartbeater(self) -> None:
         interval = self.config.job_monitoring_interval
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         while True:
             await asyncio.sleep(min(interval, 15.0))
             # Only jobs still executing: one whose outcome is being stored must not be refreshed.
@@ -912,7 +913,7 @@ class Worker:
     async def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``op`` until it succeeds, backing off while Redis is unreachable; a stop request
         (SIGTERM, SIGINT) ends the wait at once with :class:`StopRequested`."""
-        backoff = Backoff()
+        backoff = Backoff(on_wait=metrics.redis_error)
         while True:
             if self._stopping.is_set():
                 raise StopRequested(what)

@@ -1,0 +1,54 @@
+-- finish.lua then claim.lua in one atomic call, idempotent per claim token.
+--
+-- See docs/rq-protocol.md §11.2 (claim tokens) and §11.6 (one script per cycle).
+--
+-- KEYS[1] is the key prefix (both scripts build their keys from it), ARGV[1] the finish payload
+-- ('' for none), ARGV[2] the claim's token key ('' when nothing is claimed), ARGV[3] the
+-- space-separated token keys of calls whose reply arrived (deleted here), ARGV[4...]
+-- claim.lua's arguments.  Outcomes are applied at most once by finish.lua
+-- itself; the claim runs at most once per token: a replay (redis-py's retry, a re-send after
+-- an outage, a request that reached Redis after its sender gave up) returns the jobs the
+-- first run claimed that are still this execution's, and claims nothing new.  Each file
+-- becomes a function whose ``ARGV`` parameter shadows the global, so both run unchanged.
+local function finish(ARGV)
+--#include finish.lua
+end
+local function claim(ARGV, record)
+--#include claim.lua
+end
+local P = KEYS[1]
+if ARGV[1] ~= '' then finish({ARGV[1]}) end
+for key in string.gmatch(ARGV[3], '%S+') do redis.call('DEL', key) end
+local tk = ARGV[2]
+if tk == '' then return {0, {}, {}, {}} end
+if redis.call('EXISTS', tk) == 1 then
+  -- A replay: the jobs the first run claimed, with their deadline renewed (the reply may
+  -- have been lost for longer than the heartbeat TTL).
+  local now_f, now_ts, wip_score, exec_score, exec_ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[9], ARGV[10]
+  local claimed = {}
+  for _, e in ipairs(redis.call('LRANGE', tk, 1, -1)) do
+    local q, jid, eid = string.match(e, '^(.-)\t(.-)\t(.*)$')
+    local jk = P .. ':job:' .. jid
+    if redis.call('ZSCORE', P .. ':wip:' .. q, jid .. ':' .. eid)
+        and redis.call('TYPE', jk)['ok'] == 'hash' then
+      redis.call('ZADD', P .. ':wip:' .. q, 'XX', wip_score, jid .. ':' .. eid)
+      local ek = P .. ':execution:' .. jid .. ':' .. eid
+      redis.call('HSET', ek, 'last_heartbeat', now_f)
+      redis.call('EXPIRE', ek, exec_ttl)
+      redis.call('ZADD', P .. ':executions:' .. jid, exec_score, eid)
+      redis.call('EXPIRE', P .. ':executions:' .. jid, exec_ttl)
+      redis.call('HSET', jk, 'last_heartbeat', now_ts)
+      table.insert(claimed, {q, jid, eid, redis.call('HGETALL', jk)})
+    end
+  end
+  return {tonumber(redis.call('LINDEX', tk, 0)), claimed, {}, {}}
+end
+redis.call('RPUSH', tk, '0')
+redis.call('EXPIRE', tk, __CLAIM_RECORD_TTL__)
+local rest = {}
+for i = 4, #ARGV do rest[i - 3] = ARGV[i] end
+local reply = claim(rest, function(q, jid, eid)
+  redis.call('RPUSH', tk, q .. '\t' .. jid .. '\t' .. eid)
+end)
+if reply[1] == 1 then redis.call('LSET', tk, 0, '1') end
+return reply
