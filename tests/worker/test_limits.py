@@ -209,7 +209,7 @@ def test_queues_cli_sets_shows_and_clears(redis_url: str, sync_redis: redis.Redi
 
 def test_queue_sampler_exports_limits(sync_redis: redis.Redis, redis_url: str) -> None:
     pytest.importorskip("prometheus_client")
-    from asyncjobs.metrics import QueueSampler
+    from asyncjobs.host.sampler import QueueSampler
 
     QueueControl(sync_redis).limit("sms", concurrency=4, rate="30/m")
     QueueControl(sync_redis).pause("sms")
