@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -167,7 +168,9 @@ class WorkerConfig:
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
         for queue, cap in self.queue_limits:
-            if queue not in self.queues:
+            if queue not in self.queues and not any(
+                any(c in p for c in "*?[") and fnmatchcase(queue, p) for p in self.queues
+            ):
                 raise ValueError(
                     f"--queue-limit {queue}={cap}: {queue!r} is not one of --queues ({','.join(self.queues)})"
                 )

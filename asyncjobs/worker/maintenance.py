@@ -29,9 +29,17 @@ log = logging.getLogger("asyncjobs.worker")
 
 class Maintenance:
     def __init__(
-        self, config: WorkerConfig, serializer: Serializer, exception_handlers: Sequence[Callable[..., Any]] = ()
+        self,
+        config: WorkerConfig,
+        serializer: Serializer,
+        exception_handlers: Sequence[Callable[..., Any]] = (),
+        *,
+        queues: Callable[[], Sequence[str]] | None = None,
     ) -> None:
+        """``queues``: the queues to clean, asked each pass (default: ``config.queues``; a worker with
+        queue patterns passes the queues they match now)."""
         self.config = config
+        self._queues = queues or (lambda: config.queues)
         self.serializer = serializer
         self.exception_handlers = list(exception_handlers)  # as stock: called for each abandoned job
         self._conn: Any = None
@@ -48,7 +56,7 @@ class Maintenance:
         from rq.worker import SimpleWorker
 
         conn = self._connection()
-        queues = [Queue(q, connection=conn, serializer=self.serializer) for q in self.config.queues]
+        queues = [Queue(q, connection=conn, serializer=self.serializer) for q in self._queues()]
         # A stock worker object under *our* name, never registered: RQ's intermediate-queue
         # cleanup calls its handle_job_failure for jobs stuck there.
         shim = SimpleWorker(queues, connection=conn, name=worker_name, serializer=self.serializer)

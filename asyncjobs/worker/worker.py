@@ -71,6 +71,7 @@ from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.recycle import MemoryLimit, current_rss
 from asyncjobs.worker.resolver import FunctionResolver, ResolveError
 from asyncjobs.worker.shutdown import Shutdown
+from asyncjobs.worker.tenants import QueueSet, is_pattern
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -85,6 +86,8 @@ IGNORED_CANCEL_REPORT = 60.0
 #: Longest wait before a queue held back by a limit is tried again (limits change live; a fleet
 #: concurrency slot frees on another worker unannounced).
 LIMIT_POLL = 1.0
+#: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
+TENANT_POLL = 0.25
 #: Loop iterations a cancel may wait for a job to leave Python 3.11's ``wait_for`` (see below).
 CANCEL_DEFER_MAX = 1000
 
@@ -155,6 +158,7 @@ class Worker:
         #: queues whose jobs a queue limit held back at the last claim: ms until one may open (-1: paused)
         self._blocked: dict[str, int] = {}
         self._own_caps = dict(config.queue_limits)
+        self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
         self._rr_offset = 0
         self.successful = 0
@@ -312,7 +316,7 @@ class Worker:
     async def _repair_abandoned(self) -> None:
         """Malformed jobs a crashed worker left in rq:wip would break RQ's cleanup: repair them."""
         try:
-            repaired = await self.store.repair_abandoned(self.config.queues)
+            repaired = await self.store.repair_abandoned(self._served())
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.warning("could not check abandoned jobs (%s)", exc)
             return
@@ -327,7 +331,8 @@ class Worker:
         tasks: list[asyncio.Task[None]] = []
         from asyncjobs.worker.maintenance import Maintenance
 
-        maint = Maintenance(self.config, self._rq_serializer(), self.callbacks.handlers)
+        await self._refresh_queue_set()
+        maint = Maintenance(self.config, self._rq_serializer(), self.callbacks.handlers, queues=self._served)
         if self.config.burst:
             # As a stock burst worker: clean before the first job, so what maintenance enqueues (abandoned
             # jobs retried, RQ 3's ready dependents and promoted rate-limited jobs) runs before it exits.
@@ -343,7 +348,8 @@ class Worker:
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
 
-            sched = Scheduler(self.config.connection, self.config.queues, self._rq_serializer())
+            # (patterns: the queues they match at start)
+            sched = Scheduler(self.config.connection, tuple(self._served()), self._rq_serializer())
             if self.config.burst:
                 await self._retrying(lambda: asyncio.to_thread(sched.tick_once), "scheduler tick")
             tasks.append(asyncio.create_task(sched.run(self._stopping), name="asyncjobs-scheduler"))
@@ -365,6 +371,18 @@ class Worker:
         self._eid_counter += n
         return [f"{self._eid_prefix}{i:016x}" for i in range(start, start + n)]
 
+    def _served(self) -> list[str]:
+        """The queues served now (patterns expanded)."""
+        return self._queue_set.all() if self._queue_set is not None else list(self.config.queues)
+
+    async def _refresh_queue_set(self) -> None:
+        if self._queue_set is None:
+            self._queue_set = QueueSet(self.config.queues, self.store.keys)
+        try:
+            await self._queue_set.refresh(self.redis)
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
+            log.debug("could not re-read the queue set (%s); the claim will say more", exc)
+
     def _queue_order(self) -> list[str]:
         queues = list(self.config.queues)
         if self.config.dequeue_strategy == "round_robin":
@@ -373,7 +391,7 @@ class Worker:
             queues = queues[k:] + queues[:k]
         elif self.config.dequeue_strategy == "random":
             random.shuffle(queues)
-        return queues
+        return self._queue_set.order(queues) if self._queue_set is not None and self._queue_set.patterns else queues
 
     async def _exchange(self, request: ClaimRequest) -> bool:
         """Store the outcomes ready and make one claim; launch what it claimed. False on a Redis error.
@@ -438,8 +456,11 @@ class Worker:
                     # Let the other jobs finishing in this loop iteration submit too: one round trip for all.
                     await asyncio.sleep(0)
                     continue
+                await self._refresh_queue_set()
                 order = self._queue_order()
-                request = self.store.claim_request(order, free, self._execution_ids(free), self._caps(order))
+                if not order:
+                    free = 0  # only patterns, matching no queue yet: store the outcomes, claim nothing
+                request = self.store.claim_request(order, free, self._execution_ids(free), self._caps(order, free))
             if not await self._exchange(request):
                 await backoff.wait("claim jobs", self._stopping)
                 continue
@@ -490,7 +511,7 @@ class Worker:
         if self.slots.free() > 0:
             held = self._held_back()
             for queue in self.config.queues:
-                if queue not in self._waiters and queue not in held:
+                if queue not in self._waiters and queue not in held and not is_pattern(queue):
                     self._waiters[queue] = asyncio.create_task(self._waiter(queue, timeout))
         reopen = self._limit_wait()
         if not self._waiters and reopen is None:
@@ -508,31 +529,50 @@ class Worker:
         for task in waits - set(self._waiters.values()):
             task.cancel()
 
-    def _caps(self, order: list[str]) -> list[int]:
-        """``--queue-limit``: the room left per queue in ``order`` (-1: no cap of this worker's)."""
-        if not self._own_caps:
+    def _caps(self, order: list[str], free: int = 0) -> list[int]:
+        """The most to claim per queue in ``order`` (-1: no cap): ``--queue-limit``'s room left, and a
+        pattern's queues' even share of the ``free`` slots."""
+        qs = self._queue_set
+        patterned = qs is not None and bool(qs.patterns)
+        if not self._own_caps and not patterned:
             return []
         running: dict[str, int] = {}
         for item in self.slots:
             running[item.claimed.queue] = running.get(item.claimed.queue, 0) + 1
-        return [
-            max(0, self._own_caps[q] - running.get(q, 0)) if q in self._own_caps else -1 for q in order
-        ]
+        caps = []
+        for q in order:
+            pattern = qs.pattern_of(q) if qs is not None else None
+            own = self._own_caps.get(q, self._own_caps.get(pattern) if pattern else None)
+            cap = -1 if own is None else max(0, own - running.get(q, 0))
+            share = qs.fair_share(q, free) if qs is not None and free else None
+            if share is not None:
+                cap = share if cap < 0 else min(cap, share)
+            caps.append(cap)
+        return caps
 
     def _held_back(self) -> set[str]:
         """Queues not to wait on with BLMOVE: a limit holds their jobs back (they would wake us at once)."""
         held = set(self._blocked)
-        for queue, room in zip(self.config.queues, self._caps(list(self.config.queues)), strict=False):
+        literals = [q for q in self.config.queues if not is_pattern(q)]
+        for queue, room in zip(literals, self._caps(literals), strict=False):  # ([] without caps)
             if room == 0:
                 held.add(queue)  # woken by a slot freeing instead
         return held
 
     def _limit_wait(self) -> float | None:
-        """Seconds until a queue a limit held back may open; at most 1 s (limits change live)."""
+        """Seconds until a queue a limit held back may open; at most 1 s (limits change live).
+        With patterns, their queues are polled (no blocking wait per tenant queue)."""
+        if self._queue_set is not None and self._queue_set.patterns and self.slots.free() > 0:
+            return min([TENANT_POLL, *(self._limit_wait_blocked() or [])])
         if not self._blocked:
             return None
+        return self._limit_wait_blocked()[0]
+
+    def _limit_wait_blocked(self) -> list[float]:
+        if not self._blocked:
+            return []
         waits = [ms / 1000 if ms >= 0 else LIMIT_POLL for ms in self._blocked.values()]
-        return min(max(0.005, min(waits)), LIMIT_POLL)
+        return [min(max(0.005, min(waits)), LIMIT_POLL)]
 
     async def _waiter(self, queue: str, timeout: float) -> bool:
         """Wake the loop when ``queue`` has a job; the loop's own claim takes it (or not)."""

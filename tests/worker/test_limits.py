@@ -228,3 +228,27 @@ def test_queue_sampler_exports_limits(sync_redis: redis.Redis, redis_url: str) -
     assert got[("asyncjobs_queue_paused", (("queue", "emails"),))] == 0
     assert got[("asyncjobs_queue_limit", (("limit", "concurrency"), ("queue", "sms")))] == 4
     assert got[("asyncjobs_queue_limit", (("limit", "rate_per_second"), ("queue", "sms")))] == 0.5
+
+
+async def test_tenant_pattern_serves_a_small_tenant_beside_a_burst(sync_redis: redis.Redis, start_worker) -> None:
+    big, small = Queue("emails:big", connection=sync_redis), Queue("emails:small", connection=sync_redis)
+    big.enqueue_many([Queue.prepare_data(f"{J}.record", (f"big{i}",)) for i in range(2000)])
+    small_ids = [small.enqueue(f"{J}.record", f"small{i}").id for i in range(5)]
+    await start_worker(queues=("emails:*",), concurrency=10)
+    await eventually(lambda: all(status(sync_redis, i) == "finished" for i in small_ids), what="the small tenant's jobs")
+    tags = [t for t, _ in jobs.starts]
+    last_small = max(i for i, t in enumerate(tags) if t.startswith("small"))
+    assert last_small < 12, tags[:20]  # in the first claim (an even share of its slots), not behind the burst
+    # A tenant queue that appears later is served too (RQ's queue set is re-read).
+    late = Queue("emails:late", connection=sync_redis).enqueue(f"{J}.record", "late")
+    await eventually(lambda: status(sync_redis, late.id) == "finished", what="a new tenant's job")
+
+
+async def test_tenant_pattern_cap_applies_to_each_queue(sync_redis: redis.Redis, start_worker) -> None:
+    ids = {t: [Queue(f"t:{t}", connection=sync_redis).enqueue(f"{J}.wait_gate", "t").id for _ in range(3)]
+           for t in ("a", "b")}
+    await start_worker(queues=("t:*",), concurrency=10, queue_limits=(("t:*", 1),))
+    await eventually(lambda: all(status(sync_redis, i[0]) == "started" for i in ids.values()), what="one per tenant")
+    assert [status(sync_redis, i) for t in ids for i in ids[t][1:]] == ["queued"] * 4
+    jobs.gate("t").set()
+    await eventually(lambda: all(status(sync_redis, i) == "finished" for t in ids for i in ids[t]), what="all done")
