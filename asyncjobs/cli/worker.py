@@ -73,6 +73,41 @@ def _version_text() -> str:
     return f"asyncjobs-worker {__version__} (rq {rq.__version__}, redis-py {redis.__version__})"
 
 
+#: ``rq worker``'s class options: (flags) -> help.  asyncjobs reads and writes RQ's Redis format itself, so
+#: only the classes stock RQ uses by default (or asyncjobs' own worker) mean anything to it.
+RQ_CLASS_FLAGS: dict[tuple[str, ...], str] = {
+    ("--job-class", "-j"): "rq.job.Job only (asyncjobs reads the job hash itself)",
+    ("--queue-class",): "rq.Queue only",
+    ("--worker-class", "-w"): "asyncjobs.AsyncWorker only (this command is that worker)",
+    ("--connection-class",): "redis.Redis only (asyncjobs builds redis.asyncio clients from the URL)",
+}
+_ACCEPTED_CLASSES: dict[str, frozenset[str]] = {
+    "job_class": frozenset({"rq.job.Job", "rq.Job"}),
+    "queue_class": frozenset({"rq.queue.Queue", "rq.Queue"}),
+    "worker_class": frozenset({"asyncjobs.AsyncWorker", "asyncjobs.host.rq_compat.AsyncWorker",
+                               "asyncjobs.cli.rq_compat.AsyncWorker"}),
+    "connection_class": frozenset({"redis.Redis", "redis.client.Redis", "redis.StrictRedis"}),
+}
+
+
+def class_flag_problem(args: argparse.Namespace) -> str | None:
+    """Why a ``--job-class``/``--queue-class``/``--worker-class``/``--connection-class`` cannot be honoured."""
+    for dest, accepted in _ACCEPTED_CLASSES.items():
+        value = getattr(args, dest, None)
+        if value is None or value in accepted:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest == "worker_class":
+            return (f"{flag} {value!r} names RQ's own worker loop, which asyncjobs-worker replaces: run "
+                    f"`rq worker -w {value}` for that class, or drop the flag")
+        if dest == "connection_class":
+            return (f"{flag} {value!r} cannot be honoured: asyncjobs builds its own redis.asyncio clients from "
+                    "the URL (TLS, ACL, Sentinel and Cluster have flags of their own); drop the flag")
+        return (f"{flag} {value!r} cannot be honoured: asyncjobs reads and writes RQ's Redis format itself, "
+                f"without RQ's classes; drop the flag, or run these queues with stock `rq worker {flag} {value}`")
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncjobs-worker",
@@ -107,18 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "flight and exit with status 75; under --processes the child is replaced at once")
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument(
-        "--dequeue-strategy", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
+        "--dequeue-strategy", "-ds", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
     )
     p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (default: .)")
     p.add_argument("--logging-level", "--logging_level", "-l", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG (as rq worker -v)")
+    loudness.add_argument("--quiet", "-q", action="store_true", help="log at WARNING (as rq worker -q)")
     p.add_argument("--log-format", default="text",
                    help="text (default), json (one JSON object per line), or a logging format string as rq's")
     p.add_argument("--date-format", default=None, help="strftime format of log timestamps")
     p.add_argument("--pid", default=None, metavar="FILE", help="write the process id to FILE (as `rq worker --pid`)")
     p.add_argument("--shutdown-timeout", type=float, default=DEFAULTS["shutdown_timeout"],
                    help="grace period for in-flight jobs after SIGTERM before they are put back (default %(default)g s)")
-    p.add_argument("--with-scheduler", action="store_true", help="also move due scheduled jobs to their queues")
+    p.add_argument("--with-scheduler", "-s", action="store_true", help="also move due scheduled jobs to their queues")
     p.add_argument("--maintenance-interval", type=float, default=DEFAULTS["maintenance_interval"], help="registry cleanup interval (default %(default)g s)")
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
                    help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
@@ -133,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module defining on_startup/on_shutdown/before_job/after_job hooks (repeatable), "
                    "e.g. --hooks myapp.worker_hooks or --hooks asyncjobs.observability.sentry")
     p.add_argument("--exception-handler", action="append", default=[], help="dotted path of an exception handler")
-    p.add_argument("--disable-default-exception-handler", action="store_true")
+    p.add_argument("--disable-default-exception-handler", "-d", action="store_true",
+                   help="failed jobs are not kept in the FailedJobRegistry (as rq worker -d)")
+    classes = p.add_argument_group(
+        "RQ's class options (accepted for the classes asyncjobs works with; anything else is refused)"
+    )
+    for flags, what in RQ_CLASS_FLAGS.items():
+        classes.add_argument(*flags, default=None, metavar="CLASS", help=what)
     p.add_argument("--cron", default=None, metavar="CONFIG",
                    help="also run RQ's cron from CONFIG (the file `rq cron` takes); any number of workers may "
                         "pass it: one leads and enqueues each tick exactly once")
@@ -253,7 +297,15 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         return run_queues(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    class_problem = class_flag_problem(args)
+    if class_problem:
+        parser.error(class_problem)
+    if args.verbose:
+        args.logging_level = "DEBUG"
+    elif args.quiet:
+        args.logging_level = "WARNING"
     for path in reversed(args.path or ["."]):
         sys.path.insert(0, os.path.abspath(path))
     try:

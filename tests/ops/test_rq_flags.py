@@ -1,0 +1,68 @@
+"""Issue 22: every flag of stock ``rq worker --help`` (the installed RQ, either major) is answered by
+``asyncjobs-worker``: accepted with RQ's meaning, or refused with one line saying why and what to use;
+and the README's table lists each one, so a flag a new RQ adds cannot go unnoticed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from asyncjobs.cli.worker import build_parser, main
+from tests.testsupport.workers import PROJECT_ROOT, run_rq_cli
+
+_OPTION = re.compile(r"(?:^|[\s,])(--?[A-Za-z][\w-]*)")
+
+
+def _rq_worker_options() -> set[str]:
+    result = run_rq_cli("worker", "--help")
+    assert result.returncode == 0, result.stderr
+    options: set[str] = set()
+    for line in result.stdout.split("Options:", 1)[1].splitlines():
+        head = line.strip().split("  ")[0]  # the option column, before the help text
+        if head.startswith("-"):
+            options.update(m for m in _OPTION.findall(" " + head) if m != "--help")
+    assert {"--burst", "-w", "--worker-class", "-u"} <= options, options  # the parse found the table
+    return options
+
+
+def test_every_rq_worker_flag_is_accepted_and_in_the_readme_table() -> None:
+    options = _rq_worker_options()
+    ours = set(build_parser()._option_string_actions)
+    assert sorted(options - ours) == []
+    table = (PROJECT_ROOT / "README.md").read_text().split("### Every `rq worker` flag", 1)[1].split("\n#", 1)[0]
+    listed = set(re.findall(r"`(--?[A-Za-z][\w-]*)", table))
+    assert sorted(options - listed) == []
+
+
+def test_rq_meanings_of_the_short_and_logging_flags() -> None:
+    p = build_parser()
+    args = p.parse_args(["-s", "-d", "-ds", "round_robin", "-v", "q"])
+    assert args.with_scheduler and args.disable_default_exception_handler and args.dequeue_strategy == "round_robin"
+    assert args.verbose and not args.quiet
+    assert p.parse_args(["-q"]).quiet
+    # The classes stock RQ uses anyway are accepted as no-ops.
+    args = p.parse_args(["-j", "rq.job.Job", "--queue-class", "rq.Queue", "--connection-class", "redis.Redis",
+                         "-w", "asyncjobs.AsyncWorker"])
+    assert args.job_class == "rq.job.Job"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--job-class", "myapp.jobs.AuditedJob"], "--job-class 'myapp.jobs.AuditedJob'"),
+        (["--queue-class", "myapp.queues.MyQueue"], "--queue-class 'myapp.queues.MyQueue'"),
+        (["--worker-class", "rq.worker.SimpleWorker"], "rq worker -w rq.worker.SimpleWorker"),
+        (["--connection-class", "myapp.redis.TracedRedis"], "--connection-class 'myapp.redis.TracedRedis'"),
+        (["-v", "-q"], "not allowed with argument"),
+    ],
+    ids=["job", "queue", "worker", "connection", "verbose-quiet"],
+)
+def test_classes_asyncjobs_cannot_honour_are_refused_in_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--burst", "q"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert needle in err[-1], err
