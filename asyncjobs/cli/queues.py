@@ -22,7 +22,7 @@ from typing import Any
 from asyncjobs.cli.rqconfig import add_connection_args, read_settings_module, resolve_target
 from asyncjobs.limits import QueueControl, QueueLimits, parse_duration
 
-__all__ = ["run_queues"]
+__all__ = ["run_drain", "run_queues"]
 
 ACTIONS = ("limit", "pause", "resume")
 
@@ -130,3 +130,53 @@ def run_queues(argv: Sequence[str]) -> int:
     for warning in info_mod.stock_warnings(snap):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def run_drain(argv: Sequence[str]) -> int:
+    """``asyncjobs-worker drain NAME ...``: each named asyncjobs worker (and ``NAME-<i>``, the children
+    of ``--processes``) stops claiming, finishes its jobs in flight and exits 0."""
+    from redis.exceptions import RedisError
+
+    from asyncjobs.protocol import keys
+
+    p = argparse.ArgumentParser(
+        prog="asyncjobs-worker drain",
+        description="Ask workers to stop claiming, finish every job in flight (however long it takes) and "
+        "exit 0, e.g. before a deploy. Under --processes the supervisor starts a fresh child, as after a "
+        "recycle: to take a whole pool down, send it SIGTERM.",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME", help="worker name (NAME-<i> children match too)")
+    add_connection_args(p, config_short=False)
+    p.add_argument("--path", "-P", action="append", default=None, help="add a directory to sys.path (for -c)")
+    args = p.parse_args(argv)
+    for path in reversed(args.path or ["."]):
+        sys.path.insert(0, os.path.abspath(path))
+    try:
+        module = args.config or os.environ.get("RQ_CONFIG") or None
+        target = resolve_target(args, read_settings_module(module) if module else None)
+    except (ValueError, TypeError) as exc:
+        print(f"asyncjobs-worker drain: error: {exc}", file=sys.stderr)
+        return 2
+    conn = target.sync_client(socket_timeout=10, socket_connect_timeout=5)
+    missing = []
+    try:
+        registered = [
+            (k.decode() if isinstance(k, bytes) else str(k)).removeprefix(keys.DEFAULT.worker_prefix)
+            for k in conn.smembers(keys.WORKERS)
+        ]
+        for name in args.names:
+            found = [w for w in registered if w == name or (w.rpartition("-")[0] == name and w.rpartition("-")[2].isdigit())]
+            told = sum(int(conn.publish(keys.pubsub(w), json.dumps({"command": "drain"}))) for w in sorted(found))
+            if not told:
+                missing.append(name)
+            else:
+                print(f"{name}: drain sent to {', '.join(sorted(found))}")
+    except (RedisError, OSError) as exc:
+        print(f"asyncjobs-worker drain: Redis unreachable at {target.describe()}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    for name in missing:
+        print(f"asyncjobs-worker drain: no live worker named {name!r} is listening (see `asyncjobs-worker info`)",
+              file=sys.stderr)
+    return 1 if missing else 0

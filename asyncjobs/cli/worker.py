@@ -6,9 +6,10 @@ Forms (the first argument decides; nothing else is ever a subcommand):
 * ``asyncjobs-worker info [options] [QUEUE ...]``: live workers, jobs in flight, queue sizes;
 * ``asyncjobs-worker check [options] [--name NAME] [QUEUE ...]``: exit 0 if such a worker is
   registered and heart-beating, else 1 with the reason (for container health checks);
-* ``asyncjobs-worker queues [limit|pause|resume] ...``: queue limits and pauses (asyncjobs.cli.queues).
+* ``asyncjobs-worker queues [limit|pause|resume] ...``: queue limits and pauses (asyncjobs.cli.queues);
+* ``asyncjobs-worker drain NAME ...``: those workers stop claiming, finish their jobs and exit 0.
 
-A queue literally named ``info``, ``check`` or ``queues`` is run with ``--queues info`` or
+A queue literally named ``info``, ``check``, ``queues`` or ``drain`` is run with ``--queues info`` or
 ``asyncjobs-worker -- info``: only a bare first argument is taken as a subcommand.
 """
 
@@ -45,7 +46,7 @@ from asyncjobs.worker.config import (
 
 log = logging.getLogger("asyncjobs")
 
-SUBCOMMANDS = ("info", "check", "queues")
+SUBCOMMANDS = ("info", "check", "queues", "drain")
 _DIGITS = re.compile(r"^\d+$")
 
 
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncjobs-worker",
         description="Run RQ jobs concurrently on one asyncio event loop (a drop-in for `rq worker`). "
-        "Also: `asyncjobs-worker info`, `asyncjobs-worker check` and `asyncjobs-worker queues` "
+        "Also: `asyncjobs-worker info`, `check`, `queues` and `drain` "
         "(see --help of each).",
     )
     p.add_argument("queue_names", nargs="*", metavar="QUEUE", help="queues to listen on, highest priority first")
@@ -295,6 +296,10 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
         from asyncjobs.cli.queues import run_queues
 
         return run_queues(argv[1:])
+    if argv and argv[0] == "drain":
+        from asyncjobs.cli.queues import run_drain
+
+        return run_drain(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
     parser = build_parser()

@@ -1,6 +1,8 @@
 """RQ's worker commands over pub/sub (``rq:pubsub:<name>``, docs/rq-protocol.md §9.2).
 
 - ``shutdown``: warm shutdown (finish jobs in flight, exit).
+- ``drain`` (asyncjobs' own, ``asyncjobs-worker drain NAME``): stop claiming, finish every job in
+  flight however long it takes, exit 0.  Stock workers ignore it.
 - ``stop-job``: cancel that job if it runs here; it ends ``stopped``.
 - ``stop-execution`` (RQ 3's ``send_stop_execution_command``): the same for the one
   execution it names (docs/rq-protocol.md §13.6).
@@ -29,6 +31,8 @@ log = logging.getLogger("asyncjobs.worker")
 class Controllable(Protocol):
     def request_stop(self) -> None: ...
 
+    def request_drain(self) -> None: ...
+
     def stop_job(self, job_id: str, reason: str = ...) -> bool: ...
 
     def stop_execution(self, execution_id: str) -> bool: ...
@@ -52,6 +56,9 @@ class CommandListener:
         if command == "shutdown":
             log.info("shutdown command received")
             self.target.request_stop()
+        elif command == "drain":
+            log.info("drain command received")
+            self.target.request_drain()
         elif command == "stop-job":
             job_id = str(data.get("job_id", ""))
             if not self.target.stop_job(job_id, "stop"):

@@ -158,6 +158,7 @@ class Worker:
         #: queues whose jobs a queue limit held back at the last claim: ms until one may open (-1: paused)
         self._blocked: dict[str, int] = {}
         self._own_caps = dict(config.queue_limits)
+        self._drain_requested = False
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
         self._rr_offset = 0
@@ -173,6 +174,12 @@ class Worker:
     def request_stop(self) -> None:
         """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
         self.shutdown.request_stop()
+
+    def request_drain(self) -> None:
+        """Stop claiming, finish every job in flight (no grace period), deregister and exit 0 (the
+        ``drain`` command; under ``--processes`` the supervisor starts a fresh child, as after a recycle)."""
+        self._drain_requested = True
+        self.slots.freed.set()  # wake the fetch loop wherever it waits
 
     def request_cold_stop(self) -> None:
         """Cold shutdown: cancel what is left and put those jobs back on their queues."""
@@ -434,6 +441,11 @@ class Worker:
         backoff = Backoff(on_wait=metrics.redis_error)
         suspended_logged = False
         while not self._stopping.is_set():
+            if self._drain_requested:
+                log.info("drain requested: claiming nothing more; finishing the %d job(s) in flight", len(self.slots))
+                self.observer.draining()
+                self._recycle("drain")
+                break
             if self.slots.max_jobs_reached:
                 log.info("max jobs (%d) reached", self.config.max_jobs)
                 self._recycle("max_jobs")

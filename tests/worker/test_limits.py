@@ -252,3 +252,26 @@ async def test_tenant_pattern_cap_applies_to_each_queue(sync_redis: redis.Redis,
     assert [status(sync_redis, i) for t in ids for i in ids[t][1:]] == ["queued"] * 4
     jobs.gate("t").set()
     await eventually(lambda: all(status(sync_redis, i) == "finished" for t in ids for i in ids[t]), what="all done")
+
+
+def test_drain_finishes_what_runs_claims_nothing_and_exits_0(  # type: ignore[no-untyped-def]
+    redis_url: str, sync_redis: redis.Redis, tmp_path, capsys
+) -> None:
+    from asyncjobs.cli.worker import main
+    from tests.testsupport.workers import run_asyncjobs_worker, wait_for
+
+    q = Queue("d", connection=sync_redis)
+    gate = tmp_path / "go"
+    running = q.enqueue("tests.ops.jobs.wait_for_file", str(gate))
+    with run_asyncjobs_worker(redis_url, "d", "--name", "drainme", "--concurrency", "2") as worker:
+        wait_for(lambda: status(sync_redis, running.id) == "started", 30, message=worker.output)
+        assert main(["drain", "drainme", "--url", redis_url]) == 0
+        assert capsys.readouterr().out == "drainme: drain sent to drainme\n"
+        wait_for(lambda: "drain requested" in worker.output(), 30, message=worker.output)
+        later = q.enqueue("tests.ops.jobs.ok", 1)
+        gate.touch()
+        assert worker.wait(60) == 0, worker.output()
+    assert status(sync_redis, running.id) == "finished"
+    assert status(sync_redis, later.id) == "queued"
+    assert main(["drain", "nobody", "--url", redis_url]) == 1
+    assert "no live worker named 'nobody' is listening" in capsys.readouterr().err
