@@ -66,6 +66,7 @@ class Facts:
     left_in_intermediate: set[str] = field(default_factory=set)  # left there by a stock worker that died
     asyncjobs_pids: set[int] = field(default_factory=set)  # every asyncjobs worker process of the run
     stock_names: set[str] = field(default_factory=set)  # every stock worker name of the run
+    cron_takeovers: list[float] = field(default_factory=list)  # seconds without a cron leader after each kill
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import redis
 
+from asyncjobs.worker.recycle import RECYCLE_EXIT
 from tests.testsupport.faultproxy import FaultProxy
 from tests.testsupport.redis_server import RedisServer
 from tests.testsupport.workers import PROJECT_ROOT, asyncjobs_worker_command, rq_command
@@ -79,6 +80,8 @@ class Cluster:
         concurrency: int = 16,
         shutdown_timeout: float = 15.0,
         stock: bool = True,
+        worker_args: tuple[str, ...] = (),
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.tag = tag
@@ -87,6 +90,9 @@ class Cluster:
         self.concurrency = concurrency
         self.shutdown_timeout = shutdown_timeout
         self.slots = [f"aj{i + 1}" for i in range(workers)]
+        self.worker_args = worker_args  # extra asyncjobs-worker flags (the recycle and cron scenarios)
+        self.worker_env = dict(worker_env or {})
+        self.recycles = 0  # asyncjobs workers that exited with the recycle status (75) and were replaced
         self.with_stock = stock
         extra: tuple[str, ...] = ("--appendonly", "yes", "--appendfsync", "always") if aof else ()
         self.redis = RedisServer(extra_args=extra)
@@ -161,6 +167,7 @@ class Cluster:
             CHAOS_LEDGER=str(self.ledger_path),
             CHAOS_SIDE_URL=self.side_url,
         )
+        env.update(self.worker_env)
         return env
 
     # --------------------------------------------------------------- workers
@@ -177,6 +184,7 @@ class Cluster:
             "--job-monitoring-interval", "1",
             "--shutdown-timeout", f"{self.shutdown_timeout:g}",
             "--logging-level", "INFO",
+            *self.worker_args,
             *QUEUES,
         ]
 
@@ -255,6 +263,12 @@ class Cluster:
                 for slot, inc in list(self.current.items()):
                     if inc.alive() or inc.expected_exit:
                         continue
+                    if inc.ended is None and inc.kind == "asyncjobs" and inc.proc.returncode == RECYCLE_EXIT:
+                        # --max-memory: it drained and deregistered itself; a process manager replaces it
+                        self._ended(inc)
+                        inc.how = "recycle"
+                        self.recycles += 1
+                        self.notes.append(f"asyncjobs worker {inc.name} recycled itself (exit {RECYCLE_EXIT})")
                     if inc.ended is None:
                         self._ended(inc)
                         inc.how = "crash"

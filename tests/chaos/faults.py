@@ -450,3 +450,31 @@ def poison_hook(ctx: Ctx, conn: redis.Redis) -> Any:
             poison_entry(ctx, conn)
 
     return between_batches
+
+
+# --------------------------------------------------------------------- cron
+def cron_leader(ctx: Ctx) -> None:
+    """Three ``--cron`` workers: SIGKILL whichever holds the cron lease every 2-4 s (restart under a new
+    name), and measure how long the fleet goes without a leader each time (the takeover)."""
+    from asyncjobs.protocol.keys import DEFAULT
+
+    rng = ctx.rng
+    conn = ctx.cluster.conn()
+    while not ctx.stop.wait(rng.uniform(2.0, 4.0)):
+        holder = conn.get(DEFAULT.cron_leader)
+        leader = next((i for i in ctx.cluster.asyncjobs_workers() if holder and i.name == holder.decode()), None)
+        if leader is None:
+            continue
+        ctx.sigkill(leader)
+        killed = time.monotonic()
+        ctx.restart(leader.slot)
+        while not ctx.stop.is_set() and time.monotonic() - killed < 30:
+            now = conn.get(DEFAULT.cron_leader)
+            if now is not None and now != holder:
+                break
+            time.sleep(0.05)
+        takeover = time.monotonic() - killed
+        ctx.facts.cron_takeovers.append(takeover)
+        ctx.faults["cron-leader-kill"] += 1
+        ctx.note(f"cron: leader {holder.decode()} SIGKILLed; a new leader after {takeover:.2f}s")
+        ctx.recover(settle=0.0)

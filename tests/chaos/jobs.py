@@ -49,9 +49,22 @@ def _maybe_fail(key: str, token: str, fail_first: int, max_retries: int) -> None
         raise PlannedFailure(f"planned failure of {key} on attempt {attempt} (fails the first {fail_first})")
 
 
+LEAK_ENV = "CHAOS_LEAK_KB"  # the recycle scenario: every job keeps this much memory alive for good
+_leaked: list[bytearray] = []
+
+
+def _leak() -> None:
+    kb = int(os.environ.get(LEAK_ENV) or 0)
+    if kb:
+        block = bytearray(kb * 1024)
+        block[::4096] = b"x" * len(block[::4096])  # touched: resident, not just reserved
+        _leaked.append(block)
+
+
 def sync_work(key: str, seconds: float, fail_first: int = 0, max_retries: int = 0) -> str:
     token = uuid.uuid4().hex
     ledger.write("B", key, token)
+    _leak()
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 0.02))  # short slices: an exception injected into this thread lands soon
@@ -82,6 +95,7 @@ async def async_work(key: str, seconds: float, fail_first: int = 0, max_retries:
     socket-timeout ``wait_for``), where a cancel is most likely to land as an await completes."""
     token = uuid.uuid4().hex
     ledger.write("B", key, token)
+    _leak()
     deadline = time.monotonic() + seconds
     if ping:
         side = _side_async()

@@ -54,6 +54,11 @@ class Scenario:
     poison: bool = False
     long_seconds: float = 3.0  # duration of ``long`` jobs
     rate_limits: dict[str, int] | None = None  # RQ 3: most jobs get one of these RateLimit(key, concurrency)
+    worker_args: tuple[str, ...] = ()  # extra asyncjobs-worker flags
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra environment of every worker
+    min_recycles: int = 0  # the scenario fails unless the workers recycled (exit 75) at least this often
+    workers: int = 2  # asyncjobs worker processes
+    cron: bool = False  # the workers run tests/chaos/cron_config.py: every tick must be enqueued exactly once
 
 
 STORM_MIX = {"ok": 0.55, "boom": 0.05, "timeout": 0.12, "long": 0.08, "child": 0.05, "cancel": 0.15}
@@ -71,6 +76,12 @@ SCENARIOS: dict[str, Scenario] = {
                  long_seconds=15.0),
         Scenario("poison", "poison queue entries between good jobs (non-hash keys, missing/empty hashes, bad data/function/fields)", None, poison=True),
         Scenario("sigterm", "repeated warm and cold SIGTERM/SIGINT, SIGTERM during start-up and while Redis is unreachable", F.sigterm),
+        Scenario("recycle", "--max-memory recycling under load: every job leaks 512 KB; workers drain, exit 75 and "
+                 "are replaced", None, worker_args=("--max-memory", "160"), worker_env={"CHAOS_LEAK_KB": "512"},
+                 min_recycles=2),
+        Scenario("cron", "three --cron workers (a tick a second), the cron leader SIGKILLed every 2-4 s: every tick "
+                 "enqueued exactly once", F.cron_leader, workers=3, cron=True,
+                 worker_args=("--cron", "tests.chaos.cron_config", "--cron-lease", "2")),
         *([Scenario("ratelimit", "RQ 3 RateLimit jobs under SIGKILLs, stop-job and stop-execution: every slot is given back",
                     F.ratelimit, mix=RATE_LIMIT_MIX, long_seconds=15.0, rate_limits=RATE_LIMITS)]
           if RQ_MAJOR >= 3 else []),
@@ -122,7 +133,8 @@ def run_scenario(
     run_dir = base_dir / f"{sc.name}-{seed}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    cluster = Cluster(run_dir, tag, side_url, aof=sc.aof, via_proxy=sc.via_proxy)
+    cluster = Cluster(run_dir, tag, side_url, aof=sc.aof, via_proxy=sc.via_proxy, worker_args=sc.worker_args,
+                      worker_env=sc.worker_env, workers=sc.workers)
     ctx = F.Ctx(cluster, rng, tag)
     t0 = time.monotonic()
     extra_problems: list[Problem] = []
@@ -174,6 +186,13 @@ def run_scenario(
         extra_problems += [Problem("worker", None, p) for p in cluster.stop_all(timeout=cluster.shutdown_timeout + 30)]
         for note in cluster.notes:
             ctx.note(note)
+        if sc.cron:
+            extra_problems += _cron_ticks(conn, ctx)
+        if cluster.recycles:
+            ctx.faults["recycle"] = cluster.recycles
+        if cluster.recycles < sc.min_recycles:
+            extra_problems.append(Problem("recycle", None, f"{cluster.recycles} recycles, expected at least "
+                                                         f"{sc.min_recycles}: the scenario did not exercise recycling"))
         for crash in cluster.crashes:
             extra_problems.append(Problem("worker", None, crash))
         ctx.facts.asyncjobs_pids = {i.pid for i in cluster.incarnations if i.kind == "asyncjobs"}
@@ -222,6 +241,34 @@ def _guard(inject: Callable[[F.Ctx], None] | None, ctx: F.Ctx, problems: list[Pr
             problems.append(Problem("harness", None, f"fault injector crashed: {''.join(traceback.format_exception(exc))}"))
 
     return run
+
+
+def _cron_ticks(conn: redis.Redis, ctx: F.Ctx) -> list[Problem]:
+    """Every tick of the cron scenario's one-second job enqueued exactly once: the scheduled times form
+    a one-second grid from the first to the last, with no tick twice and none missing (a tick missed
+    while no worker led must have been enqueued late by the next leader)."""
+    from datetime import datetime
+
+    from rq import Queue
+
+    from tests.chaos.cron_config import CRON_QUEUE
+
+    ticks = sorted(round(datetime.fromisoformat(j.meta["cron_scheduled_at"]).timestamp() * 1000)
+                   for j in Queue(CRON_QUEUE, connection=conn).get_jobs())
+    takeovers = ctx.facts.cron_takeovers
+    ctx.note(f"cron: {len(ticks)} ticks; takeovers after SIGKILL: {', '.join(f'{t:.2f}s' for t in takeovers)}")
+    problems = []
+    if len(ticks) < 5:
+        problems.append(Problem("cron", None, f"only {len(ticks)} cron ticks enqueued"))
+    dupes = len(ticks) - len(set(ticks))
+    if dupes:
+        problems.append(Problem("cron", None, f"{dupes} cron ticks enqueued twice"))
+    missing = [t for t in range(ticks[0], ticks[-1] + 1, 1000) if t not in set(ticks)] if ticks else []
+    if missing:
+        problems.append(Problem("cron", None, f"{len(missing)} cron ticks never enqueued, e.g. {missing[:5]}"))
+    if takeovers and max(takeovers) > 2 * 2.0 + 3:
+        problems.append(Problem("cron", None, f"a takeover took {max(takeovers):.2f}s (lease 2 s: at most 4/3 of it)"))
+    return problems
 
 
 def _settled(conn: redis.Redis, plan: Plan) -> int:
