@@ -186,6 +186,19 @@ class _SyncCall:
             return True
 
 
+class JobExited(Exception):
+    """A job raised ``SystemExit``, ``KeyboardInterrupt`` or another ``BaseException``: only that job fails.
+
+    In a work-horse (stock RQ) such an exception ends one job; here it would reach the
+    event loop shared by every job in flight and stop the worker.  ``original`` is the
+    job's exception, which the failure is recorded with (its traceback, as stock).
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
 class Executor:
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPool(threads)
@@ -226,6 +239,10 @@ class Executor:
                 # Timeout, stop-job or shutdown: interrupt the thread as far as Python allows.
                 call.interrupt(interrupt())
                 raise
+        except (Exception, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ...: the job's, never the worker's
+            raise JobExited(exc) from None
         finally:
             reset_current(token)
 

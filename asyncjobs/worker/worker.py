@@ -56,7 +56,7 @@ from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.context import JobHandle, install_rq_job_stack
 from asyncjobs.worker.cron import load_cron_config
-from asyncjobs.worker.executor import Executor
+from asyncjobs.worker.executor import Executor, JobExited
 from asyncjobs.worker.hookset import (
     ThreadHooks,
     add_auto_adapters,
@@ -771,6 +771,8 @@ class Worker:
                 return await self._failed(item, record, handle, cancelled, started, ended, elapsed)
             return await self._interrupted(item, record, handle, started, ended)
         failure = work.exception()
+        if isinstance(failure, JobExited):  # the job's own SystemExit/KeyboardInterrupt: fails that job only
+            failure = failure.original
         if isinstance(failure, Throttled):
             return await self._throttled(item, failure, started, ended)
         if failure is not None:

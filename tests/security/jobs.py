@@ -102,3 +102,30 @@ SETTINGS = Settings()
 
 def settings_mask() -> tuple[bool, bool]:
     return SETTINGS.mask, Settings.mask
+
+
+class Abort(BaseException):
+    """A BaseException that is neither SystemExit nor KeyboardInterrupt (as some libraries define)."""
+
+
+def exit_sync(code: int) -> None:
+    """What argparse, click or Django's call_command do on bad input: sys.exit()."""
+    raise SystemExit(code)
+
+
+async def exit_async(code: int) -> None:
+    await asyncio.sleep(0)
+    raise SystemExit(code)
+
+
+def interrupt_sync() -> None:
+    raise KeyboardInterrupt
+
+
+async def interrupt_async() -> None:
+    await asyncio.sleep(0)
+    raise KeyboardInterrupt
+
+
+async def abort_async() -> None:
+    raise Abort("custom")

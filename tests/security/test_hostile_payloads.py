@@ -39,7 +39,7 @@ def _run_until_ended(url: str, conn: redis.Redis, job_ids: list[str], *args: str
         proc.stop()
         assert proc.wait(30) == 0, proc.output()
         output = proc.output()
-    assert "maintenance pass failed" not in output and "Traceback" not in output, output
+    assert "maintenance pass failed" not in output and "Exception in callback" not in output, output
     return output
 
 
@@ -126,3 +126,22 @@ def test_plain_pickle_payloads_round_trip_unchanged() -> None:
         got = serializer.loads(zlib.decompress(zlib.compress(data)))
         assert got[0] == value[0] and got[2][0] == value[2][0] and got[2][1].greeting == "hi" and got[3] == value[3]
 
+
+def test_job_raising_systemexit_or_keyboardinterrupt_fails_alone(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 9: a job's sys.exit() (sync: the worker exited 3) or KeyboardInterrupt fails only that job, as stock."""
+    q = Queue("default", connection=sync_redis)
+    naps = [q.enqueue(jobs.nap, 1.0).id for _ in range(3)]
+    exits = {
+        "SystemExit: 2": q.enqueue(jobs.exit_sync, 2).id,
+        "SystemExit: 3": q.enqueue(jobs.exit_async, 3).id,
+        "KeyboardInterrupt": q.enqueue(jobs.interrupt_sync).id,
+        "KeyboardInterrupt ": q.enqueue(jobs.interrupt_async).id,
+        "Abort: custom": q.enqueue(jobs.abort_async).id,
+    }
+    after = [q.enqueue(jobs.add, i, 1).id for i in range(3)]
+
+    _run_until_ended(redis_url, sync_redis, [*naps, *exits.values(), *after])
+
+    for text, job_id in exits.items():
+        _failed(sync_redis, job_id, text.strip())
+    assert [Job.fetch(j, connection=sync_redis).return_value() for j in naps + after] == [1.0] * 3 + [1, 2, 3]
