@@ -32,6 +32,7 @@ from asyncjobs._extras import missing_extra
 
 __all__ = [
     "STATUSES",
+    "declare_queues",
     "delivery",
     "enable",
     "enabled",
@@ -193,6 +194,17 @@ def job_delay(queue: str, seconds: float) -> None:
     """The job started ``seconds`` after it was enqueued."""
     if _metrics is not None:
         _metrics.started_child(queue).observe(max(0.0, seconds))
+
+
+def declare_queues(queues: tuple[str, ...] | list[str]) -> None:
+    """Create ``asyncjobs_jobs_total{queue,status}`` for every queue and status at 0 (and the duration
+    histogram's series), so the first failure after a scrape is an increase that ``rate()`` sees."""
+    m = _metrics
+    if m is None:
+        return
+    for queue in queues:
+        for status in STATUSES:
+            m.ended_children(queue, status)
 
 
 def job_ended(queue: str, status: str, duration: float | None) -> None:

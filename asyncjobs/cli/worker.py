@@ -46,7 +46,7 @@ from asyncjobs.worker.config import (
 
 log = logging.getLogger("asyncjobs")
 
-SUBCOMMANDS = ("info", "check", "queues", "drain")
+SUBCOMMANDS = ("info", "check", "queues", "drain", "exporter")
 _DIGITS = re.compile(r"^\d+$")
 
 
@@ -384,6 +384,17 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
         p.add_argument("--max-jobs", type=int, default=10, help="jobs in flight listed per worker (default 10)")
+    elif command == "exporter":
+        p = argparse.ArgumentParser(
+            prog="asyncjobs-worker exporter",
+            description="Serve queue sizes, the oldest job's age and the live workers (stock and asyncjobs) "
+            "from Redis on /metrics, with no worker running, so backlog and no-worker alerts fire while "
+            "the fleet is down. Without QUEUE: every queue RQ knows. Needs the [metrics] extra.",
+        )
+        p.add_argument("--port", type=int, required=True, help="port to serve /metrics on")
+        p.add_argument("--host", default="0.0.0.0", help="address to serve on (default %(default)s)")
+        p.add_argument("--interval", type=float, default=10.0,
+                       help="seconds between readings of Redis (default %(default)g)")
     else:
         p = argparse.ArgumentParser(
             prog="asyncjobs-worker check",
@@ -418,6 +429,8 @@ def run_subcommand(command: str, argv: Sequence[str]) -> int:
     except (ValueError, TypeError) as exc:
         print(f"asyncjobs-worker {command}: error: {exc}", file=sys.stderr)
         return 2
+    if command == "exporter":
+        return _run_exporter(args, target, queues)
     conn = target.sync_client(socket_timeout=10, socket_connect_timeout=5)
     try:
         snap = info_mod.collect(conn, queues or None)
@@ -441,6 +454,22 @@ def run_subcommand(command: str, argv: Sequence[str]) -> int:
     )
     print(reason, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _run_exporter(args: argparse.Namespace, target: Any, queues: list[str]) -> int:
+    from asyncjobs import metrics
+    from asyncjobs._extras import missing_extra
+
+    setup_logging("INFO")
+    try:
+        metrics.preload()
+    except ImportError as exc:
+        print(f"asyncjobs-worker exporter: error: {missing_extra('metrics', 'asyncjobs-worker exporter', exc)}",
+              file=sys.stderr)
+        return 2
+    from asyncjobs.host.exporter import run_exporter
+
+    return run_exporter(target, queues, port=args.port, host=args.host, interval=args.interval)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,6 +56,7 @@ def run_worker(
     try:
         if metrics_on:
             registry = metrics.enable(multiprocess_dir=multiprocess_dir)
+            metrics.declare_queues(config.queues)  # every series at 0 before the first job ends
     except MissingExtraError as exc:
         log.error("%s", exc)
         return 2
