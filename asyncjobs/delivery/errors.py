@@ -58,10 +58,15 @@ class TransientDeliveryError(DeliveryError):
 
     transient = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, code: int | None = None, slow_down: bool = False
+    ) -> None:
         super().__init__(message, code=code)
         #: Seconds the server asked us to wait (Retry-After), if any.
         self.retry_after = retry_after
+        #: The provider asked us to send less (HTTP 429): under asyncjobs the job raises
+        #: ``asyncjobs.Throttled`` and its queue is paused, instead of retrying while holding a slot.
+        self.slow_down = slow_down
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from asyncjobs.backoff import RetryPolicy
 from asyncjobs.delivery.errors import TransientDeliveryError
+from asyncjobs.limits import Throttled
 
 __all__ = ["RetriesExhaustedError", "RetryPolicy", "retry_async"]
 
@@ -33,7 +34,9 @@ async def retry_async(
 
     Returns ``(result, attempts)``.  Permanent errors propagate at once; after
     ``policy.max_attempts`` transient failures a :class:`RetriesExhaustedError`
-    is raised carrying the last failure's message.
+    is raised carrying the last failure's message.  A provider asking to slow down
+    (HTTP 429) under the asyncjobs worker raises :class:`asyncjobs.Throttled` instead: the
+    job goes back to its queue, which is paused for the Retry-After (else the backoff).
     """
     attempt = 0
     while True:
@@ -41,6 +44,9 @@ async def retry_async(
         try:
             return await operation(), attempt
         except TransientDeliveryError as exc:
+            if exc.slow_down and _under_asyncjobs():
+                wait = policy.delay(attempt, exc.retry_after, rand=rand)
+                raise Throttled(wait, f"{describe}: the provider asked to slow down ({exc.code})") from exc
             if attempt >= policy.max_attempts:
                 last = str(exc).replace(", will be retried", "").replace(" will be retried", "")
                 raise RetriesExhaustedError(
@@ -59,3 +65,10 @@ async def retry_async(
                 wait,
             )
             await sleep(wait)
+
+
+def _under_asyncjobs() -> bool:
+    """True inside a job run by the asyncjobs worker (a stock ``rq worker`` does not know Throttled)."""
+    import asyncjobs
+
+    return asyncjobs.get_current_job() is not None

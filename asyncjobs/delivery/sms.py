@@ -214,7 +214,8 @@ def classify_response(response: httpx.Response, provider: str, to: str) -> Deliv
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         hint = f", server asked to wait {retry_after:g}s" if retry_after is not None else ""
         return TransientDeliveryError(
-            f"{what}: transient{hint}, will be retried", retry_after=retry_after, code=status
+            f"{what}: transient{hint}, will be retried", retry_after=retry_after, code=status,
+            slow_down=status == 429,
         )
     if status in (401, 403):
         return AuthenticationError(
