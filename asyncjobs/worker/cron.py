@@ -293,7 +293,9 @@ class CronRunner:
                     changed = True
             if due:
                 entry.job.latest_enqueue_time = _utc(due[-1])
-            elif previous is not None and entry.job.latest_enqueue_time is None:
+            elif previous is not None and entry.job.latest_enqueue_time is None and (
+                entry.job.interval or self._next_cron(entry, previous - 1) == previous
+            ):  # a tick enqueued before this worker led (not a cron job's start anchor, which is off its grid)
                 entry.job.latest_enqueue_time = _utc(previous)
             entry.job.next_enqueue_time = _utc(upcoming)
             soonest = min(soonest, upcoming / 1000)

@@ -139,3 +139,25 @@ def test_config_errors_name_the_file_and_line(tmp_path: Path, text: str, line: i
         load_cron_config(str(conf))
     message = str(caught.value)
     assert f"{conf}:{line}" in message and what in message, message
+
+
+def test_a_cron_job_that_never_ran_shows_no_last_run(redis_url: str, sync_redis: redis.Redis, tmp_path: Path) -> None:
+    """A cron expression starts from the fleet's first start (an anchor off its grid): until its first
+    tick RQ's monitoring shows no last run, also on a worker that takes over."""
+    conf = tmp_path / "cron_config.py"
+    conf.write_text(CONFIG)
+    clocks = Clocks()
+    first = CronRunner(RedisTarget(url=redis_url), load_cron_config(str(conf)), "w1", lease=3.0,
+                       clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    second = CronRunner(RedisTarget(url=redis_url), load_cron_config(str(conf)), "w2", lease=3.0,
+                        clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    try:
+        first.step()
+        first.close()
+        clocks.advance(10)
+        second.step()
+        assert second.leading
+        job = {e.cron_id: e.job for e in second.entries}["every-minute"]
+        assert job.latest_enqueue_time is None and job.next_enqueue_time.timestamp() == T0 - 5 + 60
+    finally:
+        second.close()
