@@ -47,6 +47,9 @@ from asyncjobs.worker.config import WorkerConfig
 from asyncjobs.worker.observer import HealthBoard, Slot
 from asyncjobs.worker.recycle import RECYCLE_EXIT
 
+#: A child's exit status for a configuration error (as argparse's): the pool stops instead of restarting it.
+CONFIG_EXIT = 2
+
 log = logging.getLogger("asyncjobs.pool")
 
 #: A child that dies young is restarted after 0.5 s, 1 s, 2 s ... up to 30 s.
@@ -243,7 +246,7 @@ def _supervise(
               sampler, keys_of)
     finally:
         close_servers(servers)
-    return 0
+    return CONFIG_EXIT if stopping.get("config_error") else 0
 
 
 def _start(
@@ -301,6 +304,16 @@ def _loop(
             # Every child that ends is replaced, except on a stop of the whole pool, in --burst, and after
             # --max-idle-time (exit 0: the child found no work; the pool ends when all have).
             if stopping["count"] or config.burst or (proc.exitcode == 0 and config.max_idle_time is not None):
+                continue
+            if proc.exitcode == CONFIG_EXIT:  # its own message said why; a restart would fail alike
+                log.error("worker process %d (pid %s) stopped on a configuration error (exit status 2): stopping "
+                          "the pool", i, proc.pid)
+                stopping["count"] += 1
+                stopping["config_error"] = 1
+                restart_at.clear()
+                for other in children.values():
+                    if other.pid and other.is_alive():
+                        os.kill(other.pid, signal.SIGTERM)
                 continue
             if proc.exitcode == RECYCLE_EXIT:  # --max-jobs/--max-memory: drained and deregistered itself
                 log.info("worker process %d (pid %s) recycled itself; starting a fresh one", i, proc.pid)

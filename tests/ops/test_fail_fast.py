@@ -70,3 +70,14 @@ def test_heroku_style_postgres_url_is_accepted(pg_url: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_configuration_error_in_a_child_stops_the_pool(redis_url: str) -> None:
+    """Under --processes a child refused by Redis exits 2; the supervisor stops the pool with status 2
+    instead of restarting children that can never start."""
+    url = redis_url.rsplit("/", 1)[0] + "/99"
+    with run_asyncjobs_worker(url, "q", "--processes", "2") as worker:
+        assert worker.wait(60) == 2, worker.output()
+        out = worker.output()
+    _one_line_error(out, "DB index is out of range")
+    assert "restarting" not in out, out
