@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+import redis
+
 from asyncjobs.backoff import wait_or
 from asyncjobs.connection import RedisTarget
 from asyncjobs.protocol.keys import DEFAULT, Keys
@@ -198,6 +200,7 @@ class CronRunner:
         self._registered = False
         self._valid_until = 0.0
         self._renew_at = 0.0
+        self._failing: set[str] = set()  # cron jobs whose enqueue raised (logged once until it works)
 
     # ------------------------------------------------------------ connection and lease
     def _connection(self) -> Any:
@@ -289,8 +292,20 @@ class CronRunner:
             for scheduled in due:
                 if not self.leading or self.monotonic() >= self._valid_until:
                     return now + 0.05
-                if self._enqueue(entry, scheduled):
-                    changed = True
+                try:
+                    if self._enqueue(entry, scheduled):
+                        changed = True
+                    self._failing.discard(entry.cron_id)
+                except redis.RedisError:
+                    raise
+                except Exception as exc:  # this job's enqueue (its arguments, its serializer): not the others'
+                    if entry.cron_id not in self._failing:
+                        log.error("cron: could not enqueue %s (registered at %s): %s: %s; retrying every step",
+                                  entry.cron_id, entry.where, type(exc).__name__, exc)
+                        self._failing.add(entry.cron_id)
+                    due = due[: due.index(scheduled)]
+                    upcoming = min(upcoming, int((now + 1.0) * 1000))  # try again in a second
+                    break
             if due:
                 entry.job.latest_enqueue_time = _utc(due[-1])
             elif previous is not None and entry.job.latest_enqueue_time is None and (
@@ -346,7 +361,6 @@ class CronRunner:
     def _enqueue(self, entry: CronEntry, scheduled: int) -> bool:
         """Enqueue one tick unless it already is: state and marker are watched, and written with the job
         in one transaction.  True if this call enqueued it."""
-        import redis
         from rq import cron_job_registry
         from rq.cron import get_cron_job_history_key
         from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL

@@ -161,3 +161,22 @@ def test_a_cron_job_that_never_ran_shows_no_last_run(redis_url: str, sync_redis:
         assert job.latest_enqueue_time is None and job.next_enqueue_time.timestamp() == T0 - 5 + 60
     finally:
         second.close()
+
+
+def test_a_job_that_cannot_be_enqueued_does_not_stop_the_others(
+    redis_url: str, sync_redis: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "cron_config.py"
+    conf.write_text(CONFIG + 'cron.register(jobs.ok, "cq", args=(lambda: 1,), interval=10, name="unpicklable")\n')
+    clocks = Clocks()
+    runner = CronRunner(RedisTarget(url=redis_url), load_cron_config(str(conf)), "w", lease=3.0,
+                        clock=lambda: clocks.wall, monotonic=lambda: clocks.mono)
+    try:
+        for _ in range(3):
+            runner.step()
+            clocks.advance(10)
+        assert len(_ticks(sync_redis)["every-10s"]) == 3
+        errors = [r.getMessage() for r in caplog.records if "could not enqueue unpicklable" in r.getMessage()]
+        assert len(errors) == 1 and f"{conf}:6" in errors[0], errors  # once, naming where it was registered
+    finally:
+        runner.close()
