@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-module", action="append", default=[], metavar="PREFIX",
                    help="only run, and unpickle, code defined in modules under PREFIX (repeatable). Without "
                    "it anyone who can write to Redis can run code in the worker (as with rq worker)")
+    p.add_argument("--allow-webhook-host", action="append", default=[], metavar="HOST",
+                   help="the only hosts RQ job webhooks may call (repeatable). Default: none with --allow-module; "
+                   "without it, any host with public addresses only (no loopback, private or link-local). "
+                   "Also $ASYNCJOBS_ALLOW_WEBHOOK_HOSTS (comma-separated)")
     p.add_argument("--max-payload-size", default=format_size(DEFAULTS["max_payload_size"]).replace(" ", ""),
                    metavar="SIZE",
                    help="largest job payload to decode, once decompressed, e.g. 64M (default); "
@@ -251,6 +255,9 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         with_scheduler=args.with_scheduler,
         maintenance_interval=args.maintenance_interval,
         allowed_modules=tuple(args.allow_module),
+        allow_webhook_hosts=tuple(args.allow_webhook_host) or tuple(
+            h.strip() for h in os.environ.get("ASYNCJOBS_ALLOW_WEBHOOK_HOSTS", "").split(",") if h.strip()
+        ),
         exception_handlers=tuple(args.exception_handler),
         hooks=tuple(args.hooks),
         disable_default_exception_handler=args.disable_default_exception_handler,

@@ -12,7 +12,7 @@ and replaces ``work()`` with the asyncio engine.  Honoured: queues (in order),
 ``--log-format`` (a format string), ``--date-format``.  Options RQ's CLI does not have come from
 environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_FORMAT=json``
 (JSON log lines), ``ASYNCJOBS_ALLOW_MODULES`` (comma-separated, like repeated
-``--allow-module``), ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``) and ``ASYNCJOBS_HOOKS``
+``--allow-module``), ``ASYNCJOBS_ALLOW_WEBHOOK_HOSTS`` (comma-separated), ``ASYNCJOBS_MAX_PAYLOAD_SIZE`` (e.g. ``64M``) and ``ASYNCJOBS_HOOKS``
 (comma-separated hook modules, like repeated ``--hooks``).  Metrics and health probes:
 ``ASYNCJOBS_METRICS_PORT``, ``ASYNCJOBS_METRICS_HOST``, ``ASYNCJOBS_HEALTH_PORT``,
 ``ASYNCJOBS_HEALTH_HOST``, ``ASYNCJOBS_MAX_LOOP_LAG``, in the ``-c`` settings module or the
@@ -100,6 +100,9 @@ class AsyncWorker(RQWorker):
             log_job_description=bool(getattr(self, "log_job_description", True)),
             allowed_modules=tuple(
                 m.strip() for m in os.environ.get("ASYNCJOBS_ALLOW_MODULES", "").split(",") if m.strip()
+            ),
+            allow_webhook_hosts=tuple(
+                h.strip() for h in os.environ.get("ASYNCJOBS_ALLOW_WEBHOOK_HOSTS", "").split(",") if h.strip()
             ),
             hooks=tuple(h.strip() for h in os.environ.get("ASYNCJOBS_HOOKS", "").split(",") if h.strip()),
             max_payload_size=parse_size(

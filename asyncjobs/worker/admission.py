@@ -11,7 +11,7 @@ in their original order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -46,7 +46,7 @@ class InFlight:
     first_cancel: float = 0.0  # monotonic time of the first, 0 until then
     reports: int = 0  # "ignores cancellation" errors logged
     timer: asyncio.TimerHandle | None = None
-    after_recorded: Callable[[], None] | None = None  # e.g. webhooks, once the outcome is stored
+    after_recorded: Callable[[], Awaitable[None]] | None = None  # e.g. webhooks, once the outcome is stored
     func_name: str = ""
     view: JobView | None = None  # set once before_job hooks ran: after_job hooks run too
     error: BaseException | None = None  # what the job raised, for after_job hooks

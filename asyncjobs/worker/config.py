@@ -93,6 +93,9 @@ class WorkerConfig:
     with_scheduler: bool = False
     maintenance_interval: float = 600.0
     allowed_modules: tuple[str, ...] = ()
+    #: ``--allow-webhook-host``: the only hosts job webhooks may call (none given: no webhooks with
+    #: ``allowed_modules``, else public addresses only); see asyncjobs/worker/webhooks.py
+    allow_webhook_hosts: tuple[str, ...] = ()
     exception_handlers: tuple[str, ...] = ()
     disable_default_exception_handler: bool = False
     #: largest job payload decoded, in bytes once decompressed; bigger jobs fail readably

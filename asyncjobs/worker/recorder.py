@@ -6,7 +6,7 @@ dependents and the worker's counters, see ``protocol/lua/finish.lua``).  If
 Redis is unreachable the batch is kept in memory and sent again with backoff,
 so results of jobs that finished during an outage are written when it ends;
 sending one twice is harmless (finish.lua applies each outcome at most once).
-Work that must follow a stored outcome (webhooks) runs afterwards, off the loop.
+Work that must follow a stored outcome (webhooks) runs afterwards, as tasks of its own.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Pending:
 
     outcome: Transition
     recorded: Callable[[], None]  # on the loop, once stored (frees the job's slot)
-    after: Callable[[], None] | None = None  # in a thread, once stored (webhooks)
+    after: Callable[[], Awaitable[None]] | None = None  # on the loop, once stored (webhooks)
 
 
 @dataclass
@@ -83,9 +83,9 @@ class Recorder:
         self._side_tasks: set[asyncio.Future[Any]] = set()
 
     def submit(
-        self, outcome: Transition, recorded: Callable[[], None], after: Callable[[], None] | None = None
+        self, outcome: Transition, recorded: Callable[[], None], after: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        """Queue an outcome; ``recorded`` runs on the loop once it is stored, ``after`` in a thread."""
+        """Queue an outcome; ``recorded`` runs on the loop once it is stored, then ``after`` as a task."""
         self.pending.entries.append(Pending(outcome, recorded, after))
         self._idle.clear()
         self._ready.set()
@@ -108,7 +108,7 @@ class Recorder:
             entry.recorded()
         for entry in batch.entries:
             if entry.after is not None:
-                self._spawn(asyncio.to_thread(entry.after))
+                self._spawn(entry.after())
 
     async def store_one_by_one(self, batch: Batch) -> None:
         """Fallback when Redis refuses a whole batch: store each outcome alone, so one bad
@@ -180,8 +180,10 @@ class Recorder:
                 "StartedJobRegistry and RQ's maintenance will recover them",
                 len(self.pending),
             )
-        if self._side_tasks:  # webhooks in flight: give them their own timeouts to finish
-            await asyncio.wait(self._side_tasks, timeout=15)
+        if self._side_tasks:  # webhooks in flight: each has its own deadline (at most 30 s); no longer
+            _, late = await asyncio.wait(self._side_tasks, timeout=15)
+            for task in late:
+                task.cancel()
 
     def close(self) -> None:
         self._closing = True

@@ -50,6 +50,7 @@ from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, WorkerInfo
 from asyncjobs.protocol.timeutil import utcnow
 from asyncjobs.protocol.transitions import Kind, Transition
+from asyncjobs.worker import webhooks
 from asyncjobs.worker.admission import CancelReason, InFlight, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
@@ -140,6 +141,7 @@ class Worker:
         self.hooks = load_hooks((*config.hooks, *hooks))
         self.serializer = resolve_serializer(config.serializer, config.allowed_modules)
         self.resolver = FunctionResolver(config.allowed_modules)
+        self.webhook_policy = webhooks.WebhookPolicy(config.allow_webhook_hosts, bool(config.allowed_modules))
         self._redis = redis
         self.slots = Slots(config.concurrency, config.max_jobs)
         #: ``--cron``: the config's jobs, loaded (and checked) now, so a bad file fails the start
@@ -796,7 +798,7 @@ class Worker:
             log.info("job %s returned Retry: %s", claimed.job_id, "no retries left" if failed else "retrying",
                      extra=self._job_extra(item, "failed" if failed else "retried", elapsed))
             if failed:  # a terminal failure: stock fires its `failed` webhooks
-                item.after_recorded = _webhooks(record, handle, "failed", ended, "")
+                item.after_recorded = self._webhooks(item, record, "failed", ended, "")
             return outcome
         try:
             await self.callbacks.success(record, handle, value)
@@ -804,7 +806,7 @@ class Worker:
             return await self._failed(item, record, handle, exc, started, ended, elapsed, callback_ran=True)
         rv = encode_return_value(value, self.serializer)
         log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra(item, "finished", elapsed))
-        item.after_recorded = _webhooks(record, handle, "finished", ended)
+        item.after_recorded = self._webhooks(item, record, "finished", ended)
         return transitions.success(record, ex, rv, self.config.default_result_ttl, working_time=elapsed)
 
     async def _throttled(self, item: InFlight, exc: Throttled, started: Any, ended: Any) -> Transition:
@@ -878,11 +880,20 @@ class Worker:
         own = isinstance(shown, (ResolveError, PayloadError, MalformedJobError))
         log.error("job %s failed: %s", claimed.job_id, exception_summary(shown), exc_info=None if own else shown,
                   extra={**self._job_extra(item, "failed", elapsed), **exception_fields(shown)})
-        item.after_recorded = _webhooks(record, handle, "failed", ended, text)
+        item.after_recorded = self._webhooks(item, record, "failed", ended, text)
         out = transitions.failure(record, ex, text, working_time=elapsed)
         if self.config.disable_default_exception_handler:
             return out.without_failure_record()  # stock: status failed, no Result, no registry entry
         return out
+
+    def _webhooks(
+        self, item: InFlight, record: JobRecord, status: str, ended: Any, exc_string: str | None = None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """RQ's webhooks for the terminal status, to send once the outcome is stored (see webhooks.py)."""
+        if not any(w.get("job_status") == status for w in record.webhooks):
+            return None
+        body = webhooks.payload(record.id, item.func_name, status, record.enqueued_at, ended, exc_string)
+        return functools.partial(webhooks.send_all, record.webhooks, status, body, self.webhook_policy)
 
     def _job_extra(self, item: InFlight, status: str, duration: float | None = None) -> dict[str, Any]:
         c = item.claimed
@@ -998,21 +1009,6 @@ class Worker:
 def _interrupt(item: InFlight) -> type[BaseException]:
     """What a sync job's thread gets when its task is cancelled."""
     return JobTimeoutException if item.cancel_reason is CancelReason.TIMEOUT else SystemExit
-
-
-def _webhooks(
-    record: JobRecord, handle: JobHandle, status: str, ended: Any, exc_string: str | None = None
-) -> Callable[[], None] | None:
-    """RQ's own ``Webhook.send`` for the terminal status, to run once the outcome is stored."""
-    if not any(w.get("job_status") == status for w in record.webhooks):
-        return None
-
-    def send() -> None:
-        job = handle.job()
-        job.ended_at = ended
-        job.send_webhooks(status, exc_string=exc_string)
-
-    return send
 
 
 def _reason(exc: BaseException) -> str:

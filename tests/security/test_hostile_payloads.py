@@ -7,8 +7,13 @@ with a reason naming the bound, the others finish, SIGTERM ends the worker.
 
 from __future__ import annotations
 
+import json
 import pickle
+import threading
 import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import redis
@@ -145,3 +150,57 @@ def test_job_raising_systemexit_or_keyboardinterrupt_fails_alone(redis_url: str,
     for text, job_id in exits.items():
         _failed(sync_redis, job_id, text.strip())
     assert [Job.fetch(j, connection=sync_redis).return_value() for j in naps + after] == [1.0] * 3 + [1, 2, 3]
+
+
+@pytest.fixture
+def hook_sink() -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """A real HTTP server on 127.0.0.1 recording each request's path and headers."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+            self.send_response(204)
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1]), seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["allow-module", "plain", "allowed-host"])
+def test_webhooks_from_job_data_reach_only_allowed_hosts(
+    mode: str, redis_url: str, sync_redis: redis.Redis, hook_sink: tuple[int, list[dict[str, str]]]
+) -> None:
+    """Item 4: a Redis writer's webhooks called loopback services with forged Host and auth headers."""
+    port, seen = hook_sink
+    q = Queue("default", connection=sync_redis)
+    hooks = [{"url": f"http://127.0.0.1:{port}/admin?token=s3cret", "job_status": "finished", "method": "POST",
+              "headers": {"Host": "internal.example", "Authorization": "Bearer forged"}, "timeout": 10}]
+    job = q.enqueue(jobs.add, 1, 2)
+    sync_redis.hset(f"rq:job:{job.id}", "webhooks", json.dumps(hooks))  # as any Redis writer can
+    args = {"allow-module": ALLOW, "plain": (), "allowed-host": ("--allow-webhook-host", "127.0.0.1")}[mode]
+
+    with run_asyncjobs_worker(redis_url, "default", "--burst", *args) as proc:
+        assert proc.wait(60) == 0, proc.output()
+        output = proc.output()
+
+    assert Job.fetch(job.id, connection=sync_redis).return_value() == 3
+    assert "s3cret" not in output and "/admin" not in output, output  # URLs are logged as scheme://host:port/…
+    if mode == "allowed-host":
+        assert [(r["path"], r["host"], r["authorization"]) for r in seen] == [
+            ("/admin?token=s3cret", f"127.0.0.1:{port}", "Bearer forged")]  # the job chose no Host
+    else:
+        assert seen == [], output
+        assert f"webhook to http://127.0.0.1:{port}/… for job {job.id} not sent" in output, output
+        assert ("--allow-webhook-host 127.0.0.1" in output), output

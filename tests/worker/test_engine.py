@@ -200,7 +200,7 @@ async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
     q = Queue("default", connection=sync_redis)
     ok = q.enqueue(f"{J}.add", 1, 2, webhooks=[Webhook(url, "finished", method="POST")])
     bad = q.enqueue(f"{J}.spin_sync", "x", webhooks=[Webhook(url, "failed", method="POST")])
-    _worker, task = await start_worker(burst=True)
+    _worker, task = await start_worker(burst=True, allow_webhook_hosts=("127.0.0.1",))
     await asyncio.wait_for(task, 30)
     await eventually(lambda: len(received) == 2, what="two webhooks")
     by_id = {r["job_id"]: r for r in received}
@@ -270,7 +270,7 @@ async def test_a_returned_retry_that_runs_out_sends_failed_webhooks(
     url, received, statuses_seen = webhook_sink
     q = Queue("default", connection=sync_redis)
     job = q.enqueue(f"{J}.always_retry", 1, webhooks=[Webhook(url, "failed", method="POST")])
-    _worker, task = await start_worker(burst=True)
+    _worker, task = await start_worker(burst=True, allow_webhook_hosts=("127.0.0.1",))
     await asyncio.wait_for(task, 30)
     assert status(sync_redis, job.id) == "failed"
     await eventually(lambda: len(received) == 1, what="one failed webhook")
