@@ -25,12 +25,13 @@ from rq import cron
 from tests.ops import jobs
 
 cron.register(jobs.ok, "cronq", args=(1,), interval=1, name="every-second")
+cron.register(jobs.ok, "cronq-minute", args=(2,), cron="* * * * *", name="every-minute")
 """
 
 
-def _scheduled(conn: redis.Redis) -> list[float]:
+def _scheduled(conn: redis.Redis, queue: str = "cronq") -> list[float]:
     return sorted(datetime.fromisoformat(j.meta["cron_scheduled_at"]).timestamp()
-                  for j in Queue("cronq", connection=conn).get_jobs())
+                  for j in Queue(queue, connection=conn).get_jobs())
 
 
 def _leader(conn: redis.Redis) -> str | None:
@@ -82,6 +83,10 @@ def test_three_cron_workers_enqueue_every_tick_once_across_two_leader_kills(
     # A dead leader's lease expires within LEASE; the others try every LEASE/3.
     print(f"takeovers after SIGKILL: {', '.join(f'{t:.2f}s' for t in takeovers)} (lease {LEASE}s)")
     assert all(t <= 2 * LEASE + 3 for t in takeovers), takeovers
+    # The `* * * * *` job: a tick per minute boundary the run crossed (the run is shorter than two
+    # minutes: at most two), each once.
+    minutes = _scheduled(sync_redis, "cronq-minute")
+    assert len(minutes) == len(set(minutes)) <= 2 and all(t % 60 == 0 for t in minutes), minutes
     # RQ's CronJob history lists every one of them.
     assert len(get_cron_job_ids("every-second", sync_redis)) == len(ticks)
 
