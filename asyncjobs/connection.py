@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
-__all__ = ["DEFAULT_REDIS_URL", "PLAIN_OPTIONS", "RedisRefused", "RedisTarget", "parse_sentinels", "refusal_hint"]
+__all__ = ["DEFAULT_REDIS_URL", "PLAIN_OPTIONS", "RedisRefused", "RedisTarget", "RedisUnreachable", "parse_sentinels", "refusal_hint"]
 
 #: Where Redis is when nothing says otherwise (as ``rq worker``): the one place this default is written.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -56,6 +56,10 @@ PLAIN_OPTIONS = frozenset(
     }
 )
 _SECRET = frozenset({"password", "ssl_password"})
+
+
+class RedisUnreachable(Exception):
+    """A ``--burst`` worker could not reach Redis for ``--burst-redis-wait`` seconds: it gives up (exit 1)."""
 
 
 class RedisRefused(Exception):

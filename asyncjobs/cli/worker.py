@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "{QUEUE: N} in the -c settings module). Fleet-wide limits: `asyncjobs-worker queues`")
     p.add_argument("--threads", type=int, default=None, help="thread pool size for sync jobs (default: concurrency)")
     p.add_argument("--burst", "-b", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--burst-redis-wait", type=float, default=DEFAULTS["burst_redis_wait"], metavar="SECONDS",
+                   help="with --burst: exit with status 1 once Redis has been unreachable this long "
+                   "(default %(default)g)")
     p.add_argument("--name", "-n", default=None,
                    help="worker name (default: -c NAME, else asyncjobs-c<concurrency>-<random hex>)")
     p.add_argument("--serializer", "-S", default=DEFAULTS["serializer"], help="pickle, json, or a dotted path (like rq worker -S)")
@@ -240,6 +243,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         concurrency=args.concurrency,
         threads=args.threads,
         burst=args.burst,
+        burst_redis_wait=args.burst_redis_wait,
         serializer=args.serializer,
         default_result_ttl=args.results_ttl,
         default_failure_ttl=args.failure_ttl,

@@ -107,7 +107,7 @@ def run_worker(
 def _run(
     worker: Any, config: WorkerConfig, use_uvloop: bool, early_signals: Sequence[int] = (), exits_after: bool = False
 ) -> int:
-    from asyncjobs.connection import RedisRefused
+    from asyncjobs.connection import RedisRefused, RedisUnreachable
     from asyncjobs.hooks import StartupHookFailed
     from asyncjobs.protocol.store import WorkerNameTaken
     if config.allowed_modules and getattr(worker.serializer, "name", None) not in ("pickle", "json"):
@@ -150,6 +150,9 @@ def _run(
     except RedisRefused as exc:
         log.error("%s", exc)
         return 2
+    except RedisUnreachable as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         if exits_after:
             # Closing the loop restored the default action (death by signal): the second signal of a

@@ -76,6 +76,8 @@ class WorkerConfig:
     concurrency: int = 10
     threads: int | None = None  # sync-job thread pool size; default = concurrency
     burst: bool = False
+    #: ``--burst``: give up (exit status 1) once Redis has been unreachable this many seconds in a row
+    burst_redis_wait: float = 60.0
     serializer: str = "pickle"
     default_result_ttl: int = 500
     #: ``--failure-ttl``: how long failed and stopped jobs (and their results) are kept when the job sets no

@@ -33,7 +33,7 @@ from rq.timeouts import JobTimeoutException
 
 from asyncjobs import metrics
 from asyncjobs.backoff import Backoff, wait_or
-from asyncjobs.connection import RedisRefused, refusal_hint
+from asyncjobs.connection import RedisRefused, RedisUnreachable, refusal_hint
 from asyncjobs.hooks import JobView, StartupHookFailed
 from asyncjobs.limits import Throttled, throttle_async
 from asyncjobs.protocol import transitions
@@ -237,13 +237,13 @@ class Worker:
             log.info("enabled %s (its library is set up for RQ)", adapter)
         try:
             await self._retrying(lambda: self.store.register_birth(self._info), "register worker")
-        except (StopRequested, RedisRefused) as exc:
+        except (StopRequested, RedisRefused, RedisUnreachable) as exc:
             if isinstance(exc, StopRequested):
                 log.info("stop requested while starting: exiting before registration")
             await self.hooks.shutdown()
             self.executor.shutdown()
             await self._close_connections(redis_conn)
-            if isinstance(exc, RedisRefused):
+            if isinstance(exc, (RedisRefused, RedisUnreachable)):
                 raise
             return
         log.info(
@@ -979,6 +979,7 @@ class Worker:
         """Run ``op`` until it succeeds, backing off while Redis is unreachable; a stop request
         (SIGTERM, SIGINT) ends the wait at once with :class:`StopRequested`."""
         backoff = Backoff(on_wait=metrics.redis_error)
+        down_since: float | None = None
         while True:
             if self._stopping.is_set():
                 raise StopRequested(what)
@@ -996,6 +997,13 @@ class Worker:
                 if hint is not None:  # a configuration error: retrying cannot cure it
                     raise RedisRefused(
                         f"Redis at {self.config.connection.describe()} refused to {what}: {exc}; {hint}"
+                    ) from None
+                down_since = time.monotonic() if down_since is None else down_since
+                waited = time.monotonic() - down_since
+                if self.config.burst and waited >= self.config.burst_redis_wait:
+                    raise RedisUnreachable(
+                        f"Redis at {self.config.connection.describe()} unreachable for {waited:.0f} s ({what}: {exc}): "
+                        f"a --burst worker gives up after --burst-redis-wait {self.config.burst_redis_wait:g}"
                     ) from None
                 await backoff.wait(f"{what}: {exc}", self._stopping)
 

@@ -81,3 +81,14 @@ def test_a_configuration_error_in_a_child_stops_the_pool(redis_url: str) -> None
         out = worker.output()
     _one_line_error(out, "DB index is out of range")
     assert "restarting" not in out, out
+
+
+def test_a_burst_worker_gives_up_on_an_unreachable_redis() -> None:
+    from tests.testsupport.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with run_asyncjobs_worker(url, "q", "--burst", "--burst-redis-wait", "1") as worker:
+        assert worker.wait(60) == 1, worker.output()
+        out = worker.output()
+    assert "Traceback" not in out, out
+    assert any("unreachable" in ln and "--burst-redis-wait 1" in ln for ln in out.splitlines()), out
