@@ -201,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="serve Prometheus metrics on http://HOST:PORT/metrics (needs the [metrics] extra); "
                      "with --processes the supervisor serves all children")
-    ops.add_argument("--metrics-host", default=None, metavar="HOST", help="address for --metrics-port (0.0.0.0)")
+    ops.add_argument("--metrics-host", default=None, metavar="HOST", help="address for --metrics-port (127.0.0.1; 0.0.0.0 for every interface)")
     ops.add_argument("--health-port", type=int, default=None, metavar="PORT",
                      help="serve /livez and /readyz probes (may equal --metrics-port)")
-    ops.add_argument("--health-host", default=None, metavar="HOST", help="address for --health-port (0.0.0.0)")
+    ops.add_argument("--health-host", default=None, metavar="HOST", help="address for --health-port (127.0.0.1; 0.0.0.0 for every interface)")
     ops.add_argument("--max-loop-lag", type=float, default=None, metavar="SECONDS",
                      help="/livez fails once the event loop has been blocked this long (default 10)")
     p.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
@@ -403,7 +403,8 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
             "the fleet is down. Without QUEUE: every queue RQ knows. Needs the [metrics] extra.",
         )
         p.add_argument("--port", type=int, required=True, help="port to serve /metrics on")
-        p.add_argument("--host", default="0.0.0.0", help="address to serve on (default %(default)s)")
+        p.add_argument("--host", default="127.0.0.1",
+                       help="address to serve on (default %(default)s; 0.0.0.0 for every interface)")
         p.add_argument("--interval", type=float, default=10.0,
                        help="seconds between readings of Redis (default %(default)g)")
     else:

@@ -5,7 +5,10 @@
 * :class:`Watchdog`: a daemon thread that sees a loop heartbeat go stale (reports the lag while
   the loop is blocked, logs where it is blocked).
 * :class:`OpsServer`: stdlib ``http.server`` on a daemon thread, so a blocked event loop can
-  still answer: ``/livez``, ``/readyz`` and ``/metrics``.
+  still answer: ``/livez``, ``/readyz`` and ``/metrics``.  Bound to 127.0.0.1 unless told
+  otherwise, with bounds any client meets: :data:`MAX_REQUEST_HEAD` bytes of request line and
+  headers (more is answered 431), :data:`REQUEST_TIMEOUT` seconds per read and at most
+  :data:`MAX_CONNECTIONS` connections at once (more are closed unanswered).
 """
 
 from __future__ import annotations
@@ -27,6 +30,59 @@ from asyncjobs.worker.observer import LOOP_BEAT_INTERVAL, HealthBoard, Slot
 __all__ = ["OpsServer", "Watchdog", "close_servers", "start_servers"]
 
 log = logging.getLogger("asyncjobs.ops")
+
+#: Request line and headers of one ops request, in bytes (a probe or a scrape needs well under 1 KiB).
+MAX_REQUEST_HEAD = 16 * 1024
+#: Seconds an ops connection may take for each read before it is closed.
+REQUEST_TIMEOUT = 5.0
+#: Ops connections served at once; more are closed at once, so no client can hold the worker's memory.
+MAX_CONNECTIONS = 32
+
+
+class _HeadLimit:
+    """``rfile`` that yields at most ``budget`` bytes of request head (then end of file)."""
+
+    def __init__(self, raw: Any, budget: int) -> None:
+        self._raw = raw
+        self._left = budget
+        self.exhausted = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self._left <= 0:
+            self.exhausted = True
+            return b""
+        line: bytes = self._raw.readline(self._left if limit < 0 else min(limit, self._left))
+        self._left -= len(line)
+        if self._left <= 0 and not line.endswith(b"\n"):
+            self.exhausted = True
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 class Watchdog:
     """A daemon thread watching this process's loop heartbeat: while it is stale the lag gauge
@@ -98,6 +154,20 @@ class OpsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile = _HeadLimit(self.rfile, MAX_REQUEST_HEAD)  # type: ignore[assignment]
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                if ok and getattr(self.rfile, "exhausted", False):
+                    self.close_connection = True
+                    self.send_error(431, f"request line and headers over {MAX_REQUEST_HEAD} bytes")
+                    return False
+                return ok
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics" and server.registry is not None:
@@ -123,7 +193,7 @@ class OpsServer:
                 pass
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = _BoundedServer((host, port), Handler)
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {host}:{port} for {self.what()} ({exc.strerror or exc}): choose a free port"
@@ -182,7 +252,8 @@ class OpsServer:
                     pipe.exists(key)
                 found = pipe.execute()
             except Exception as exc:
-                return False, f"Redis unreachable: {type(exc).__name__}: {exc}"
+                # no address or message: the probe is unauthenticated (the worker's log has the details)
+                return False, f"Redis unreachable ({type(exc).__name__})"
             missing = [n for n, f in zip(self.names, found, strict=True) if not f]
             if missing:
                 return False, f"not registered in Redis (rq:worker:<name> missing): {', '.join(missing)}"

@@ -111,10 +111,10 @@ class WorkerConfig:
     redis: RedisTarget | None = None
     #: Prometheus ``/metrics`` (needs the ``[metrics]`` extra); None = off
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     #: ``/livez`` and ``/readyz``; None = off
     health_port: int | None = None
-    health_host: str = "0.0.0.0"
+    health_host: str = "127.0.0.1"
     #: ``/livez`` fails once the event loop has not run for this many seconds
     max_loop_lag: float = 10.0
     #: ``--queue-limit QUEUE=N``: at most N jobs of QUEUE in flight in this process (the fleet-wide

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_readyz_fails_while_redis_is_down_and_livez_does_not(worker_box: list[Wo
         server.stop()
         _code, text = wait_for(lambda: (r := _probe(port, "/readyz"))[0] == 503 and r, 30,
                               message=lambda: f"/readyz 503, got {_probe(port, '/readyz')}")
-        assert "Redis unreachable" in text, text
+        assert "Redis unreachable" in text and str(server.port) not in text, text  # no address to anyone
         assert _probe(port, "/livez") == (200, "ok\n")
 
         server.start()
@@ -143,3 +144,26 @@ def test_ops_options_precedence_flag_then_settings_then_env() -> None:
     assert ops_options({}, settings, env)["metrics_port"] == 9200
     with pytest.raises(ValueError, match=r"\$ASYNCJOBS_HEALTH_PORT = 'eighty' is not a number"):
         ops_options({}, None, {"ASYNCJOBS_HEALTH_PORT": "eighty"})
+
+
+def test_ops_port_listens_on_loopback_and_bounds_each_request(worker_box: list[WorkerProcess], redis_url: str) -> None:
+    """Issue 18 item 5: the port listened on 0.0.0.0, and 99 header lines of 64 KiB per request were read."""
+    import socket
+
+    import psutil
+
+    port = free_port()
+    worker = run_asyncjobs_worker(redis_url, "hq", "--health-port", str(port))
+    worker_box.append(worker)
+    wait_for(lambda: _probe(port, "/readyz")[0] == 200, 30, message=lambda: worker.output())
+    listening = {c.laddr.ip for c in psutil.Process(worker.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}, listening
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+        with contextlib.suppress(OSError):  # the server may answer and close before reading it all
+            s.sendall(b"X-Pad: " + b"a" * 60_000 + b"\r\n")
+        answer = s.recv(200)
+    assert answer.startswith(b"HTTP/1.0 431"), answer
+    assert _probe(port, "/livez") == (200, "ok\n")
