@@ -417,6 +417,9 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--name", "-n", default=None,
                        help="worker name (also matches NAME-<i>, the children of --processes)")
         p.add_argument("--any-host", action="store_true", help="accept a worker on any host")
+        p.add_argument("--settings", action="store_true",
+                       help="instead: validate the delivery and outbox settings as a worker does at start-up "
+                       "(exit 0, or 2 naming each bad variable); Redis is not contacted")
         p.add_argument("--max-heartbeat-age", type=float, default=60.0,
                        help="seconds since the last heartbeat (asyncjobs beats every <= 15 s; default 60)")
     p.add_argument("queue_names", nargs="*", metavar="QUEUE", help="only these queues")
@@ -432,6 +435,13 @@ def run_subcommand(command: str, argv: Sequence[str]) -> int:
     from asyncjobs.cli import info as info_mod
 
     args = _sub_parser(command).parse_args(argv)
+    if command == "check" and args.settings:
+        problem = battery_settings_problem((), at_start=False)
+        if problem:
+            print(f"asyncjobs-worker check: {problem}", file=sys.stderr)
+            return 2
+        print("asyncjobs-worker check: the delivery and outbox settings are valid (or their extras are not installed)")
+        return 0
     for path in reversed(args.path or ["."]):
         sys.path.insert(0, os.path.abspath(path))
     queues = list(args.queue_names) + [q.strip() for q in args.queues.split(",") if q.strip()]

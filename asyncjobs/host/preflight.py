@@ -22,8 +22,9 @@ BATTERY_CHECKS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def battery_settings_problem(allowed_modules: Sequence[str]) -> str | None:
-    """The one-line reason the batteries' settings are unusable, or None (fine, or not this worker's job)."""
+def battery_settings_problem(allowed_modules: Sequence[str], *, at_start: bool = True) -> str | None:
+    """The one-line reason the batteries' settings are unusable, or None (fine, or not this worker's job).
+    ``at_start=False``: the message without the start-up explanation (``asyncjobs-worker check --settings``)."""
     for job_modules, check in BATTERY_CHECKS:
         if allowed_modules and not any(module_allowed(m, allowed_modules) for m in job_modules):
             continue
@@ -35,6 +36,8 @@ def battery_settings_problem(allowed_modules: Sequence[str]) -> str | None:
         try:
             getattr(module, func_name)()
         except ValueError as exc:
+            if not at_start:
+                return str(exc)
             return (f"{exc} (read at start-up because this worker may run {' and '.join(job_modules)} jobs; "
                     "fix the variable, or restrict the worker with --allow-module)")
     return None

@@ -92,3 +92,18 @@ def test_a_burst_worker_gives_up_on_an_unreachable_redis() -> None:
         out = worker.output()
     assert "Traceback" not in out, out
     assert any("unreachable" in ln and "--burst-redis-wait 1" in ln for ln in out.splitlines()), out
+
+
+def test_check_settings_runs_the_start_up_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``asyncjobs-worker check --settings``: the check a worker makes at start-up, without Redis."""
+    from asyncjobs.cli.worker import main
+
+    monkeypatch.chdir(str(tmp_path))
+    monkeypatch.setenv("SMTP_PORT", "abc")
+    assert main(["check", "--settings"]) == 2
+    assert "SMTP_PORT='abc'" in capsys.readouterr().err
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    assert main(["check", "--settings"]) == 0
+    assert "settings are valid" in capsys.readouterr().out
