@@ -65,10 +65,27 @@ class AsyncWorker(RQWorker):
         except ValueError as exc:  # one line naming the value, never a traceback (exit 2, as argparse)
             print(f"asyncjobs: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        self._warn_about_classes()
         code = run_worker(config)
         if code == 2:  # a configuration error (e.g. Redis refused the database or the credentials)
             raise SystemExit(2)
         return code == 0
+
+    def _warn_about_classes(self) -> None:
+        """RQ's CLI built this worker with its --job-class/--queue-class; asyncjobs reads and writes the
+        Redis format itself, so a custom class's overrides never run: say so once."""
+        import logging
+
+        from rq.job import Job
+        from rq.queue import Queue
+
+        for flag, given, stock in (("--job-class", self.job_class, Job), ("--queue-class", self.queue_class, Queue)):
+            if given is not None and given is not stock:
+                logging.getLogger("asyncjobs").warning(
+                    "%s %s.%s is not used: asyncjobs reads and writes RQ's Redis format itself, so the class's "
+                    "overrides do not run (use stock rq worker for queues that need them)",
+                    flag, given.__module__, given.__qualname__,
+                )
 
     def _config(
         self, burst: bool, max_jobs: int | None, max_idle_time: int | None, with_scheduler: bool, dequeue_strategy: str

@@ -70,3 +70,10 @@ def leak(path: str, token: str, megabytes: int) -> int:
     _LEAKED.append(block)
     _append(path, token)
     return current_rss()
+
+
+from rq.job import Job as _RQJob  # noqa: E402
+
+
+class AuditedJob(_RQJob):
+    """A custom RQ Job class (``--job-class``), whose overrides asyncjobs cannot run."""

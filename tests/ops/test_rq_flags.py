@@ -66,3 +66,15 @@ def test_classes_asyncjobs_cannot_honour_are_refused_in_one_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert needle in err[-1], err
+
+
+def test_rq_worker_class_says_it_ignores_a_custom_job_class(redis_url: str) -> None:
+    """``rq worker -w asyncjobs.AsyncWorker --job-class X``: RQ's CLI built the worker; asyncjobs says
+    once, at start, that X's overrides will not run (django-rq passes its classes this way)."""
+    from tests.testsupport.workers import run_rq_worker_with_asyncjobs_class
+
+    with run_rq_worker_with_asyncjobs_class(redis_url, "q", "--burst", "--job-class", "tests.ops.jobs.AuditedJob") as w:
+        assert w.wait(60) == 0, w.output()
+        out = w.output()
+    lines = [ln for ln in out.splitlines() if "tests.ops.jobs.AuditedJob" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "not used" in lines[0], out
