@@ -237,7 +237,14 @@ def stopped(job: JobRecord, ex: Execution) -> Transition:
 
 
 def should_retry_on_exception(job: JobRecord) -> bool:
+    """A job that raised is retried (not failed) while ``Retry(max=...)`` has retries left."""
     return job.retries_left is not None and job.retries_left > 0
+
+
+def retries_exhausted(job: JobRecord, max_retries: int) -> bool:
+    """A job that *returned* ``Retry(max=max_retries)`` has been retried that often already."""
+    count = job.number_of_retries or 0
+    return bool(count) and count >= max_retries
 
 
 def exception_retry(job: JobRecord, ex: Execution, *, working_time: float = 0.0) -> Transition:
@@ -268,7 +275,7 @@ def value_retry(
     ``at_front`` is the returned ``Retry``'s ``enqueue_at_front``: RQ 3 honours it (and keeps it in
     ``enqueue_at_front_on_retry``), RQ 2.12 always requeues at the back."""
     count = job.number_of_retries or 0
-    if count and count >= max_retries:
+    if retries_exhausted(job, max_retries):
         return _base(
             ex, Kind.MAX_RETRIES, job,
             failure_ttl=job.failure_ttl,

@@ -11,18 +11,17 @@ in their original order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from asyncjobs.protocol.store import Claimed, Running
 from asyncjobs.protocol.transitions import Transition
 
 if TYPE_CHECKING:
-    from asyncjobs.hooks import JobView
+    from asyncjobs.worker.job import JobRun
 
-__all__ = ["CancelReason", "GiveBack", "InFlight", "Slots"]
+__all__ = ["CancelReason", "GiveBack", "Slots"]
 
 
 class CancelReason(StrEnum):
@@ -32,42 +31,11 @@ class CancelReason(StrEnum):
     GIVE_BACK = "give_back"  # shutdown: back on its queue, unfinished
 
 
-@dataclass(eq=False)
-class InFlight:
-    """One claimed execution, from claim until its outcome is stored."""
-
-    claimed: Claimed
-    key: str  # "<job id>:<execution id>", the slot's key
-    seq: int  # claim order: jobs given back go back in this order
-    task: asyncio.Task[None] | None = None  # turns the execution into an outcome; never cancelled
-    work: asyncio.Task[Any] | None = None  # the job's own code: what cancels target
-    cancel_reason: CancelReason | None = None
-    cancels: int = 0  # cancels delivered to ``work``
-    first_cancel: float = 0.0  # monotonic time of the first, 0 until then
-    reports: int = 0  # "ignores cancellation" errors logged
-    timer: asyncio.TimerHandle | None = None
-    after_recorded: Callable[[], Awaitable[None]] | None = None  # e.g. webhooks, once the outcome is stored
-    func_name: str = ""
-    view: JobView | None = None  # set once before_job hooks ran: after_job hooks run too
-    error: BaseException | None = None  # what the job raised, for after_job hooks
-    exc_text: str | None = None
-    duration: float = 0.0  # seconds the job's function ran
-
-    @property
-    def running(self) -> Running:
-        c = self.claimed
-        return Running(c.queue, c.job_id, c.execution_id)
-
-    @property
-    def executing(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-
 @dataclass(frozen=True, slots=True)
 class GiveBack:
     """A job to put back on its queue, with its slot to free once that is stored."""
 
-    item: InFlight
+    item: JobRun
     outcome: Transition
 
 
@@ -80,13 +48,13 @@ class Slots:
         self.started = 0  # jobs admitted so far (``--max-jobs`` counts these)
         #: set whenever a slot frees or an outcome is ready: wakes the fetch loop
         self.freed = asyncio.Event()
-        self._inflight: dict[str, InFlight] = {}
+        self._inflight: dict[str, JobRun] = {}
         self._held: list[GiveBack] = []
 
     def __len__(self) -> int:
         return len(self._inflight)
 
-    def __iter__(self) -> Iterator[InFlight]:
+    def __iter__(self) -> Iterator[JobRun]:
         return iter(list(self._inflight.values()))
 
     def free(self, finishing: int = 0) -> int:
@@ -100,22 +68,23 @@ class Slots:
     def max_jobs_reached(self) -> bool:
         return self.max_jobs is not None and self.started >= self.max_jobs
 
-    def admit(self, claimed: Claimed) -> InFlight:
+    def admit(self, make: Callable[[int], JobRun]) -> JobRun:
+        """Take a slot for the run ``make(seq)`` builds (``seq``: its claim order)."""
         self.started += 1
-        item = InFlight(claimed, key=f"{claimed.job_id}:{claimed.execution_id}", seq=self.started)
-        self._inflight[item.key] = item
-        return item
+        run = make(self.started)
+        self._inflight[run.key] = run
+        return run
 
-    def release(self, item: InFlight) -> None:
+    def release(self, item: JobRun) -> None:
         """The outcome is stored: the slot is free."""
         self._inflight.pop(item.key, None)
         self.freed.set()
 
-    def executing(self) -> list[InFlight]:
+    def executing(self) -> list[JobRun]:
         """Jobs still executing (not those only waiting for their outcome to be stored)."""
         return [i for i in self._inflight.values() if i.executing]
 
-    def hold_give_back(self, item: InFlight, outcome: Transition) -> None:
+    def hold_give_back(self, item: JobRun, outcome: Transition) -> None:
         self._held.append(GiveBack(item, outcome))
 
     def give_backs_ready(self, force: bool = False) -> list[GiveBack]:

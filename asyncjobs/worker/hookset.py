@@ -29,7 +29,9 @@ from asyncjobs.hooks import (
     StartupHookFailed,
     take_shutdown_hooks,
 )
-from asyncjobs.protocol.transitions import Kind
+from asyncjobs.protocol.codec import JobRecord
+from asyncjobs.protocol.transitions import Kind, retries_exhausted, should_retry_on_exception
+from asyncjobs.worker.admission import CancelReason
 
 __all__ = ["HookSet", "ThreadHooks", "add_auto_adapters", "load_hooks"]
 
@@ -293,28 +295,29 @@ def outcome_of_transition(
 
 
 def outcome_of_call(
+    record: JobRecord,
     value: Any,
     error: BaseException | None,
     duration: float,
     *,
-    retries_left: int | None,
-    number_of_retries: int | None,
-    cancel_reason: str | None,
+    cancel_reason: CancelReason | None,
 ) -> JobOutcome:
-    """What a sync job's function did, as the worker will record it (for hooks on its thread)."""
+    """What a sync job's function did, as the worker will record it (for hooks on its thread): the
+    retry decisions are the transitions' own (:func:`~asyncjobs.protocol.transitions.retries_exhausted`,
+    :func:`~asyncjobs.protocol.transitions.should_retry_on_exception`), made here only earlier."""
     if error is None:
         from rq.job import Retry
 
         if isinstance(value, Retry):
-            done = (number_of_retries or 0) >= value.max and bool(number_of_retries)
+            done = retries_exhausted(record, value.max)
             return JobOutcome(JobStatus.FAILED if done else JobStatus.RETRIED, duration)
         return JobOutcome(JobStatus.FINISHED, duration)
     import traceback
 
-    text = "".join(traceback.format_exception(error))
-    if cancel_reason == "stop":
+    if cancel_reason is CancelReason.STOP:
         return JobOutcome(JobStatus.STOPPED, duration, error, None)
-    if cancel_reason == "give_back":
+    if cancel_reason is CancelReason.GIVE_BACK:
         return JobOutcome(JobStatus.REQUEUED, duration, error, None)
-    retry = retries_left is not None and retries_left > 0
+    text = "".join(traceback.format_exception(error))
+    retry = should_retry_on_exception(record)
     return JobOutcome(JobStatus.RETRIED if retry else JobStatus.FAILED, duration, error, text)

@@ -13,8 +13,12 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from asyncjobs.worker.admission import InFlight, Slots
+from asyncjobs.worker.admission import Slots
+
+if TYPE_CHECKING:
+    from asyncjobs.worker.job import JobRun
 
 __all__ = ["COLD_GRACE", "Shutdown"]
 
@@ -29,7 +33,7 @@ class Shutdown:
         self,
         slots: Slots,
         grace: float,
-        give_back: Callable[[InFlight], None],
+        give_back: Callable[[JobRun], None],
         on_stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.stopping = asyncio.Event()

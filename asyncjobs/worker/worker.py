@@ -6,71 +6,51 @@ and ``stop-job`` commands on ``rq:pubsub:<name>`` are matched against every job
 in flight.  All Redis work goes through :class:`~asyncjobs.protocol.store.RedisStore`,
 batched across the jobs in flight.
 
-Each job runs in two tasks: the job's own code (``InFlight.work``), which
-timeouts, stop-job, kill-horse and shutdown cancel, again and again until it
-has really ended; and around it the task that turns what happened into one
-outcome and hands it to the recorder, which nothing cancels.  So every claimed
-job ends in exactly one stored outcome, whenever a cancel lands.
+Each claimed job is a :class:`~asyncjobs.worker.job.JobRun`, which owns its run (decode,
+hooks, execute, timeouts and cancels, callbacks) and returns the one outcome to store; the
+worker admits runs under ``--concurrency``, counts their outcomes and hands them to the
+recorder, and frees their slots once stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import random
-import sys
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import redis.exceptions
 from redis.asyncio import Redis
-from rq.timeouts import JobTimeoutException
 
 from asyncjobs import metrics
 from asyncjobs.backoff import Backoff, wait_or
 from asyncjobs.connection import RedisRefused, RedisUnreachable, refusal_hint
-from asyncjobs.hooks import JobView, StartupHookFailed
-from asyncjobs.limits import Throttled, throttle_async
-from asyncjobs.protocol import transitions
-from asyncjobs.protocol.codec import (
-    JobRecord,
-    MalformedJobError,
-    PayloadError,
-    encode_return_value,
-    parse_job_hash,
-    timeout_message,
-)
+from asyncjobs.hooks import StartupHookFailed
 from asyncjobs.protocol.rqversion import DEFAULT_PREFIX
 from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, WorkerInfo
-from asyncjobs.protocol.timeutil import utcnow
-from asyncjobs.protocol.transitions import Kind, Transition
+from asyncjobs.protocol.transitions import Kind
 from asyncjobs.worker import webhooks
-from asyncjobs.worker.admission import CancelReason, InFlight, Slots
+from asyncjobs.worker.admission import CancelReason, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
-from asyncjobs.worker.context import JobHandle, install_rq_job_stack
+from asyncjobs.worker.context import install_rq_job_stack
 from asyncjobs.worker.cron import load_cron_config
-from asyncjobs.worker.executor import Executor, JobExited
+from asyncjobs.worker.executor import Executor
 from asyncjobs.worker.hookset import (
-    ThreadHooks,
     add_auto_adapters,
     load_hooks,
-    outcome_of_call,
-    outcome_of_transition,
 )
-from asyncjobs.worker.joblog import exception_fields, exception_summary, job_extra, started_message
+from asyncjobs.worker.job import JobRun, RunServices
 from asyncjobs.worker.observer import Observer
-from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
 from asyncjobs.worker.recycle import MemoryLimit, current_rss
-from asyncjobs.worker.resolver import FunctionResolver, ResolveError
+from asyncjobs.worker.resolver import FunctionResolver
 from asyncjobs.worker.shutdown import Shutdown
 from asyncjobs.worker.tenants import QueueSet, is_pattern
 
@@ -78,46 +58,11 @@ log = logging.getLogger("asyncjobs.worker")
 
 T = TypeVar("T")
 
-#: First re-cancel of a job that is still running after a cancel, then doubling up to the cap.
-#: (Not sooner: a job may take a moment to clean up after the first cancel.)
-RECANCEL_FIRST = 0.5
-RECANCEL_MAX = 5.0
-#: Report a job that ignores cancellation every this many seconds.
-IGNORED_CANCEL_REPORT = 60.0
 #: Longest wait before a queue held back by a limit is tried again (limits change live; a fleet
 #: concurrency slot frees on another worker unannounced).
 LIMIT_POLL = 1.0
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
-#: Loop iterations a cancel may wait for a job to leave Python 3.11's ``wait_for`` (see below).
-CANCEL_DEFER_MAX = 1000
-
-_WAIT_FOR_311 = asyncio.tasks.wait_for.__code__ if sys.version_info < (3, 12) else None
-
-
-def _cancel_would_be_lost(task: asyncio.Task[Any]) -> bool:
-    """True while ``task`` is suspended inside Python 3.11's ``asyncio.wait_for``.
-
-    There a cancel is lost whenever the awaited operation completes before the task resumes:
-    ``wait_for`` then returns its result instead of raising.  redis-py wraps every send in it
-    (its default socket timeout is 5 s), so a job looping on Redis calls loses most single
-    cancels.  Python 3.12 rewrote ``wait_for`` on ``asyncio.timeout``, which does not.
-    """
-    if _WAIT_FOR_311 is None:
-        return False
-    obj: Any = task.get_coro()
-    for _ in range(100):  # the chain of awaiting coroutines, outermost first
-        code = getattr(obj, "cr_code", None)
-        if code is None:
-            return False
-        if code is _WAIT_FOR_311:
-            return True
-        obj = obj.cr_await
-    return False
-
-
-#: Outcomes kept for the job's ``failure_ttl`` (their hash, result and FailedJobRegistry entry).
-_KEPT_FOR_FAILURE_TTL = frozenset({Kind.FAILURE, Kind.STOPPED, Kind.MAX_RETRIES, Kind.RETRY})
 
 
 class StopRequested(Exception):
@@ -150,7 +95,7 @@ class Worker:
         #: why the worker ended on its own: "max_jobs" or "max_memory" (a recycle), else None
         self.recycled: str | None = None
         self.shutdown = Shutdown(
-            self.slots, config.shutdown_timeout, lambda i: self._cancel(i, CancelReason.GIVE_BACK),
+            self.slots, config.shutdown_timeout, lambda run: run.cancel(CancelReason.GIVE_BACK),
             on_stop=self.observer.draining,
         )
         self._stopping = self.shutdown.stopping
@@ -195,7 +140,7 @@ class Worker:
         found = False
         for item in self.slots.executing():
             if item.claimed.job_id == job_id:
-                self._cancel(item, CancelReason(reason))
+                item.cancel(CancelReason(reason))
                 found = True
         return found
 
@@ -203,7 +148,7 @@ class Worker:
         """RQ 3's ``send_stop_execution_command``: stop that execution (it ends ``stopped``)."""
         for item in self.slots.executing():
             if item.claimed.execution_id == execution_id:
-                self._cancel(item, CancelReason.STOP)
+                item.cancel(CancelReason.STOP)
                 return True
         return False
 
@@ -223,6 +168,12 @@ class Worker:
         self.recorder = Recorder(self.store, self.worker_state)
         self.executor = Executor(self.config.threads or self.config.concurrency)
         self.callbacks = Callbacks(self.executor, self._sync_connection, self.config.exception_handlers, self.resolver)
+        self._services = RunServices(
+            worker_name=self.name, config=self.config, serializer=self.serializer, resolver=self.resolver,
+            hooks=self.hooks, executor=self.executor, callbacks=self.callbacks, observer=self.observer,
+            store=self.store, redis=redis_conn, sync_connection=self._sync_connection,
+            rq_serializer=self._rq_serializer, webhook_policy=self.webhook_policy,
+        )
         install_rq_job_stack()
         self._info = WorkerInfo(
             self.name, self.config.queues, self.config.idle_worker_key_ttl, concurrency=self.config.concurrency
@@ -606,320 +557,33 @@ class Worker:
 
     # ------------------------------------------------------------- executing
     def _launch(self, claimed: Claimed) -> None:
-        item = self.slots.admit(claimed)
+        run = self.slots.admit(lambda seq: JobRun(claimed, self._services, seq))
         if self._stopping.is_set():
             # Claimed as the worker stops (a claim in flight, or resolved at shutdown): never started.
-            item.cancel_reason = CancelReason.GIVE_BACK
-        item.task = asyncio.create_task(self._execute(item), name=f"job-{claimed.job_id}")
+            run.cancel_reason = CancelReason.GIVE_BACK
+        run.task = asyncio.create_task(self._run(run), name=f"job-{claimed.job_id}")
 
-    def _cancel(self, item: InFlight, reason: CancelReason) -> None:
-        """Cancel the job's code, and keep at it until it has ended.
-
-        A job that has not started yet sees the reason when it would start, and does not start.
-        A cancel is delivered when it cannot be swallowed (see :func:`_cancel_would_be_lost`),
-        then repeated with backoff for code that swallows it anyway."""
-        if item.cancel_reason is None:
-            item.cancel_reason = reason
-        work = item.work
-        if work is None or work.done() or item.first_cancel:
-            return
-        item.first_cancel = time.monotonic()
-        self._deliver_cancel(item, 0)
-        asyncio.get_running_loop().call_later(RECANCEL_FIRST, self._recancel, item, RECANCEL_FIRST)
-
-    def _deliver_cancel(self, item: InFlight, deferred: int) -> None:
-        work = item.work
-        if work is None or work.done():
-            return
-        if deferred < CANCEL_DEFER_MAX and _cancel_would_be_lost(work):
-            asyncio.get_running_loop().call_soon(self._deliver_cancel, item, deferred + 1)
-            return
-        item.cancels += 1
-        work.cancel()
-        if item.cancels == 2:
-            log.warning(
-                "job %s is still running after a cancel (%s); cancelling it again until it ends",
-                item.claimed.job_id, item.cancel_reason,
-            )
-
-    def _recancel(self, item: InFlight, delay: float) -> None:
-        work = item.work
-        if work is None or work.done():
-            return
-        self._deliver_cancel(item, 0)
-        elapsed = time.monotonic() - item.first_cancel
-        if int(elapsed // IGNORED_CANCEL_REPORT) > item.reports:
-            item.reports += 1
-            log.error(
-                "job %s ignores cancellation: still running %.0fs and %d cancels after %s; its slot stays "
-                "taken until it ends", item.claimed.job_id, elapsed, item.cancels, item.cancel_reason,
-            )
-        asyncio.get_running_loop().call_later(delay, self._recancel, item, min(delay * 2, RECANCEL_MAX))
-
-    async def _execute(self, item: InFlight) -> None:
-        claimed = item.claimed
+    async def _run(self, run: JobRun) -> None:
+        """The run's outcome, counted, then stored (its slot freed once it is) or held to give back."""
         self.observer.job_began()
         t0 = time.monotonic()
-        try:
-            outcome = await self._perform(item)
-        except asyncio.CancelledError:
-            raise  # only the event loop shutting down cancels this task
-        except BaseException as exc:  # pragma: no cover - last line of defence
-            log.exception("internal error while running job %s", claimed.job_id)
-            record = JobRecord(id=claimed.job_id, data=b"", origin=claimed.queue)
-            ex = self._execution(claimed, claimed.started_at)
-            outcome = transitions.failure(record, ex, f"asyncjobs internal error: {exc!r}")
-        if item.view is not None:  # before the outcome is stored; a failing hook is only logged
-            await self.hooks.after(
-                item.view, outcome_of_transition(outcome.kind, item.duration, item.error, item.exc_text)
-            )
-            item.error = None
-        if claimed.rate_limit_key:  # RQ 3: finish.lua releases its slot once the outcome is stored
-            outcome = dataclasses.replace(outcome, rate_limit_key=claimed.rate_limit_key)
-        if outcome.failure_ttl is None and outcome.kind in _KEPT_FOR_FAILURE_TTL and self.config.default_failure_ttl:
-            # --failure-ttl: the worker's default where the job set none (a job's own failure_ttl wins)
-            outcome = dataclasses.replace(outcome, failure_ttl=self.config.default_failure_ttl)
+        outcome = await run.outcome()
         self.successful += outcome.succeeded
         self.failed += outcome.failed
-        self.observer.job_ended(claimed.queue, outcome.kind, time.monotonic() - t0)
+        self.observer.job_ended(run.claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
-            self.slots.hold_give_back(item, outcome)
+            self.slots.hold_give_back(run, outcome)
             self._release_give_backs()
         else:
             # The slot stays taken until the outcome is stored: a parent's dependents (or a retry)
             # are on their queue before this worker fetches again, as with a stock worker.
-            self.recorder.submit(outcome, lambda: self.slots.release(item), item.after_recorded)
+            self.recorder.submit(outcome, lambda: self.slots.release(run), run.after_recorded)
         self.slots.freed.set()  # wake the loop: it stores this outcome with its next claim
 
     def _release_give_backs(self, force: bool = False) -> None:
         """Submit the held give-backs together once none is still ending (see :class:`Slots`)."""
         for g in self.slots.give_backs_ready(force):
             self.recorder.submit(g.outcome, functools.partial(self.slots.release, g.item))
-
-    def _execution(self, claimed: Claimed, started: Any, ended: Any = None) -> transitions.Execution:
-        return transitions.Execution(
-            job_id=claimed.job_id,
-            execution_id=claimed.execution_id,
-            queue=claimed.queue,
-            worker_name=self.name,
-            claimed_at=claimed.started_at,
-            started_at=started,
-            ended_at=ended,
-        )
-
-    async def _perform(self, item: InFlight) -> Transition:
-        """Run one claimed job; return its outcome."""
-        claimed = item.claimed
-        if item.cancel_reason is CancelReason.GIVE_BACK:
-            return transitions.give_back(self._execution(claimed, claimed.started_at))
-        try:
-            record = parse_job_hash(claimed.job_id, claimed.raw)
-        except MalformedJobError as exc:
-            log.error("job %s: %s", claimed.job_id, exc)
-            record = JobRecord(id=claimed.job_id, data=b"", origin=claimed.queue)
-            ex = self._execution(claimed, claimed.started_at, utcnow())
-            return transitions.failure(record, ex, _reason(exc), repairs=exc.repairs)
-        try:
-            call = await decode_payload(record.data, self.serializer, self.config.max_payload_size)
-            func = self.resolver.resolve(call)
-        except (PayloadError, ResolveError) as exc:
-            log.error("job %s cannot run: %s", claimed.job_id, exc,
-                      extra=job_extra(claimed.job_id, claimed.queue, "", "failed", self.name))
-            ex = self._execution(claimed, claimed.started_at, utcnow())
-            return transitions.failure(record, ex, _reason(exc))
-
-        handle = JobHandle(claimed.job_id, claimed.raw, self._sync_connection, self._rq_serializer())
-        item.func_name = call.func_name
-        if item.cancel_reason is not None:  # stopped or killed before it started
-            return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
-        thread_hooks = None
-        if self.hooks.around_jobs:
-            item.view = self._job_view(item, record, handle, func)
-            await self.hooks.before(item.view)
-            if item.cancel_reason is not None:  # stopped or killed while the hooks ran
-                return await self._interrupted(item, record, handle, claimed.started_at, utcnow())
-            thread_hooks = self._thread_hooks(item, record)
-        started = utcnow()
-        t0 = time.monotonic()
-        self.observer.job_running(claimed.queue, record.enqueued_at, started)
-        log.info(*started_message(claimed.queue, record, call, func, self.config.log_job_description),
-                 extra=job_extra(claimed.job_id, claimed.queue, call.func_name, "started", self.name))
-        work = asyncio.create_task(
-            self.executor.run(
-                func, call.args, call.kwargs, handle=handle, interrupt=lambda: _interrupt(item),
-                thread_hooks=thread_hooks,
-            ),
-            name=f"job-{claimed.job_id}-work",
-        )
-        item.work = work
-        timeout = record.effective_timeout()
-        if timeout is not None:
-            item.timer = asyncio.get_running_loop().call_later(timeout, self._cancel, item, CancelReason.TIMEOUT)
-        try:
-            await asyncio.wait((work,))
-        finally:
-            if item.timer is not None:
-                item.timer.cancel()
-        ended = utcnow()
-        elapsed = item.duration = time.monotonic() - t0
-        if item.cancels > 1:
-            log.warning("job %s ended after %d cancels (%s)", claimed.job_id, item.cancels, item.cancel_reason)
-        if work.cancelled():
-            if item.cancel_reason is CancelReason.TIMEOUT:
-                expired = JobTimeoutException(timeout_message(timeout or 0))
-                return await self._failed(item, record, handle, expired, started, ended, elapsed)
-            if item.cancel_reason is None:  # the job cancelled itself
-                cancelled = asyncio.CancelledError("the job's own task was cancelled")
-                return await self._failed(item, record, handle, cancelled, started, ended, elapsed)
-            return await self._interrupted(item, record, handle, started, ended)
-        failure = work.exception()
-        if isinstance(failure, JobExited):  # the job's own SystemExit/KeyboardInterrupt: fails that job only
-            failure = failure.original
-        if isinstance(failure, Throttled):
-            return await self._throttled(item, failure, started, ended)
-        if failure is not None:
-            return await self._failed(item, record, handle, failure, started, ended, elapsed)
-        value = work.result()
-        if item.cancel_reason is not None:
-            log.warning(
-                "job %s completed although asked to end (%s): recording its result", claimed.job_id, item.cancel_reason
-            )
-        ex = self._execution(claimed, started, ended)
-        from rq.job import Retry
-
-        if isinstance(value, Retry):
-            retry_b64 = encode_return_value(value, self.serializer)
-            intervals = tuple(value.intervals) if isinstance(value.intervals, list) else (int(value.intervals),)
-            outcome = transitions.value_retry(
-                record, ex, max_retries=value.max, intervals=intervals, retry_b64=retry_b64 or "",
-                working_time=elapsed, at_front=bool(getattr(value, "enqueue_at_front", False)),
-            )
-            failed = outcome.kind is Kind.MAX_RETRIES
-            log.info("job %s returned Retry: %s", claimed.job_id, "no retries left" if failed else "retrying",
-                     extra=self._job_extra(item, "failed" if failed else "retried", elapsed))
-            if failed:  # a terminal failure: stock fires its `failed` webhooks
-                item.after_recorded = self._webhooks(item, record, "failed", ended, "")
-            return outcome
-        try:
-            await self.callbacks.success(record, handle, value)
-        except Exception as exc:
-            return await self._failed(item, record, handle, exc, started, ended, elapsed, callback_ran=True)
-        rv = encode_return_value(value, self.serializer)
-        log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra(item, "finished", elapsed))
-        item.after_recorded = self._webhooks(item, record, "finished", ended)
-        return transitions.success(record, ex, rv, self.config.default_result_ttl, working_time=elapsed)
-
-    async def _throttled(self, item: InFlight, exc: Throttled, started: Any, ended: Any) -> Transition:
-        """The job raised :class:`asyncjobs.Throttled`: pause its queue fleet-wide, and give the job
-        back to the front of its queue (not failed, no retry used)."""
-        claimed = item.claimed
-        log.warning("job %s throttled: queue %r paused for %gs, job back at the front of its queue",
-                    claimed.job_id, claimed.queue, exc.retry_after,
-                    extra=self._job_extra(item, "throttled", item.duration))
-        self.observer.throttled(claimed.queue)
-        await self._safe(throttle_async(self.redis, self.store.keys, claimed.queue, exc.retry_after))
-        return transitions.give_back(self._execution(claimed, started, ended))
-
-    async def _interrupted(
-        self, item: InFlight, record: JobRecord, handle: JobHandle, started: Any, ended: Any
-    ) -> Transition:
-        """The job's code was cancelled by stop-job, kill-horse or shutdown (timeouts fail it)."""
-        claimed = item.claimed
-        reason = item.cancel_reason
-        if reason is CancelReason.GIVE_BACK:
-            return transitions.give_back(self._execution(claimed, started, ended))
-        duration = max(0.0, (ended - started).total_seconds()) if ended is not None else None
-        if reason is CancelReason.STOP:
-            log.info("job %s stopped by send_stop_job_command", claimed.job_id,
-                     extra=self._job_extra(item, "stopped", duration))
-            await self.callbacks.stopped(record, handle)
-            return transitions.stopped(record, self._execution(claimed, started))
-        # Kill-horse: stock's handle_job_failure for a killed work-horse: retried if it has retries
-        # left, else failed; no failure callback, no exception handlers.
-        ex = self._execution(claimed, started, ended)
-        if transitions.should_retry_on_exception(record):
-            log.info("job %s killed by send_kill_horse_command: retrying (%s left)", claimed.job_id,
-                     record.retries_left, extra=self._job_extra(item, "retried", duration))
-            return transitions.exception_retry(record, ex)
-        log.info("job %s killed by send_kill_horse_command", claimed.job_id,
-                 extra=self._job_extra(item, "failed", duration))
-        out = transitions.failure(record, ex, "Work-horse terminated unexpectedly; killed by kill-horse command")
-        return out.without_failure_record() if self.config.disable_default_exception_handler else out
-
-    async def _failed(
-        self,
-        item: InFlight,
-        record: JobRecord,
-        handle: JobHandle,
-        exc: BaseException,
-        started: Any,
-        ended: Any,
-        elapsed: float,
-        callback_ran: bool = False,
-    ) -> Transition:
-        claimed = item.claimed
-        text = "".join(traceback.format_exception(exc))
-        shown: BaseException = exc  # the exception whose traceback is stored (and logged)
-        ex = self._execution(claimed, started, ended)
-        if not callback_ran:
-            try:
-                await self.callbacks.failure(record, handle, exc)
-            except Exception as cb_exc:
-                text = "".join(traceback.format_exception(cb_exc))
-                shown = cb_exc
-        await self.callbacks.exception_handlers(record, handle, exc)
-        item.error, item.exc_text = exc, text
-        if transitions.should_retry_on_exception(record):
-            log.info("job %s raised %s: retrying (%s left)", claimed.job_id, type(exc).__name__, record.retries_left,
-                     extra=self._job_extra(item, "retried", elapsed))
-            return transitions.exception_retry(record, ex, working_time=elapsed)
-        # As stock: the type and message on the line, the whole traceback after it at ERROR (text) or in
-        # exc_info (JSON, with exc_type and exc_message).
-        # asyncjobs' own refusals (a function outside --allow-module, a payload it cannot decode) say all
-        # in their message: their traceback would show only the worker's frames.
-        own = isinstance(shown, (ResolveError, PayloadError, MalformedJobError))
-        log.error("job %s failed: %s", claimed.job_id, exception_summary(shown), exc_info=None if own else shown,
-                  extra={**self._job_extra(item, "failed", elapsed), **exception_fields(shown)})
-        item.after_recorded = self._webhooks(item, record, "failed", ended, text)
-        out = transitions.failure(record, ex, text, working_time=elapsed)
-        if self.config.disable_default_exception_handler:
-            return out.without_failure_record()  # stock: status failed, no Result, no registry entry
-        return out
-
-    def _webhooks(
-        self, item: InFlight, record: JobRecord, status: str, ended: Any, exc_string: str | None = None
-    ) -> Callable[[], Awaitable[None]] | None:
-        """RQ's webhooks for the terminal status, to send once the outcome is stored (see webhooks.py)."""
-        if not any(w.get("job_status") == status for w in record.webhooks):
-            return None
-        body = webhooks.payload(record.id, item.func_name, status, record.enqueued_at, ended, exc_string)
-        return functools.partial(webhooks.send_all, record.webhooks, status, body, self.webhook_policy)
-
-    def _job_extra(self, item: InFlight, status: str, duration: float | None = None) -> dict[str, Any]:
-        c = item.claimed
-        return job_extra(c.job_id, c.queue, item.func_name, status, self.name, duration)
-
-    def _job_view(self, item: InFlight, record: JobRecord, handle: JobHandle, func: Any) -> JobView:
-        c = item.claimed
-        return JobView(
-            job_id=c.job_id, queue=c.queue, func_name=item.func_name, handle=handle, worker_name=self.name,
-            execution_id=c.execution_id, description=record.description, enqueued_at=record.enqueued_at,
-            retries_left=record.retries_left, is_async=self.executor.is_async(func),
-        )
-
-    def _thread_hooks(self, item: InFlight, record: JobRecord) -> ThreadHooks | None:
-        """A sync job's plain-def before/after_job hooks, for its own thread."""
-        if item.view is None or item.view.is_async:
-            return None
-
-        def classify(value: Any, error: BaseException | None, duration: float) -> Any:
-            return outcome_of_call(
-                value, error, duration, retries_left=record.retries_left,
-                number_of_retries=record.number_of_retries,
-                cancel_reason=str(item.cancel_reason) if item.cancel_reason else None,
-            )
-
-        return self.hooks.thread_hooks(item.view, classify)
 
     def _rq_serializer(self) -> Any:
         """The serializer in the form RQ's own classes accept (alias or imported object)."""
@@ -1012,13 +676,3 @@ class Worker:
             await aw
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.warning("Redis unreachable: %s", exc)
-
-
-def _interrupt(item: InFlight) -> type[BaseException]:
-    """What a sync job's thread gets when its task is cancelled."""
-    return JobTimeoutException if item.cancel_reason is CancelReason.TIMEOUT else SystemExit
-
-
-def _reason(exc: BaseException) -> str:
-    name = getattr(exc, "reported_as", None) or f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return f"{name}: {exc}\n"
