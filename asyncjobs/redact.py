@@ -111,3 +111,29 @@ def mask_email(address: object) -> str:
     if not at or not local:
         return "***"
     return f"{local[0]}***@{domain}"
+
+
+_CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    named = _CONTROL_NAMES.get(ch)
+    if named:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with control characters escaped as ``repr`` does (``\\n``, ``\\x1b``, ``\\u2028``...).
+
+    For text from Redis or job data shown in a text log or a terminal: a job id or a
+    description with a newline cannot forge a log line, an ANSI/OSC escape cannot reach
+    the terminal.  ``keep_newlines`` keeps ``\\n`` (tracebacks).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        _escape_char(ch) if (not ch.isprintable() and ch != " " and not (keep_newlines and ch == "\n")) else ch
+        for ch in text
+    )

@@ -22,6 +22,7 @@ from typing import Any
 from asyncjobs.limits import QueueLimits, parse_limits
 from asyncjobs.protocol import keys
 from asyncjobs.protocol.queuestats import read_queue_sizes
+from asyncjobs.redact import escape_controls
 
 __all__ = [
     "CronJobView",
@@ -410,7 +411,8 @@ def format_snapshot(snap: Snapshot, *, max_jobs: int = 10) -> str:
         for cj in c.jobs:
             lines.append(f"  {cj.name}  queue={cj.queue}  {cj.schedule}  last run {cj.last_run or '-'}  "
                          f"next run {cj.next_run or '-'}")
-    return "\n".join(lines)
+    # Redis-sourced text (descriptions, worker fields, names) never reaches the terminal raw
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def describe_limits(q: QueueInfo) -> str:

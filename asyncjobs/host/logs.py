@@ -6,6 +6,11 @@ of JSON with ``time``, ``level``, ``logger``, ``message`` and ``pid``, plus
 every ``extra=`` field of the record as its own key (``job_id``, ``queue``,
 ``func``, ``status``, ``duration_ms``, ``worker`` ...).  A traceback goes into
 ``exc_info`` as a string, so a line is always one line and always parses.
+
+The text formats escape control characters (as ``repr`` does) in the message and in every
+field a format string names: a job id, a description or a module name with a newline or an
+ANSI escape (job data is whoever writes to Redis) cannot forge a log line or reach a terminal.
+Tracebacks keep their line breaks; their other control characters are escaped.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "make_formatter", "setup_logging"]
+from asyncjobs.redact import escape_controls
+
+__all__ = ["TEXT_FORMAT", "JsonFormatter", "TextFormatter", "make_formatter", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -73,15 +80,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=_json_default, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter`` that escapes control characters in every text field it shows."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields = {k: escape_controls(v) if isinstance(v, str) else v for k, v in record.__dict__.items()}
+        return super().formatMessage(logging.makeLogRecord(fields))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_controls(super().formatStack(stack_info), keep_newlines=True)
+
+
 def make_formatter(log_format: str = "text", date_format: str | None = None) -> logging.Formatter:
     """``text``, ``json``, or a ``%``-style format string as ``rq worker --log-format`` takes."""
     if log_format == "json":
         return JsonFormatter(datefmt=date_format)
     if log_format == "text":
-        return logging.Formatter(TEXT_FORMAT, datefmt=date_format)
+        return TextFormatter(TEXT_FORMAT, datefmt=date_format)
     if "%(" in log_format:
         try:
-            formatter = logging.Formatter(log_format, datefmt=date_format)
+            formatter = TextFormatter(log_format, datefmt=date_format)
             formatter.format(logging.LogRecord("asyncjobs", logging.INFO, __file__, 0, "check", None, None))
         except (ValueError, KeyError) as exc:
             raise ValueError(f"invalid --log-format {log_format!r}: {exc}") from None

@@ -129,3 +129,12 @@ async def interrupt_async() -> None:
 
 async def abort_async() -> None:
     raise Abort("custom")
+
+
+async def until_key(key: str) -> str:
+    """Runs until the test sets ``key`` in the job's Redis (a job that is surely in flight meanwhile)."""
+    job = get_current_job()
+    assert job is not None
+    while not job.connection.exists(key):
+        await asyncio.sleep(0.05)
+    return key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from tests.security.test_allow_module import (
     _failed,
     _str,
 )
-from tests.testsupport.workers import run_asyncjobs_worker, wait_for
+from tests.testsupport.workers import asyncjobs_worker_command, run_asyncjobs_worker, wait_for
 
 
 def _ended(conn: redis.Redis, *job_ids: str) -> bool:
@@ -204,3 +205,32 @@ def test_webhooks_from_job_data_reach_only_allowed_hosts(
         assert seen == [], output
         assert f"webhook to http://127.0.0.1:{port}/… for job {job.id} not sent" in output, output
         assert ("--allow-webhook-host 127.0.0.1" in output), output
+
+
+def test_job_data_cannot_forge_log_lines_or_reach_the_terminal(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 6: a description, or a name echoed in an unpickler error, forged log lines and carried raw escapes."""
+    forged = "\n2026-01-01 00:00:00,000 INFO asyncjobs.worker: FORGED\x1b]0;pwned\x07\x1b[2J"
+    q = Queue("default", connection=sync_redis)
+    described = q.enqueue(jobs.add, 1, 2, description=f"add{forged}").id
+    named = _enqueue_raw(sync_redis, _data_tuple("tests.security.jobs.echo", _call(f"evil{forged}", "x")))
+    running = q.enqueue(jobs.until_key, "go", description=f"nap{forged}(go)").id  # in flight while `info` runs
+
+    with run_asyncjobs_worker(redis_url, "default", *ALLOW) as proc:
+        wait_for(lambda: _ended(sync_redis, described, named), 30, message=proc.output)
+        wait_for(lambda: sync_redis.hget(f"rq:job:{running}", "status") == b"started", 30, message=proc.output)
+        info = subprocess.run([*asyncjobs_worker_command(), "info", "-u", redis_url], capture_output=True,
+                              text=True, timeout=60, check=True).stdout
+        sync_redis.set("go", 1)
+        wait_for(lambda: _ended(sync_redis, running), 30, message=proc.output)
+        proc.stop()
+        assert proc.wait(30) == 0, proc.output()
+        output = proc.output()
+
+    for text in (output, info):
+        assert "\x1b" not in text and "\x07" not in text, text
+        assert not [line for line in text.splitlines() if line.startswith("2026-01-01")], text
+    assert "add\\n2026-01-01 00:00:00,000 INFO asyncjobs.worker: FORGED\\x1b]0;pwned\\x07" in output, output
+    assert "evil\\n2026-01-01" in output, output
+    assert "nap\\n2026-01-01" in info, info
+    _failed(sync_redis, named, "DeserializationError")
+    assert Job.fetch(described, connection=sync_redis).return_value() == 3
