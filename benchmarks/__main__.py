@@ -5,6 +5,7 @@
     python -m benchmarks plan --rate 200 --latency-ms 20 [--workload smtp]
     python -m benchmarks ops [--repeat 5]     # overhead of --metrics-port/--health-port
     python -m benchmarks prefixes [-n 20000]  # RQ 3 on a Redis Cluster: one key prefix against two
+    python -m benchmarks limits [-n 5000]     # queue limits: check cost, rate accuracy, a queue beside
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -369,9 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--out", default="benchmarks/results")
     px.set_defaults(func=cmd_prefixes)
 
+    lm = sub.add_parser("limits", help="queue limits: cost of the checks, measured rate, a queue beside a limited one")
+    lm.add_argument("-n", type=int, default=5000, help="no-op jobs per throughput run (default %(default)s)")
+    lm.add_argument("--rate", type=int, default=50, help="the rate limit measured, starts/s (default %(default)s)")
+    lm.add_argument("--repeat", type=int, default=3)
+    lm.add_argument("--concurrency", type=int, default=50)
+    lm.add_argument("--out", default="benchmarks/results")
+    lm.set_defaults(func=cmd_limits)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    from benchmarks import limits
+
+    return limits.main(args)
 
 
 def cmd_prefixes(args: argparse.Namespace) -> int:
