@@ -1,7 +1,7 @@
 """Queue limits set by the operator, stored in Redis, enforced when a job is claimed.
 
-Per queue, fleet-wide (every asyncjobs worker reads them in its claim script, so a change takes
-effect on the next claim, without a restart):
+Per queue, fleet-wide (every asyncjobs worker re-reads which queues have limits every second, and
+its claim script checks them atomically, so a change takes effect within a second, without a restart):
 
 * ``concurrency``: at most N jobs of the queue running on all workers together.  Counted from the
   queue's StartedJobRegistry (``rq:wip:<queue>``): its members whose score (the heartbeat

@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm = sub.add_parser("limits", help="queue limits: cost of the checks, measured rate, a queue beside a limited one")
     lm.add_argument("-n", type=int, default=5000, help="no-op jobs per throughput run (default %(default)s)")
     lm.add_argument("--rate", type=int, default=50, help="the rate limit measured, starts/s (default %(default)s)")
+    lm.add_argument("--windows", type=int, default=8, help="rate run: jobs = windows x rate (default %(default)s)")
     lm.add_argument("--repeat", type=int, default=3)
     lm.add_argument("--concurrency", type=int, default=50)
     lm.add_argument("--out", default="benchmarks/results")

@@ -7,7 +7,7 @@ is left out).  Four set-ups:
 * ``no limits``: ``-c 50 --burst`` over ``N`` no-op jobs on ``bench``; the limits hash does not exist;
 * ``limits checked``: the same with a concurrency and a rate on ``bench`` set so high they never bind,
   so every claim runs the checks (the cost of the limit checks on the no-op path);
-* ``rate``: ``--rate R/s`` on ``limited``, ``8 R`` jobs, two workers of ``-c 20``: the measured starts
+* ``rate``: ``--rate R/s`` on ``limited``, ``--windows`` (8) times ``R`` jobs, two workers of ``-c 20``: the measured starts
   per second after the first window, and the most starts seen in any one-second window;
 * ``beside a rate-limited queue``: ``--queues limited,bench`` (the limited queue first, at ``10/s``,
   with more jobs than run meanwhile) and ``N`` jobs on ``bench``: ``bench``'s throughput, to compare
@@ -68,10 +68,9 @@ def _times(conn: redis.Redis, queue: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
-def _cmds(conn: redis.Redis) -> tuple[int, int]:
+def _cmds(conn: redis.Redis) -> int:
     stats = conn.info("commandstats")
-    total = sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
-    return total, int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
 
 
 def _wait(proc: subprocess.Popen[str], timeout: float = 600) -> str:
@@ -92,21 +91,20 @@ def run_noop(url: str, n: int, concurrency: int, checked: bool, rep: int) -> dic
     conn.config_resetstat()
     proc = _worker(url, "bench", concurrency, "--burst")
     err = _wait(proc)
-    total, hmget = _cmds(conn)
+    total = _cmds(conn)
     times = _times(conn, "bench")
     ok = proc.returncode == 0 and len(times) == n and Queue("bench", connection=conn).count == 0
     span = times[-1][1] - times[0][0] if times else float("nan")
     conn.close()
     return {"setup": "limits checked" if checked else "no limits", "rep": rep, "jobs": n,
-            "jobs_per_s": round(n / span, 1), "redis_cmds_per_job": round(total / n, 2),
-            "hmget_per_job": round(hmget / n, 3), "verified": ok, "stderr_tail": "" if ok else err}
+            "jobs_per_s": round(n / span, 1), "redis_cmds_per_job": round(total / n, 2), "verified": ok, "stderr_tail": "" if ok else err}
 
 
-def run_rate(url: str, rate: int, rep: int) -> dict[str, Any]:
+def run_rate(url: str, rate: int, rep: int, windows: int = 8) -> dict[str, Any]:
     conn = redis.Redis.from_url(url)
     conn.flushall()
     QueueControl(conn).limit("limited", rate=f"{rate}/s")
-    m = 8 * rate
+    m = windows * rate
     _enqueue(conn, "limited", m, f"r{rep}")
     procs = [_worker(url, "limited", 20, "--burst") for _ in range(2)]
     errs = [_wait(p) for p in procs]
@@ -114,10 +112,12 @@ def run_rate(url: str, rate: int, rep: int) -> dict[str, Any]:
     ok = all(p.returncode == 0 for p in procs) and len(starts) == m
     # After the first window's burst the starts go at the rate: (m - rate) starts over the rest.
     steady = (m - rate) / (starts[-1] - starts[rate - 1]) if ok and starts[-1] > starts[rate - 1] else float("nan")
-    peak = max(sum(1 for u in starts if t <= u < t + 1.0) for t in starts) if starts else 0
+    # Starts are stamped by the worker just before its claim reaches Redis (whose clock the limit uses),
+    # so windows of 0.9 s leave room for that delay.
+    peak = max(sum(1 for u in starts if t <= u < t + 0.9) for t in starts) if starts else 0
     conn.close()
     return {"setup": "rate", "rep": rep, "jobs": m, "configured_per_s": rate, "measured_per_s": round(steady, 2),
-            "max_in_any_1s": peak, "verified": ok, "stderr_tail": "" if ok else "\n".join(errs)}
+            "max_in_any_0_9s": peak, "verified": ok, "stderr_tail": "" if ok else "\n".join(errs)}
 
 
 def run_beside(url: str, n: int, concurrency: int, rep: int) -> dict[str, Any]:
@@ -179,9 +179,9 @@ def main(args: Any) -> int:
     rows: list[dict[str, Any]] = []
     try:
         for rep in range(args.repeat):
-            for row in (run_noop(server.url, args.n, args.concurrency, False, rep),
-                        run_noop(server.url, args.n, args.concurrency, True, rep),
-                        run_rate(server.url, args.rate, rep),
+            order = (False, True) if rep % 2 == 0 else (True, False)  # interleaved: no order bias
+            for row in (*(run_noop(server.url, args.n, args.concurrency, checked, rep) for checked in order),
+                        run_rate(server.url, args.rate, rep, args.windows),
                         run_beside(server.url, args.n, args.concurrency, rep)):
                 rows.append(row)
                 shown = {k: v for k, v in row.items() if k not in ("setup", "rep", "stderr_tail")}
@@ -214,18 +214,20 @@ def main(args: Any) -> int:
         f"CPUs, Python {prov['python']}, RQ {prov['rq']}, commit {prov['commit']}, {stamp}; "
         f"`asyncjobs-worker -c {args.concurrency}`, no-op jobs; medians of {args.repeat} runs.",
         "",
-        "| set-up | jobs/s on `bench` | vs no limits | Redis commands per job | HMGET per job |",
-        "|---|---|---|---|---|",
-        f"| no limits | {base:,.0f} | - | {_median(rows, 'no limits', 'redis_cmds_per_job'):.2f} | "
-        f"{_median(rows, 'no limits', 'hmget_per_job'):.3f} |",
-        f"| limits checked (set, never binding) | {checked:,.0f} | {100 * (checked / base - 1):+.1f}% | "
-        f"{_median(rows, 'limits checked', 'redis_cmds_per_job'):.2f} | "
-        f"{_median(rows, 'limits checked', 'hmget_per_job'):.3f} |",
-        f"| beside `limited` at 10/s (listed first) | {beside:,.0f} | {100 * (beside / base - 1):+.1f}% | - | - |",
+        "| set-up | jobs/s on `bench` | vs no limits | Redis commands per job |",
+        "|---|---|---|---|",
+        f"| no limits | {base:,.0f} | - | {_median(rows, 'no limits', 'redis_cmds_per_job'):.2f} |",
+        f"| limits checked (concurrency and rate set, never binding) | {checked:,.0f} | "
+        f"{100 * (checked / base - 1):+.1f}% | {_median(rows, 'limits checked', 'redis_cmds_per_job'):.2f} |",
+        f"| beside `limited` at 10/s (listed first) | {beside:,.0f} | {100 * (beside / base - 1):+.1f}% | - |",
         "",
-        f"Rate `{args.rate}/s` on one queue, two workers of `-c 20`, {8 * args.rate} jobs: measured "
+        f"Rate `{args.rate}/s` on one queue, two workers of `-c 20`, {args.windows * args.rate} jobs: measured "
         f"{_median(rows, 'rate', 'measured_per_s'):.2f} starts/s after the first window; at most "
-        f"{max(r['max_in_any_1s'] for r in rows if r['setup'] == 'rate')} starts in any one-second window.",
+        f"{max(r['max_in_any_0_9s'] for r in rows if r['setup'] == 'rate')} starts in any 0.9 s window "
+        "(stamped by the workers).",
+        "",
+        "With no limit on a worker's queues a claim reads nothing of the limits (the worker reads which "
+        "queues have limits once a second), so the no-limits row is the engine without limits.",
     ]
     (out_dir / "limits-latest.md").write_text("\n".join(lines) + "\n")
     _chart(out_dir / "limits.png", rows)

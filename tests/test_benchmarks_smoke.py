@@ -135,3 +135,16 @@ def test_ops_suffix_only_for_asyncjobs() -> None:
     assert not Contender.parse("asyncjobs-c50").ops
     with pytest.raises(ValueError, match="-ops"):
         Contender.parse("rq-simple-ops")
+
+
+def test_tiny_limits_run(tmp_path: Path) -> None:
+    """``python -m benchmarks limits``: every set-up verified, the outputs written (no timing asserted)."""
+    if not asyncjobs_available():
+        pytest.skip("asyncjobs-worker is not runnable")
+    rc = main(["limits", "-n", "60", "--rate", "10", "--windows", "2", "--repeat", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = [json.loads(line) for line in next((tmp_path / "limits").glob("limits-*.jsonl")).read_text().splitlines()]
+    assert {r["setup"] for r in rows[1:]} == {"no limits", "limits checked", "rate", "beside a rate-limited queue"}
+    assert all(r["verified"] for r in rows[1:])
+    assert "| no limits |" in (tmp_path / "limits" / "limits-latest.md").read_text()
+    assert (tmp_path / "limits" / "limits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,6 +72,7 @@ class ClaimRequest:
     count: int
     execution_ids: tuple[str, ...]
     caps: tuple[int, ...] = ()  # this worker's own room per queue (-1: none), as ``queues``
+    check_limits: bool = True  # read the queue limits (False: the worker knows none of these has any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +180,18 @@ class RedisStore:
 
     # -- dequeue ----------------------------------------------------------
     def claim_request(
-        self, queues: Sequence[str], count: int, execution_ids: Sequence[str], caps: Sequence[int] = ()
+        self, queues: Sequence[str], count: int, execution_ids: Sequence[str], caps: Sequence[int] = (),
+        *, check_limits: bool = True,
     ) -> ClaimRequest:
         """A new claim of up to ``count`` jobs, to pass to :meth:`exchange` (and again, unchanged,
-        if its reply was lost).  ``caps``: at most this many of each queue (-1: no own cap)."""
+        if its reply was lost).  ``caps``: at most this many of each queue (-1: no own cap);
+        ``check_limits``: False when none of ``queues`` has queue limits (saves the read)."""
         token = ""
         if count > 0:
             self._claims += 1
             token = f"{self._token_prefix}:{self._claims}"
         own = tuple(caps) if caps else (-1,) * len(queues)
-        return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]), own)
+        return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]), own, check_limits)
 
     async def exchange(self, outcomes: Outcomes | None, request: ClaimRequest) -> ClaimResult:
         """Store ``outcomes`` (if any), then claim: one atomic round trip.
@@ -204,7 +207,8 @@ class RedisStore:
         answered, self._answered = self._answered, []
         args = [
             payload, request.token, " ".join(answered),
-            *self._start_args(now), str(request.count), str(len(request.queues)), *request.queues,
+            *self._start_args(now), str(request.count), str(len(request.queues)),
+            "1" if request.check_limits else "0", *request.queues,
             *(str(c) for c in (request.caps or (-1,) * len(request.queues))), *request.execution_ids,
         ]
         try:

@@ -126,6 +126,8 @@ class RunServices:
     rq_serializer: Callable[[], Any]
     #: where webhooks from job data may go (``--allow-webhook-host``)
     webhook_policy: webhooks.WebhookPolicy
+    #: a job paused its queue (``Throttled``): the worker obeys it from its next claim
+    queue_paused: Callable[[str], None] = lambda queue: None
 
 
 class JobRun:
@@ -359,6 +361,7 @@ class JobRun:
             await throttle_async(self.s.redis, self.s.store.keys, claimed.queue, exc.retry_after)
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as err:  # the job still goes back
             log.warning("Redis unreachable: %s", err)
+        self.s.queue_paused(claimed.queue)
         return transitions.give_back(self._execution(started, ended))
 
     async def _interrupted(self, record: JobRecord, handle: JobHandle, started: Any, ended: Any) -> Transition:

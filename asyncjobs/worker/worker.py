@@ -61,6 +61,8 @@ T = TypeVar("T")
 #: Longest wait before a queue held back by a limit is tried again (limits change live; a fleet
 #: concurrency slot frees on another worker unannounced).
 LIMIT_POLL = 1.0
+#: Seconds between reads of which queues have limits (a new limit or pause applies within this).
+LIMITS_REFRESH = 1.0
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
 
@@ -106,6 +108,9 @@ class Worker:
         self._blocked: dict[str, int] = {}
         self._own_caps = dict(config.queue_limits)
         self._drain_requested = False
+        #: queues that have queue limits or a pause (re-read every LIMITS_REFRESH s); None: not known yet
+        self._limited: set[str] | None = None
+        self._limited_next = 0.0
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
         self._rr_offset = 0
@@ -173,6 +178,7 @@ class Worker:
             hooks=self.hooks, executor=self.executor, callbacks=self.callbacks, observer=self.observer,
             store=self.store, redis=redis_conn, sync_connection=self._sync_connection,
             rq_serializer=self._rq_serializer, webhook_policy=self.webhook_policy,
+            queue_paused=self._queue_paused,
         )
         install_rq_job_stack()
         self._info = WorkerInfo(
@@ -343,6 +349,25 @@ class Worker:
         except (*REDIS_ERRORS, redis.exceptions.ResponseError) as exc:
             log.debug("could not re-read the queue set (%s); the claim will say more", exc)
 
+    def _queue_paused(self, queue: str) -> None:
+        """A job of ours paused ``queue`` (Throttled): check its limits from the next claim on."""
+        if self._limited is not None:
+            self._limited.add(queue)
+
+    async def _refresh_limited(self) -> None:
+        """Which queues have limits, at most every :data:`LIMITS_REFRESH` s: a claim reads the limits of
+        its queues only when one of them has any (one HKEYS per second instead of one read per claim)."""
+        now = time.monotonic()
+        if now < self._limited_next:
+            return
+        try:
+            fields = await self.redis.hkeys(self.store.keys.queue_limits)
+        except (*REDIS_ERRORS, redis.exceptions.ResponseError):
+            self._limited = None  # not known: claims check (and report the Redis error themselves)
+            return
+        self._limited_next = now + LIMITS_REFRESH
+        self._limited = {(f.decode() if isinstance(f, bytes) else str(f)).partition(":")[2] for f in fields}
+
     def _queue_order(self) -> list[str]:
         queues = list(self.config.queues)
         if self.config.dequeue_strategy == "round_robin":
@@ -422,10 +447,14 @@ class Worker:
                     await asyncio.sleep(0)
                     continue
                 await self._refresh_queue_set()
+                await self._refresh_limited()
                 order = self._queue_order()
                 if not order:
                     free = 0  # only patterns, matching no queue yet: store the outcomes, claim nothing
-                request = self.store.claim_request(order, free, self._execution_ids(free), self._caps(order, free))
+                check = self._limited is None or not self._limited.isdisjoint(order)
+                request = self.store.claim_request(
+                    order, free, self._execution_ids(free), self._caps(order, free), check_limits=check
+                )
             if not await self._exchange(request):
                 await backoff.wait("claim jobs", self._stopping)
                 continue

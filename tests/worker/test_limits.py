@@ -81,6 +81,12 @@ async def test_pause_and_resume_one_queue(sync_redis: redis.Redis, start_worker)
     control.resume("a")
     await eventually(lambda: status(sync_redis, held.id) == "finished", what="a's job after resume")
     assert [t for t, _ in jobs.starts] == ["b", "a"]
+    # Paused again while the worker runs: it obeys within a second, with no restart.
+    control.pause("a")
+    await eventually(lambda: "a" in (worker._limited or ()), what="the pause seen (re-read every second)")
+    later = a.enqueue(f"{J}.record", "later")
+    await eventually(lambda: worker._blocked.get("a") == -1, what="a held back again")
+    assert status(sync_redis, later.id) == "queued"
 
 
 async def test_timed_pause_ends_by_itself(sync_redis: redis.Redis, start_worker) -> None:
@@ -140,12 +146,21 @@ async def store(redis_url: str):  # type: ignore[no-untyped-def]
         await conn.aclose()
 
 
-async def test_no_limits_cost_one_command_per_claim(store, sync_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
-    Queue("b", connection=sync_redis).enqueue(f"{J}.record", "b")
+async def test_no_limits_cost_no_command_per_claim(store, sync_redis: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    q = Queue("b", connection=sync_redis)
+    q.enqueue(f"{J}.record", "b")
     await store.exchange(None, store.claim_request(["empty"], 1, ["a" * 32]))  # the script loaded
     sync_redis.config_resetstat()
-    (claimed,) = (await store.exchange(None, store.claim_request(["a", "b"], 2, ["b" * 32, "c" * 32]))).jobs
+    # The worker knows (from its once-a-second read) that none of its queues has limits: no read.
+    request = store.claim_request(["a", "b"], 2, ["b" * 32, "c" * 32], check_limits=False)
+    (claimed,) = (await store.exchange(None, request)).jobs
     assert claimed.queue == "b"
+    assert not {"cmdstat_hmget", "cmdstat_time", "cmdstat_zcount", "cmdstat_zcard"} & set(
+        sync_redis.info("commandstats"))
+    # Otherwise one HMGET, and nothing more while none of the claim's queues has a limit.
+    q.enqueue(f"{J}.record", "b")
+    sync_redis.config_resetstat()
+    assert len((await store.exchange(None, store.claim_request(["a", "b"], 1, ["d" * 32]))).jobs) == 1
     stats = sync_redis.info("commandstats")
     assert stats["cmdstat_hmget"]["calls"] == 1
     assert not {"cmdstat_time", "cmdstat_zcount", "cmdstat_zcard"} & set(stats)

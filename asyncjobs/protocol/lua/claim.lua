@@ -28,12 +28,14 @@
 --          Redis Cluster node that owns the prefix's slot (§14).
 -- KEYS[2]: the queue limits hash (asyncjobs/limits.py): per queue `c:<q>` (fleet-wide
 --          concurrency), `r:<q>` (`<count>/<period ms>` starts) and `p:<q>` (paused until, epoch
---          ms, -1 until resumed).  One HMGET per call when no limit is set.  A queue that is
+--          ms, -1 until resumed), read (one HMGET) only when check_limits is 1: the worker
+--          re-reads which queues have limits every second.  A queue that is
 --          paused, at its concurrency or out of rate is skipped: the claim goes on with the next.
 --          Concurrency counts the queue's rq:wip members whose deadline has not passed (a lease
 --          the heartbeat renews); rate keeps the starts of the last period in `<KEYS[2]>:rate:<q>`.
 -- ARGV: worker, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl,
---       n, nq, q1..qnq, cap1..capnq (this worker's own room per queue, -1 none), then n
+--       n, nq, check_limits (1: read KEYS[2]), q1..qnq, cap1..capnq (this worker's own room
+--       per queue, -1 none), then n
 --       execution ids.
 -- Returns {suspended (0/1), {{q, jid, eid, hgetall}...}, {dropped ids}, {{id, type}...},
 --          {{q, ms}...}}: the last lists the queues with jobs that a limit held back, with the
@@ -41,7 +43,8 @@
 local worker, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, nq = tonumber(ARGV[8]), tonumber(ARGV[9])
-local base = 9 + 2 * nq
+local check_limits = ARGV[10] == '1'
+local base = 10 + 2 * nq
 local P = KEYS[1]
 local LIM = KEYS[2]
 local wkey = P .. ':worker:' .. worker
@@ -97,13 +100,16 @@ local function start(q, qk, jid, eid)
   return true
 end
 
--- The limits of the queues asked for: one HMGET (nothing else when none is set).
-local fields = {}
-for i = 1, nq do
-  local q = ARGV[9 + i]
-  fields[3 * i - 2], fields[3 * i - 1], fields[3 * i] = 'c:' .. q, 'r:' .. q, 'p:' .. q
+-- The limits of the queues asked for: one HMGET, when the worker knows of any.
+local lim = {}
+if check_limits then
+  local fields = {}
+  for i = 1, nq do
+    local q = ARGV[10 + i]
+    fields[3 * i - 2], fields[3 * i - 1], fields[3 * i] = 'c:' .. q, 'r:' .. q, 'p:' .. q
+  end
+  lim = redis.call('HMGET', LIM, unpack(fields))
 end
-local lim = redis.call('HMGET', LIM, unpack(fields))
 local blocked = {}
 local now_ms = nil
 local function clock()
@@ -117,7 +123,7 @@ end
 -- How many jobs of queue i this claim may start (up to `want`); when none, the milliseconds until
 -- one may (-1: paused until resumed); the rate key and period when a rate is set.
 local function room(i, q, want)
-  local cap = tonumber(ARGV[9 + nq + i])
+  local cap = tonumber(ARGV[10 + nq + i])
   if cap and cap >= 0 and cap < want then want = cap end
   local c, r, p = lim[3 * i - 2], lim[3 * i - 1], lim[3 * i]
   if p then
@@ -156,7 +162,7 @@ end
 local MAX_BAD = 1000
 local used, bad = 0, 0
 for i = 1, nq do
-  local q = ARGV[9 + i]
+  local q = ARGV[10 + i]
   local qk = P .. ':queue:' .. q
   local allowed, rk, wait, period = nil, nil, 0, 0
   local taken = 0
