@@ -479,6 +479,19 @@ def test_compose_worker_allow_list_covers_the_bundled_jobs(compose: dict[str, An
         assert callable(resolver.resolve(Call(func, None, (), {})))
 
 
+def test_every_shipped_worker_start_command_has_an_allow_list() -> None:
+    """Issue 18 item 8: without --allow-module any Redis writer runs code in the worker."""
+    cmd = json.loads(next(rest for word, rest in _instructions() if word == "CMD"))
+    k8s = (DOCKER / "k8s" / "worker-deployment.yaml").read_text()
+    k8s_args = re.findall(r"^\s+- (\S+)", k8s.split("args:", 1)[1].split("env:", 1)[0], re.M)
+    unit = (DOCKER / "systemd" / "asyncjobs-worker@.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart=")).split()
+    compose = _cmd(load_yaml_subset((DOCKER / "docker-compose.yml").read_text())["services"]["worker"]["command"])
+    for where, argv in (("Dockerfile CMD", cmd), ("k8s args", k8s_args), ("systemd ExecStart", exec_start),
+                        ("compose worker", compose)):
+        assert "--allow-module" in argv, f"{where} starts the worker without --allow-module: {argv}"
+
+
 def test_env_example_asks_for_the_passwords() -> None:
     text = (DOCKER / ".env.example").read_text()
     for var in COMPOSE_ONLY_VARS:
