@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from asyncjobs.delivery.settings import Settings
+from asyncjobs.delivery.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -304,7 +304,7 @@ def test_env_example_documents_every_setting() -> None:
 def test_env_example_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SETTINGS_VARS:
         monkeypatch.delenv(name, raising=False)
-    settings = Settings(_env_file=DOCKER / ".env.example")  # type: ignore[call-arg]
+    settings = load_settings(env_file=str(DOCKER / ".env.example"))
     assert settings.redis_url == "redis://localhost:6379/0"  # docker-compose.yml builds the URLs
     assert settings.resolved_email_backend == "smtp" and settings.smtp_host == "mailpit"
 

@@ -5,8 +5,8 @@
                          [--redispatch-after SECONDS] [--missing-job-grace SECONDS]
                          [--database-url URL]
 
-Settings come from the environment / ``.env`` (``DATABASE_URL``, ``REDIS_URL``,
-``OUTBOX_*``); options override them.  ``run`` stops gracefully on SIGTERM or
+Settings come from the environment (``ASYNCJOBS_DATABASE_URL``, ``ASYNCJOBS_OUTBOX_*``, ...; the
+unprefixed names are deprecated; a file only with ``ASYNCJOBS_ENV_FILE``); options override them.  ``run`` stops gracefully on SIGTERM or
 SIGINT: the current batch is finished, then the process exits 0.
 """
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if getattr(args, "database_url", None):
-        os.environ["DATABASE_URL"] = args.database_url
+        os.environ["ASYNCJOBS_DATABASE_URL"] = args.database_url
     from asyncjobs.delivery.settings import SettingsError, reload_settings
 
     try:

@@ -1,4 +1,8 @@
-"""Application settings, read from the environment and a ``.env`` file.
+"""Application settings, read from the environment (and a file only when ``ASYNCJOBS_ENV_FILE`` names one).
+
+Each setting is read from ``ASYNCJOBS_<NAME>`` (``ASYNCJOBS_DATABASE_URL``, ``ASYNCJOBS_SMTP_HOST``...),
+else from the unprefixed ``<NAME>``, which still works but is deprecated (one warning per process
+names them), except ``REDIS_URL``, rq's own variable.  The environment wins over the file.
 
 Use :func:`get_settings` (cached).  Tests and reloading code call
 :func:`reload_settings` (or ``get_settings.cache_clear()``) after changing the
@@ -16,8 +20,10 @@ outbox delivers through it.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from asyncjobs._extras import missing_extra
@@ -32,7 +38,18 @@ from asyncjobs.connection import DEFAULT_REDIS_URL
 from asyncjobs.delivery.ratelimit import Rate, parse_rate
 from asyncjobs.redact import hide_url_path, redact_url
 
-__all__ = ["Settings", "SettingsError", "check_settings", "get_settings", "reload_settings"]
+__all__ = ["ENV_FILE_VARIABLE", "ENV_PREFIX", "Settings", "SettingsError", "check_settings", "get_settings",
+           "load_settings", "read_environment", "reload_settings"]
+
+log = logging.getLogger("asyncjobs.settings")
+
+#: Every setting is read as ``ASYNCJOBS_<NAME>`` first (then, deprecated, as ``<NAME>``).
+ENV_PREFIX = "ASYNCJOBS_"
+#: A dotenv file to read settings from (the environment wins); nothing is read from ``./.env`` otherwise.
+ENV_FILE_VARIABLE = "ASYNCJOBS_ENV_FILE"
+#: Unprefixed names read without a deprecation warning: ``REDIS_URL`` is rq's own variable.
+_SHARED_NAMES = frozenset({"redis_url"})
+_warned: set[tuple[str, ...]] = set()
 
 _SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
 #: URL settings that may carry secrets, and how they are shown in reprs and error messages.
@@ -46,13 +63,13 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        validate_default=True,
-    )
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *sources: Any, **named: Any) -> Any:
+        # The environment and the file are read by :func:`read_environment` (prefixed names first),
+        # which :func:`load_settings` passes in; ``Settings(...)`` alone takes only its arguments.
+        return (init_settings,)
 
     # Redis / queues
     redis_url: str = DEFAULT_REDIS_URL
@@ -216,14 +233,14 @@ class Settings(BaseSettings):
         return parse_rate(self.sms_rate_limit)
 
 
-def _format_error(exc: ValidationError) -> str:
+def _format_error(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(part) for part in err.get("loc", ())]
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
         if loc:
-            name = loc[0].upper()
+            name = (names or {}).get(loc[0], ENV_PREFIX + loc[0].upper())
             given = err.get("input")
             if loc[0] in _URL_FIELDS and isinstance(given, str):
                 given = _URL_FIELDS[loc[0]](given)
@@ -234,12 +251,52 @@ def _format_error(exc: ValidationError) -> str:
     return "invalid asyncjobs settings: " + "; ".join(lines)
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings now (environment, ``.env``, then ``overrides``); raise :class:`SettingsError`."""
+def read_environment(
+    env_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings' raw values and, per field, the variable each came from: ``ASYNCJOBS_<NAME>``, else
+    ``<NAME>``; the environment over ``env_file`` (default ``$ASYNCJOBS_ENV_FILE``; none if unset)."""
+    env = os.environ if environ is None else environ
+    path = env_file or env.get(ENV_FILE_VARIABLE) or None
+    source: dict[str, str] = {}
+    if path:
+        if not os.path.isfile(path):
+            raise SettingsError(f"{ENV_FILE_VARIABLE}={path!r}: no such file; point it at a dotenv file or unset it")
+        from dotenv import dotenv_values
+
+        source.update({k.upper(): v for k, v in dotenv_values(path).items() if v is not None})
+    source.update({k.upper(): v for k, v in env.items()})
+    values: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for field in Settings.model_fields:
+        for var in (ENV_PREFIX + field.upper(), field.upper()):
+            if var in source:
+                values[field], names[field] = source[var], var
+                break
+    return values, names
+
+
+def _warn_unprefixed(names: Mapping[str, str]) -> None:
+    old = tuple(sorted(v for f, v in names.items() if not v.startswith(ENV_PREFIX) and f not in _SHARED_NAMES))
+    if old and old not in _warned:
+        _warned.add(old)
+        log.warning(
+            "asyncjobs settings read from unprefixed variables %s: deprecated, they stop being read in the next "
+            "release; rename them %s (a prefixed name wins when both are set)",
+            ", ".join(old), ", ".join(ENV_PREFIX + n for n in old),
+        )
+
+
+def load_settings(*, env_file: str | None = None, **overrides: Any) -> Settings:
+    """Read settings now (``ASYNCJOBS_*`` then unprefixed variables, over ``env_file``/``$ASYNCJOBS_ENV_FILE``,
+    then ``overrides``); raise :class:`SettingsError` naming each bad variable."""
+    values, names = read_environment(env_file)
     try:
-        return Settings(**overrides)
+        settings = Settings(**{**values, **overrides})
     except ValidationError as exc:
-        raise SettingsError(_format_error(exc)) from None
+        raise SettingsError(_format_error(exc, names)) from None
+    _warn_unprefixed(names)
+    return settings
 
 
 @functools.lru_cache(maxsize=1)

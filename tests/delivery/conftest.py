@@ -45,7 +45,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
 
     prefixes = ("SMTP_", "SMS_", "EMAIL_", "REDIS_URL", "RATE_LIMIT", "DELIVERY_", "DATABASE_URL", "OUTBOX_")
     for key in list(os.environ):
-        if key.upper().startswith(prefixes):
+        name = key.upper().removeprefix("ASYNCJOBS_")
+        if name.startswith(prefixes) or name == "ENV_FILE":
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     return monkeypatch

@@ -93,13 +93,44 @@ def test_secret_absent_from_validation_errors(clean_env: pytest.MonkeyPatch) -> 
     assert "SMTP_PORT" in str(info.value)
 
 
-def test_dotenv_and_cache(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("SMTP_HOST=mail.example.org\nSMTP_RATE_LIMIT=600/m\n")
+def test_env_file_only_when_asked_and_cache(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 22: ``./.env`` is not read unless ``ASYNCJOBS_ENV_FILE`` names a file; the environment wins."""
+    (tmp_path / ".env").write_text("SMTP_HOST=stray.example.org\n")
+    assert reload_settings().smtp_host == ""  # the working directory's .env is not read
+    env_file = tmp_path / "asyncjobs.env"
+    env_file.write_text("ASYNCJOBS_SMTP_HOST=mail.example.org\nSMTP_RATE_LIMIT=600/m\n")
+    clean_env.setenv("ASYNCJOBS_ENV_FILE", str(env_file))
     s = reload_settings()
     assert s.smtp_host == "mail.example.org"
     assert s.smtp_rate is not None and s.smtp_rate.count == 600 and s.smtp_rate.period == 60
     assert get_settings() is s
     clean_env.setenv("SMTP_HOST", "env-wins.example.org")
     assert get_settings().smtp_host == "mail.example.org"  # cached
-    assert reload_settings().smtp_host == "env-wins.example.org"
+    assert reload_settings().smtp_host == "mail.example.org"  # the prefixed name (from the file) wins
+    clean_env.setenv("ASYNCJOBS_SMTP_HOST", "env-wins.example.org")
+    assert reload_settings().smtp_host == "env-wins.example.org"  # the environment wins over the file
+    clean_env.setenv("ASYNCJOBS_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(SettingsError, match=r"ASYNCJOBS_ENV_FILE='.*missing\.env'"):
+        reload_settings()
     get_settings.cache_clear()
+
+
+def test_prefixed_names_win_and_unprefixed_ones_are_deprecated(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ASYNCJOBS_DATABASE_URL`` beats an application's own ``DATABASE_URL``; unprefixed names still work
+    with a deprecation warning (``REDIS_URL``, rq's own variable, without one); errors name what was set."""
+    caplog.set_level(logging.WARNING, logger="asyncjobs")
+    clean_env.setenv("DATABASE_URL", "mysql://app@db/app")
+    clean_env.setenv("ASYNCJOBS_DATABASE_URL", "sqlite+aiosqlite:///jobs.db")
+    clean_env.setenv("REDIS_URL", "redis://redis:6379/0")
+    s = load_settings()
+    assert s.database_url == "sqlite+aiosqlite:///jobs.db" and s.redis_url == "redis://redis:6379/0"
+    assert "deprecated" not in caplog.text
+    clean_env.setenv("SMTP_PORT", "2525")
+    assert load_settings().smtp_port == 2525
+    (warning,) = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert "SMTP_PORT" in warning and "ASYNCJOBS_SMTP_PORT" in warning and "REDIS_URL" not in warning
+    clean_env.setenv("ASYNCJOBS_SMTP_PORT", "abc")
+    with pytest.raises(SettingsError, match="ASYNCJOBS_SMTP_PORT='abc'"):
+        load_settings()
