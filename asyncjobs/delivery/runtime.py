@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from asyncjobs.delivery.email import ConsoleEmailSender, EmailSender, SmtpConfig
 from asyncjobs.delivery.ratelimit import LocalRateLimiter, Rate, RateLimiter, UnlimitedRateLimiter
 from asyncjobs.delivery.retry import RetryPolicy
 from asyncjobs.delivery.settings import Settings, get_settings
+from asyncjobs.perloop import PerLoop
 
 if TYPE_CHECKING:  # the SMS side (httpx, aiohttp: the `sms` extra) is imported when first used
     from asyncjobs.delivery.sms import SmsProvider, SmsProviderConfig
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _LoopResources:
-    loop: asyncio.AbstractEventLoop
-    pid: int = field(default_factory=os.getpid)
     email: EmailSender | None = None
     sms: SmsProvider | None = None
     redis: Any = None
@@ -69,7 +67,6 @@ class _LoopResources:
 
 
 _lock = threading.Lock()
-_resources: dict[int, _LoopResources] = {}
 _local_limiters: dict[str, LocalRateLimiter] = {}
 
 
@@ -108,9 +105,8 @@ def retry_policy(settings: Settings | None = None) -> RetryPolicy:
     return RetryPolicy(s.delivery_max_attempts, s.delivery_backoff_base, s.delivery_backoff_max)
 
 
-def _discard_on_own_loop(res: _LoopResources) -> None:
+def _discard_on_own_loop(res: _LoopResources, loop: asyncio.AbstractEventLoop) -> None:
     """Close resources of a loop that no longer runs, on that loop, from a helper thread."""
-    loop = res.loop
     if loop.is_closed() or loop.is_running():
         return
 
@@ -125,39 +121,14 @@ def _discard_on_own_loop(res: _LoopResources) -> None:
     thread.join(6)
 
 
+async def _aclose(res: _LoopResources) -> None:
+    await res.aclose()
+
+
+
+
 def _current() -> _LoopResources:
-    loop = asyncio.get_running_loop()
-    stale: list[_LoopResources] = []
-    pid = os.getpid()
-    with _lock:
-        for key, other in list(_resources.items()):
-            if other.pid != pid:  # inherited across fork: the connections belong to the parent
-                del _resources[key]
-        res = _resources.get(id(loop))
-        if res is not None and res.loop is not loop:  # id reused by a new loop
-            stale.append(_resources.pop(id(loop)))
-            res = None
-        for key, other in list(_resources.items()):
-            if other.loop is not loop and (other.loop.is_closed() or not other.loop.is_running()):
-                stale.append(_resources.pop(key))
-        if res is None:
-            res = _resources[id(loop)] = _LoopResources(loop)
-            first = len(_resources) == 1
-        else:
-            first = False
-    for old in stale:
-        _discard_on_own_loop(old)
-    if first:
-        _register_shutdown_hook()
-    return res
-
-
-def _register_shutdown_hook() -> None:
-    try:
-        from asyncjobs.hooks import on_shutdown
-    except ImportError:  # pragma: no cover - worker package absent
-        return
-    on_shutdown(aclose_all)
+    return _resources.get()
 
 
 def get_email_sender() -> EmailSender:
@@ -213,21 +184,12 @@ def get_rate_limiter(channel: str) -> RateLimiter:
 
 
 async def aclose_all() -> None:
-    """Close every sender/provider/pool (the worker calls this at shutdown; tests call it too)."""
-    loop = asyncio.get_running_loop()
+    """Close every sender/provider/pool (the worker does at shutdown; tests call it too)."""
     with _lock:
-        items = list(_resources.values())
-        _resources.clear()
         _local_limiters.clear()
-    for res in items:
-        if res.loop is loop:
-            await res.aclose()
-        else:
-            await asyncio.to_thread(_discard_on_own_loop, res)
+    await _resources.aclose_all()
 
 
-def reset_for_tests() -> None:
-    """Drop cached objects without closing them (only for tests that already closed them)."""
-    with _lock:
-        _resources.clear()
-        _local_limiters.clear()
+_resources: PerLoop[_LoopResources] = PerLoop(
+    _LoopResources, close=_aclose, discard=_discard_on_own_loop, cleanup=aclose_all
+)

@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,6 +54,7 @@ from asyncjobs.outbox import repository as repo
 from asyncjobs.outbox.engine import make_engine, make_session_factory
 from asyncjobs.outbox.processor import Deliver, OutboxPolicy, OutboxProcessor, Outcome, handle_notification
 from asyncjobs.outbox.templates import RenderedEmail, RenderedMessage, check_accept_url
+from asyncjobs.perloop import PerLoop
 
 __all__ = [
     "DEFAULT_MISSING_JOB_GRACE",
@@ -113,39 +113,35 @@ class _Db:
     factory: async_sessionmaker[AsyncSession]
 
 
-_dbs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Db] = weakref.WeakKeyDictionary()
-
-
 def _settings() -> Any:
     from asyncjobs.delivery.settings import get_settings
 
     return get_settings()
 
 
-def _db() -> _Db:
-    loop = asyncio.get_running_loop()
+def _make_db() -> _Db:
     url = str(_settings().database_url)
-    # A stock `rq worker` runs each coroutine job on a fresh loop: forget engines of loops that
-    # stopped (without I/O: their connections belong to that loop) and, after fork, the parent's.
-    for other, old in list(_dbs.items()):
-        if other is not loop and (other.is_closed() or not other.is_running() or old.pid != os.getpid()):
-            _dbs.pop(other, None)
-            old.engine.sync_engine.dispose(close=False)
-    db = _dbs.get(loop)
-    if db is not None and (db.pid != os.getpid() or db.url != url):
-        db.engine.sync_engine.dispose(close=False)
-        db = None
-    if db is None:
-        engine = make_engine(url)
-        db = _Db(pid=os.getpid(), url=url, engine=engine, factory=make_session_factory(engine))
-        _dbs[loop] = db
-        try:
-            from asyncjobs.hooks import on_shutdown
+    engine = make_engine(url)
+    return _Db(pid=os.getpid(), url=url, engine=engine, factory=make_session_factory(engine))
 
-            on_shutdown(dispose_engines)
-        except ImportError:  # pragma: no cover - worker package not installed
-            pass
-    return db
+
+async def _dispose(db: _Db) -> None:
+    await db.engine.dispose()
+
+
+def _drop(db: _Db, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    # Without I/O: its connections belong to a loop that stopped, or to the parent process.
+    db.engine.sync_engine.dispose(close=False)
+
+
+#: A stock `rq worker` runs each coroutine job on a fresh loop: engines of loops that stopped are
+#: dropped, and after fork the parent's (see asyncjobs.perloop).
+_dbs: PerLoop[_Db] = PerLoop(_make_db, close=_dispose, discard=_drop, forget=_drop)
+
+
+def _db() -> _Db:
+    url = str(_settings().database_url)
+    return _dbs.get(valid=lambda db: db.url == url)
 
 
 def get_engine() -> AsyncEngine:
@@ -158,11 +154,8 @@ def get_session_factory() -> async_sessionmaker[AsyncSession]:
 
 
 async def dispose_engines() -> None:
-    """Close this event loop's outbox engine (the worker calls this at shutdown)."""
-    loop = asyncio.get_running_loop()
-    db = _dbs.pop(loop, None)
-    if db is not None and db.pid == os.getpid():
-        await db.engine.dispose()
+    """Close this event loop's outbox engine (the worker does at shutdown)."""
+    await _dbs.aclose_current()
 
 
 # -- Enqueueing after commit ----------------------------------------------------------------------

@@ -21,7 +21,6 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from asyncjobs.protocol.codec import (
-    DEFAULT_FAILURE_TTL,
     JobRecord,
     ResultType,
     repeat_step,
@@ -307,7 +306,3 @@ def value_retry(
 def give_back(ex: Execution) -> Transition:
     """Put an unfinished job back at the front of its queue (shutdown), as if never started."""
     return Transition(kind=Kind.REQUEUE, job_id=ex.job_id, execution_id=ex.execution_id, queue=ex.queue)
-
-
-def failure_ttl_or_default(job: JobRecord) -> int:
-    return DEFAULT_FAILURE_TTL if job.failure_ttl is None else job.failure_ttl

@@ -32,6 +32,7 @@ from asyncjobs.hooks import (
 from asyncjobs.protocol.codec import JobRecord
 from asyncjobs.protocol.transitions import Kind, retries_exhausted, should_retry_on_exception
 from asyncjobs.worker.admission import CancelReason
+from asyncjobs.worker.executor import Executor
 
 __all__ = ["HookSet", "ThreadHooks", "add_auto_adapters", "load_hooks"]
 
@@ -40,13 +41,6 @@ log = logging.getLogger("asyncjobs.worker.hooks")
 #: An ``async def`` hook still running after this many seconds is abandoned (logged as failed),
 #: so that a hung hook cannot keep a job's outcome from being stored.
 ASYNC_HOOK_TIMEOUT = 60.0
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004
-    return call is not None and inspect.iscoroutinefunction(call)
-
 
 def _name(fn: Any) -> str:
     module = getattr(fn, "__module__", None)
@@ -154,7 +148,7 @@ class HookSet:
     # ------------------------------------------------------------------- jobs
     def on_thread(self, fn: Callable[..., Any], job: JobView) -> bool:
         """True when hook ``fn`` of ``job`` runs on the job's thread (a plain def of a sync job)."""
-        return not job.is_async and not _is_async(fn)
+        return not job.is_async and not Executor.is_async(fn)
 
     def thread_hooks(
         self, job: JobView, classify: Callable[[Any, BaseException | None, float], JobOutcome]

@@ -11,7 +11,6 @@ defined in an allowed module.
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -133,10 +132,3 @@ class FunctionResolver:
             f"cannot import {dotted!r}: no module {parts[0]!r} on the worker's path; "
             "install it or start the worker with --path pointing at your code"
         )
-
-
-def is_async_callable(func: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(func):
-        return True
-    call = getattr(func, "__call__", None)  # noqa: B004 - callable instances with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
