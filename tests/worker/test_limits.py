@@ -280,6 +280,8 @@ def test_drain_finishes_what_runs_claims_nothing_and_exits_0(  # type: ignore[no
     running = q.enqueue("tests.ops.jobs.wait_for_file", str(gate))
     with run_asyncjobs_worker(redis_url, "d", "--name", "drainme", "--concurrency", "2") as worker:
         wait_for(lambda: status(sync_redis, running.id) == "started", 30, message=worker.output)
+        # Its command channel is subscribed a moment after its first claim may run.
+        wait_for(lambda: sync_redis.pubsub_numsub("rq:pubsub:drainme")[0][1] == 1, 30, message=worker.output)
         assert main(["drain", "drainme", "--url", redis_url]) == 0
         assert capsys.readouterr().out == "drainme: drain sent to drainme\n"
         wait_for(lambda: "drain requested" in worker.output(), 30, message=worker.output)
