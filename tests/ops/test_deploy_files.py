@@ -58,8 +58,8 @@ def _docs() -> list[dict[str, Any]]:
     return docs
 
 
-def _deployment() -> dict[str, Any]:
-    (dep,) = [d for d in _docs() if d["kind"] == "Deployment"]
+def _deployment(name: str = "asyncjobs-worker") -> dict[str, Any]:
+    (dep,) = [d for d in _docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
     return dep
 
 
@@ -74,7 +74,7 @@ def _worker_args() -> list[str]:
 def test_k8s_core_resources_validate_strictly() -> None:
     import kubernetes_validate
 
-    core = [d for d in _docs() if not d["apiVersion"].startswith("keda.sh/")]
+    core = [d for d in _docs() if not d["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/"))]
     assert {d["kind"] for d in core} >= {"Deployment", "Service", "PodDisruptionBudget"}
     version = kubernetes_validate.latest_version()
     for doc in core:
@@ -161,6 +161,31 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
             "AsyncjobsEventLoopLag"} <= alerts
     for rule in rules:
         assert _metric_names(rule["expr"]) <= METRICS, rule["alert"]
+
+
+def test_k8s_monitoring_scrapes_workers_and_exporter_with_the_shipped_rules() -> None:
+    """Issue 22: the exporter runs beside the workers (so the backlog and no-worker alerts fire with the
+    fleet down), a ServiceMonitor scrapes both metrics Services, the PrometheusRule is alerts.yml."""
+    import yaml
+
+    docs = _docs()
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert monitor["apiVersion"] == rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())["groups"]
+    (expression,) = monitor["spec"]["selector"]["matchExpressions"]
+    services = [d for d in docs if d["kind"] == "Service"]
+    scraped = [s for s in services if s["metadata"]["labels"]["app.kubernetes.io/name"] in expression["values"]]
+    assert {s["metadata"]["name"] for s in scraped} == {"asyncjobs-worker-metrics", "asyncjobs-exporter"}
+    assert all(s["metadata"]["name"].startswith("asyncjobs") for s in scraped)  # the job label AsyncjobsTargetDown matches
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    assert all(ports <= {p["name"] for p in s["spec"]["ports"]} for s in scraped)
+    (container,) = _deployment("asyncjobs-exporter")["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "exporter"
+    from asyncjobs.cli.worker import _sub_parser
+
+    args = _sub_parser("exporter").parse_args(container["args"][1:])
+    assert {p["containerPort"] for p in container["ports"]} == {args.port} and args.host == "0.0.0.0"
 
 
 def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
