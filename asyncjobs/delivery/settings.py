@@ -20,11 +20,13 @@ outbox delivers through it.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from asyncjobs._extras import missing_extra
 
@@ -54,8 +56,18 @@ _warned: set[tuple[str, ...]] = set()
 _SECRET_FIELDS = frozenset({"smtp_password", "sms_api_secret"})
 #: URL settings that may carry secrets, and how they are shown in reprs and error messages.
 _URL_FIELDS = {"redis_url": redact_url, "database_url": redact_url, "sms_base_url": hide_url_path}
-_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*[.:][A-Za-z_][\w]*$")
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(ValueError):
@@ -97,6 +109,8 @@ class Settings(BaseSettings):
     sms_api_secret: SecretStr = SecretStr("")
     sms_from_number: str = ""
     sms_base_url: str = ""
+    #: send ``SMS_API_SECRET`` over a clear-text ``http://`` ``SMS_BASE_URL`` (other than loopback)
+    sms_allow_insecure: bool = False
     sms_timeout: float = Field(10.0, gt=0)
     sms_max_connections: int = Field(100, ge=1)
     sms_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
@@ -154,7 +168,7 @@ class Settings(BaseSettings):
     @field_validator("sms_from_number")
     @classmethod
     def _check_from_number(cls, value: str) -> str:
-        if value and not _E164_RE.match(value):
+        if value and not _E164_RE.fullmatch(value):
             raise ValueError("must be an E.164 number such as +353871234567 (or empty)")
         return value
 
@@ -207,6 +221,13 @@ class Settings(BaseSettings):
                 )
             if not self.sms_from_number:
                 problems.append("SMS_FROM_NUMBER: must be set when SMS_PROVIDER=twilio")
+        if (self.sms_base_url.startswith("http://") and self.sms_api_secret.get_secret_value()
+                and not self.sms_allow_insecure and not _loopback(self.sms_base_url)):
+            problems.append(
+                "SMS_BASE_URL: is http:// while SMS_API_SECRET is set, so the token would cross the network "
+                "unencrypted; use https://, or set SMS_ALLOW_INSECURE=true for a provider on a trusted "
+                "local network"
+            )
         if self.sms_provider == "http" and not self.sms_base_url:
             problems.append("SMS_BASE_URL: must be set to the webhook URL when SMS_PROVIDER=http")
         if self.delivery_backoff_max < self.delivery_backoff_base:

@@ -35,7 +35,7 @@ from asyncjobs.delivery.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from asyncjobs.redact import hide_url_path, mask_phone, scrub_url, url_origin
+from asyncjobs.redact import escape_controls, hide_url_path, mask_phone, scrub_url, url_origin
 
 __all__ = [
     "ConsoleSmsProvider",
@@ -56,15 +56,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HttpTransportName = Literal["aiohttp", "httpx"]
-_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")  # fullmatch: no trailing newline, ASCII digits only
 MAX_SMS_BODY = 1600  # Twilio's limit for a (concatenated) message
 
 
 def validate_e164(number: str, *, what: str = "phone number") -> str:
     """Return ``number`` if it is E.164 (``+`` country code and up to 15 digits)."""
-    if not isinstance(number, str) or not _E164_RE.match(number):
+    if not isinstance(number, str) or not _E164_RE.fullmatch(number):
         raise InvalidPhoneNumberError(
-            f"invalid {what} {number!r}: use E.164 form, '+' then country code and number with no "
+            f"invalid {what} {escape_controls(mask_phone(number))}: use E.164 form, '+' then country code and number with no "
             "spaces or punctuation, e.g. +353871234567; nothing was sent"
         )
     return number

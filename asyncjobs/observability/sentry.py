@@ -116,6 +116,20 @@ def _capture(outcome: JobOutcome) -> None:
     sentry_sdk.capture_message(text[-1] if text else "job failed", level="error")
 
 
+#: Modules whose frames hold recipients, message bodies, codes and provider requests in their locals,
+#: and the executor's, whose locals are every job's arguments.
+_PERSONAL_FRAMES = ("asyncjobs.delivery", "asyncjobs.tasks", "asyncjobs.notifications", "asyncjobs.worker.executor")
+
+
+def _scrub_delivery_frames(event: dict[str, Any]) -> None:
+    """Drop the local variables of the delivery code's frames (Sentry sends locals by default)."""
+    for value in (event.get("exception") or {}).get("values") or ():
+        for frame in ((value or {}).get("stacktrace") or {}).get("frames") or ():
+            module = str(frame.get("module") or "")
+            if any(module == p or module.startswith(p + ".") for p in _PERSONAL_FRAMES):
+                frame.pop("vars", None)
+
+
 def _event_processor(job: JobView) -> Any:
     def process(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         with capture_internal_exceptions():
@@ -134,6 +148,7 @@ def _event_processor(job: JobView) -> Any:
             if job.enqueued_at is not None:
                 rq_job["enqueued_at"] = format_timestamp(job.enqueued_at)
             event.setdefault("extra", {})["rq-job"] = rq_job
+            _scrub_delivery_frames(event)
             tags = event.setdefault("tags", {})
             if isinstance(tags, dict):
                 tags.setdefault("rq.queue", job.queue)

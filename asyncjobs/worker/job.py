@@ -50,7 +50,7 @@ from asyncjobs.worker.admission import CancelReason
 from asyncjobs.worker.context import JobHandle
 from asyncjobs.worker.executor import JobExited
 from asyncjobs.worker.hookset import ThreadHooks, outcome_of_call, outcome_of_transition
-from asyncjobs.worker.joblog import exception_fields, exception_summary, job_extra, started_message
+from asyncjobs.worker.joblog import describe, exception_fields, exception_summary, job_extra, started_message
 from asyncjobs.worker.payload import decode_payload
 from asyncjobs.worker.recorder import REDIS_ERRORS
 from asyncjobs.worker.resolver import ResolveError
@@ -276,7 +276,9 @@ class JobRun:
             return await self._interrupted(record, handle, claimed.started_at, utcnow())
         thread_hooks = None
         if s.hooks.around_jobs:
-            self.view = self._job_view(record, handle, func)
+            # the description the job's function gives of itself, as logged (the delivery tasks mask
+            # recipients and bodies), never RQ's, which holds the arguments
+            self.view = self._job_view(record, handle, func, describe(record, call, func))
             await s.hooks.before(self.view)
             if self.cancel_reason is not None:  # stopped or killed while the hooks ran
                 return await self._interrupted(record, handle, claimed.started_at, utcnow())
@@ -441,11 +443,11 @@ class JobRun:
         c = self.claimed
         return job_extra(c.job_id, c.queue, self.func_name, status, self.s.worker_name, duration)
 
-    def _job_view(self, record: JobRecord, handle: JobHandle, func: Any) -> JobView:
+    def _job_view(self, record: JobRecord, handle: JobHandle, func: Any, description: str) -> JobView:
         c = self.claimed
         return JobView(
             job_id=c.job_id, queue=c.queue, func_name=self.func_name, handle=handle, worker_name=self.s.worker_name,
-            execution_id=c.execution_id, description=record.description, enqueued_at=record.enqueued_at,
+            execution_id=c.execution_id, description=description, enqueued_at=record.enqueued_at,
             retries_left=record.retries_left, is_async=self.s.executor.is_async(func),
         )
 

@@ -134,3 +134,19 @@ def test_prefixed_names_win_and_unprefixed_ones_are_deprecated(
     clean_env.setenv("ASYNCJOBS_SMTP_PORT", "abc")
     with pytest.raises(SettingsError, match="ASYNCJOBS_SMTP_PORT='abc'"):
         load_settings()
+
+
+def test_sms_secret_over_clear_text_http_is_refused(clean_env: pytest.MonkeyPatch) -> None:
+    """Issue 18 item 7: an SMS token was sent over http:// without a word (SMTP refuses the equivalent)."""
+    clean_env.setenv("ASYNCJOBS_SMS_PROVIDER", "http")
+    clean_env.setenv("ASYNCJOBS_SMS_API_SECRET", "s3cr3t-t0k")
+    clean_env.setenv("ASYNCJOBS_SMS_BASE_URL", "http://sms.example/hook")
+    with pytest.raises(SettingsError, match="SMS_ALLOW_INSECURE") as info:
+        load_settings()
+    assert "s3cr3t" not in str(info.value)
+    clean_env.setenv("ASYNCJOBS_SMS_ALLOW_INSECURE", "true")
+    assert load_settings().sms_allow_insecure
+    clean_env.delenv("ASYNCJOBS_SMS_ALLOW_INSECURE")
+    for url in ("https://sms.example/hook", "http://127.0.0.1:8080/hook", "http://localhost/hook"):
+        clean_env.setenv("ASYNCJOBS_SMS_BASE_URL", url)
+        assert load_settings().sms_base_url == url  # TLS, or a loopback address the token never leaves

@@ -268,3 +268,29 @@ async def test_cron_check_ins_as_rq_integration_sends_them(
     by_slug = {c["monitor_slug"]: c for c in transport.items("check_in") if c["status"] != "in_progress"}
     assert by_slug["nightly-report"]["monitor_config"]["schedule"] == {"type": "interval", "value": 1, "unit": "hour"}
     assert by_slug["nightly-report"]["duration"] >= 0
+
+
+async def test_no_phone_number_or_code_in_the_event_of_a_failed_sms(
+    sync_redis: redis.Redis, start_worker, sentry_init: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18 item 7: with ``send_default_pii`` off, the event carried RQ's description (number and
+    code), the raising frames' locals, and an error echoing the full number; a number with a trailing
+    newline passed validation (``re.match`` with ``$``) and went to the provider."""
+    import json
+
+    from asyncjobs.delivery.settings import reload_settings
+
+    monkeypatch.setenv("SMS_PROVIDER", "console")
+    reload_settings()
+    transport = sentry_init(traces_sample_rate=0.0)
+    q = Queue("sms", connection=sync_redis)
+    job = q.enqueue("asyncjobs.tasks.send_sms", "+353861112223\n", "Your code is 482913")
+    await start_worker(queues=("sms",))
+    await eventually(lambda: status(sync_redis, job.id) == "failed", what="job failed")
+    sentry_sdk.flush()
+    await eventually(lambda: job_events(transport, job.id), what="the event")
+    [event] = job_events(transport, job.id)
+    text = json.dumps(event)
+    assert "861112223" not in text and "482913" not in text, text
+    assert event["extra"]["rq-job"]["description"].startswith("asyncjobs.tasks.send_sms(to=+353"), event["extra"]
+    assert "InvalidPhoneNumberError" in text
