@@ -13,24 +13,61 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from asyncjobs.hooks import (
+        JobOutcome,
+        JobStatus,
+        JobView,
+        WorkerHooks,
+        log_description,
+        on_shutdown,
+    )
     from asyncjobs.host.rq_compat import AsyncWorker
+    from asyncjobs.host.runner import run_worker
     from asyncjobs.limits import QueueControl, Throttled
+    from asyncjobs.worker.config import WorkerConfig
+    from asyncjobs.worker.context import get_current_job
+    from asyncjobs.worker.worker import Worker
 
-__all__ = ["AsyncWorker", "QueueControl", "Throttled", "__version__", "get_current_job"]
+#: The public names, and the module each lives in (imported on first use: importing the package, as
+#: producers do, pulls in nothing heavy).
+_WHERE = {
+    "AsyncWorker": "asyncjobs.host.rq_compat",
+    "run_worker": "asyncjobs.host.runner",
+    "Worker": "asyncjobs.worker.worker",
+    "WorkerConfig": "asyncjobs.worker.config",
+    "get_current_job": "asyncjobs.worker.context",
+    "QueueControl": "asyncjobs.limits",
+    "Throttled": "asyncjobs.limits",
+    "JobOutcome": "asyncjobs.hooks",
+    "JobStatus": "asyncjobs.hooks",
+    "JobView": "asyncjobs.hooks",
+    "WorkerHooks": "asyncjobs.hooks",
+    "log_description": "asyncjobs.hooks",
+    "on_shutdown": "asyncjobs.hooks",
+}
+
+__all__ = [
+    "AsyncWorker",
+    "JobOutcome",
+    "JobStatus",
+    "JobView",
+    "QueueControl",
+    "Throttled",
+    "Worker",
+    "WorkerConfig",
+    "WorkerHooks",
+    "__version__",
+    "get_current_job",
+    "log_description",
+    "on_shutdown",
+    "run_worker",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that importing the package (e.g. by producers) pulls in nothing heavy.
-    if name == "AsyncWorker":
-        from asyncjobs.host.rq_compat import AsyncWorker
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'asyncjobs' has no attribute {name!r}")
+    import importlib
 
-        return AsyncWorker
-    if name in ("QueueControl", "Throttled"):
-        from asyncjobs import limits
-
-        return getattr(limits, name)
-    if name == "get_current_job":
-        from asyncjobs.worker.context import get_current_job
-
-        return get_current_job
-    raise AttributeError(f"module 'asyncjobs' has no attribute {name!r}")
+    return getattr(importlib.import_module(where), name)

@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncjobs.hooks import LOG_DESCRIPTION_ATTR
+from asyncjobs.hooks import log_description as log_description  # its old path (deprecated, one release)
 from asyncjobs.protocol.codec import Call, JobRecord
 
 log = logging.getLogger("asyncjobs.worker")
+
 
 def describe(record: JobRecord, call: Call, func: Callable[..., Any]) -> str:
     describer = getattr(func, LOG_DESCRIPTION_ATTR, None)
