@@ -335,6 +335,7 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             from asyncjobs.worker.hookset import load_hooks
 
             load_hooks(config.hooks)  # a bad --hooks module is an error now, not in each child
+        _check_exception_handlers(config.exception_handlers)
         problem = battery_settings_problem(config.allowed_modules)
         if problem:
             raise ValueError(problem)
@@ -359,6 +360,20 @@ def main(argv: Sequence[str] | None = None, *, early_signals: list[int] | None =
             return run_pool(config, args.processes, use_uvloop=args.uvloop, prefixes=prefixes, child_setup=setup,
                             early_signals=early)
         return run_worker(config, use_uvloop=args.uvloop, early_signals=early, exits_after=early_signals is not None)
+
+
+def _check_exception_handlers(handlers: Sequence[str]) -> None:
+    """A bad ``--exception-handler`` is an error now (one line), not a traceback once the loop runs."""
+    from asyncjobs.worker.callbacks import import_attribute
+
+    for dotted in handlers:
+        try:
+            import_attribute(dotted)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(
+                f"cannot import --exception-handler {dotted!r}: {exc}; give the dotted path of a function "
+                "importable from the working directory or --path, e.g. myapp.errors.report"
+            ) from None
 
 
 def _key_prefixes(given: Sequence[str], cluster: bool) -> tuple[str, ...]:

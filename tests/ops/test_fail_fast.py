@@ -46,6 +46,9 @@ def test_malformed_values_are_one_line_errors(redis_url: str) -> None:
     with run_asyncjobs_worker(bad_url, "q", "--burst") as worker:
         assert worker.wait(60) == 2, worker.output()
         _one_line_error(worker.output(), "notaport", "redis://")
+    with run_asyncjobs_worker(redis_url, "q", "--burst", "--exception-handler", "nosuch.handler") as worker:
+        assert worker.wait(60) == 2, worker.output()
+        _one_line_error(worker.output(), "--exception-handler 'nosuch.handler'")
     with run_rq_worker_with_asyncjobs_class(redis_url, "q", "--burst", env={"ASYNCJOBS_CONCURRENCY": "abc"}) as worker:
         assert worker.wait(60) == 2, worker.output()
         _one_line_error(worker.output(), "ASYNCJOBS_CONCURRENCY", "'abc'")
