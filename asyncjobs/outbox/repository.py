@@ -343,20 +343,8 @@ async def dispatch_due(
     ids = list((await session.execute(candidates)).scalars())
     if not ids:
         return []
-    batch = secrets.token_hex(6)
-    job_id = literal("outbox-", String) + cast(T.id, String) + literal(f"-{batch}", String)
     # Re-check ``due``: on SQLite the SELECT took no lock and another processor may have won.
-    stmt = (
-        update(T)
-        .where(T.id.in_(ids), due)
-        .values(dispatched_at=now, job_id=job_id, updated_at=now)
-        .returning(T.id, T.channel, T.job_id)
-        .execution_options(synchronize_session=False)
-    )
-    rows = (await session.execute(stmt)).all()
-    return sorted(
-        (Dispatched(id=int(r.id), channel=r.channel, job_id=r.job_id) for r in rows), key=lambda d: d.id
-    )
+    return await _mark_dispatched(session, and_(T.id.in_(ids), due), now)
 
 
 async def in_flight(
@@ -408,11 +396,18 @@ async def redispatch(
     if not stale:
         return []
     now = now or utcnow()
+    stale_ids = T.job_id.in_([d.job_id for d in stale])
+    return await _mark_dispatched(session, and_(stale_ids, _claimable(now, visibility_timeout)), now)
+
+
+async def _mark_dispatched(session: AsyncSession, where: Any, now: dt.datetime) -> list[Dispatched]:
+    """Set the rows matching ``where`` dispatched now, each with a fresh job id
+    (``outbox-<id>-<batch>``); the rows changed, by id."""
     batch = secrets.token_hex(6)
     job_id = literal("outbox-", String) + cast(T.id, String) + literal(f"-{batch}", String)
     stmt = (
         update(T)
-        .where(T.job_id.in_([d.job_id for d in stale]), _claimable(now, visibility_timeout))
+        .where(where)
         .values(dispatched_at=now, job_id=job_id, updated_at=now)
         .returning(T.id, T.channel, T.job_id)
         .execution_options(synchronize_session=False)
