@@ -402,6 +402,16 @@ class CronRunner:
         return True
 
     # ------------------------------------------------------------ lifecycle
+    def _drop_connection(self) -> None:
+        """After a failed step: connect afresh next time (after a Redis Cluster failover, the slot's
+        new owner), keeping what this worker knows of its lease."""
+        conn, self._conn = self._conn, None
+        if self._rq_scheduler is not None:
+            self._rq_scheduler = None  # it holds the old connection; rebuilt on next use
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     def close(self) -> None:
         """Release the lease (another worker leads at once) and leave RQ's registry."""
         if self._conn is None:
@@ -428,6 +438,7 @@ class CronRunner:
                 except Exception as exc:
                     failures += 1
                     log.warning("cron step failed (%s); retrying", exc)
+                    await asyncio.to_thread(self._drop_connection)  # a new one finds the slot's owner again
                     wait = min(self.lease / 3, 0.25 * failures)
                 await wait_or(stop, wait)
         finally:
