@@ -445,7 +445,8 @@ def _check_job(
         problems.append(Problem("state", jid, "finished without ever running"))
 
 
-POISON_WITH_HASH = {"baddata", "badfunc", "badfield"}
+POISON_WITH_HASH = {"baddata", "badfunc", "badfield",
+                    "deeptuple", "intdecimal", "listipv4", "build", "sysexit", "kbint"}  # the last six: "hostile"
 
 
 def _check_poison(

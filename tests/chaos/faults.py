@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -412,11 +413,34 @@ def _unreachable_start(ctx: Ctx, *, blackholed: bool) -> None:
 
 
 # ------------------------------------------------------------------ poison
-def poison_entry(ctx: Ctx, conn: redis.Redis) -> None:
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw  # SHORT_BINUNICODE
+
+
+def _call(module: str, name: str, *args: bytes) -> bytes:
+    return _s(module) + _s(name) + b"\x93(" + b"".join(args) + b"tR"
+
+
+#: Issue 18's hostile payloads (the job's single argument, as pickle opcodes): each must fail its own job.
+HOSTILE_ARGS = {
+    "deeptuple": b"}N" + b"\x85" * 200_000 + b"K\x01s",  # SIGSEGV in tuplehash before the bounds
+    "intdecimal": _call("builtins", "int", _call("decimal", "Decimal", _s("1e1000000"))),  # stalls the loop
+    "listipv4": _call("builtins", "list", _call("ipaddress", "IPv4Network", _s("0.0.0.0/0"))),
+    "build": _s("tests.chaos.jobs") + _s("sync_work") + b"\x93}" + _s("poisoned") + b"\x88sb",  # BUILD on a function
+}
+#: Jobs that end themselves: SystemExit (sync) and KeyboardInterrupt (async).
+HOSTILE_CALLS = {"sysexit": ("tests.chaos.jobs.exit_now", (2,)), "kbint": ("tests.chaos.jobs.interrupt_now", ())}
+
+
+def poison_entry(ctx: Ctx, conn: redis.Redis, hostile: bool = False) -> None:
     """Push one bad entry onto the priority queue, between the producer's batches of good jobs."""
-    kind = ctx.rng.choices(
-        ["string", "list", "nohash", "empty", "baddata", "badfunc", "badfield"], [3, 2, 1, 1, 1, 1, 1]
-    )[0]
+    if hostile:
+        kind = ctx.rng.choice([*HOSTILE_ARGS, *HOSTILE_CALLS])
+    else:
+        kind = ctx.rng.choices(
+            ["string", "list", "nohash", "empty", "baddata", "badfunc", "badfield"], [3, 2, 1, 1, 1, 1, 1]
+        )[0]
     n = len(ctx.facts.poison)  # ids are unique per scenario
     jid = f"{ctx.tag}-poison{n:04d}-{kind}"
     key = f"rq:job:{jid}"
@@ -437,6 +461,17 @@ def poison_entry(ctx: Ctx, conn: redis.Redis) -> None:
             pipe.hset(key, "data", b"\x00 not zlib, not pickle")
         elif kind == "badfield":
             pipe.hset(key, "created_at", "yesterday")
+    elif kind in HOSTILE_CALLS:
+        func, args = HOSTILE_CALLS[kind]
+        job = Job.create(func, args=args, connection=conn, id=jid, origin=POISON_QUEUE)
+        job.set_status("queued", pipeline=pipe)
+        job.save(pipeline=pipe)
+    elif kind in HOSTILE_ARGS:
+        job = Job.create("tests.chaos.jobs.sync_work", args=("x", 0), connection=conn, id=jid, origin=POISON_QUEUE)
+        job.set_status("queued", pipeline=pipe)
+        job.save(pipeline=pipe)
+        body = b"\x80\x04(" + _s("tests.chaos.jobs.sync_work") + b"N(" + HOSTILE_ARGS[kind] + b"t}t."
+        pipe.hset(key, "data", zlib.compress(body))
     pipe.rpush(qkey, jid)
     pipe.sadd("rq:queues", qkey)
     pipe.execute()
@@ -444,10 +479,10 @@ def poison_entry(ctx: Ctx, conn: redis.Redis) -> None:
     ctx.faults[f"poison-{kind}"] += 1
 
 
-def poison_hook(ctx: Ctx, conn: redis.Redis) -> Any:
+def poison_hook(ctx: Ctx, conn: redis.Redis, hostile: bool = False) -> Any:
     def between_batches() -> None:
         if ctx.rng.random() < 0.5:
-            poison_entry(ctx, conn)
+            poison_entry(ctx, conn, hostile)
 
     return between_batches
 

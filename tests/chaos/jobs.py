@@ -154,3 +154,13 @@ async def async_probe(key: str, barrier: str, n: int) -> str:
         await asyncio.sleep(0.02)
     ledger.write("E", key, token)
     return token
+
+
+def exit_now(code: int) -> None:
+    """A hostile entry of the ``hostile`` scenario: what argparse/click do on bad input (no ledger line)."""
+    raise SystemExit(code)
+
+
+async def interrupt_now() -> None:
+    """A hostile entry of the ``hostile`` scenario: KeyboardInterrupt from an async job (no ledger line)."""
+    raise KeyboardInterrupt

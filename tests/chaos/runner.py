@@ -52,6 +52,7 @@ class Scenario:
     aof: bool = False
     via_proxy: bool = False
     poison: bool = False
+    hostile: bool = False  # the poison entries are issue 18's hostile payloads and self-ending jobs
     long_seconds: float = 3.0  # duration of ``long`` jobs
     rate_limits: dict[str, int] | None = None  # RQ 3: most jobs get one of these RateLimit(key, concurrency)
     worker_args: tuple[str, ...] = ()  # extra asyncjobs-worker flags
@@ -75,6 +76,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("storms", "storms of stop-job, kill-horse, Job.cancel and job timeouts", F.storms, mix=STORM_MIX,
                  long_seconds=15.0),
         Scenario("poison", "poison queue entries between good jobs (non-hash keys, missing/empty hashes, bad data/function/fields)", None, poison=True),
+        Scenario("hostile", "hostile entries between good jobs (a 200,000-deep tuple, int(Decimal('1e1000000')), "
+                 "list(IPv4Network), BUILD on an allowed function, sys.exit and KeyboardInterrupt in jobs) under "
+                 "--allow-module: each fails alone, no worker crash", None, poison=True, hostile=True,
+                 worker_args=("--allow-module", "tests.chaos.jobs")),
         Scenario("sigterm", "repeated warm and cold SIGTERM/SIGINT, SIGTERM during start-up and while Redis is unreachable", F.sigterm),
         Scenario("recycle", "--max-memory recycling under load: every job leaks 512 KB; workers drain, exit 75 and "
                  "are replaced", None, worker_args=("--max-memory", "160"), worker_env={"CHAOS_LEAK_KB": "512"},
@@ -146,7 +151,7 @@ def run_scenario(
         cluster.wait_registered(cluster.all_current())
         conn = cluster.conn()
         producer_conn = redis.Redis.from_url(cluster.redis.url, socket_timeout=30)
-        hook = F.poison_hook(ctx, producer_conn) if sc.poison else None
+        hook = F.poison_hook(ctx, producer_conn, sc.hostile) if sc.poison else None
         producer = Producer(
             producer_conn, plan, cluster.redis_lock, seconds=produce_seconds, between_batches=hook,
             batch=6 if sc.poison else 25,  # poison: bad entries densely interleaved with good ones
