@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +94,8 @@ class Cluster:
         self.worker_env = dict(worker_env or {})
         self.recycles = 0  # asyncjobs workers that exited with the recycle status (75) and were replaced
         self.with_stock = stock
+        #: run once Redis is up, before any worker starts (e.g. queue limits every worker must see)
+        self.on_redis_up: Callable[[redis.Redis], None] | None = None
         extra: tuple[str, ...] = ("--appendonly", "yes", "--appendfsync", "always") if aof else ()
         self.redis = RedisServer(extra_args=extra)
         self.via_proxy = via_proxy
@@ -119,6 +121,8 @@ class Cluster:
         self._baseline = {c.pid for c in psutil.Process().children()}  # e.g. the side Redis
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis.start()
+        if self.on_redis_up is not None:
+            self.on_redis_up(self.conn())
         if self.via_proxy:
             self.proxy = FaultProxy("127.0.0.1", self.redis.port).start()
         for slot in self.slots:

@@ -41,6 +41,8 @@ class Ctx:
     log: list[str] = field(default_factory=list)
     dead: set[str] = field(default_factory=set)  # workers whose in-flight executions are recorded
     stuck_reported: set[tuple[str, str]] = field(default_factory=set)
+    limit_peak: int = 0  # queuelimits: most jobs of the limited queue seen holding a live lease at once
+    rate_peak: int = 0  # queuelimits: most starts of the limited queue seen in one rate period
 
     def note(self, text: str) -> None:
         self.log.append(f"{time.time():.3f} {text}")
@@ -513,3 +515,56 @@ def cron_leader(ctx: Ctx) -> None:
         ctx.faults["cron-leader-kill"] += 1
         ctx.note(f"cron: leader {holder.decode()} SIGKILLed; a new leader after {takeover:.2f}s")
         ctx.recover(settle=0.0)
+
+
+# ------------------------------------------------------------ queue limits
+#: The fleet-wide limits of the queuelimits scenario, on the queue only asyncjobs workers serve.
+LIMITED_QUEUE = QUEUES[0]
+LIMIT_CONCURRENCY = 4
+LIMIT_RATE = (30, 1000)  # starts per period (ms): binds beside the concurrency (jobs of 0-200 ms)
+
+
+def queuelimits(ctx: Ctx) -> None:
+    """Jobs under fleet-wide queue limits (a concurrency and a rate on ``chaos-high``), while a random
+    asyncjobs worker is SIGKILLed every 1-2.5 s (restart, RQ's abandoned-job cleanup), every asyncjobs
+    connection goes through the fault proxy, and the queue is paused for 0.2-1 s now and then.
+    Samples, from Redis, the jobs of the queue holding a live lease: ``ctx.limit_peak``."""
+    from asyncjobs.limits import QueueControl
+
+    rng = ctx.rng
+    conn = ctx.cluster.conn()
+    control = QueueControl(conn)
+    proxy_faults = threading.Thread(target=proxy, args=(ctx,), name="chaos-proxy", daemon=True)
+    proxy_faults.start()
+    next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
+    next_pause = time.monotonic() + rng.uniform(2.0, 4.0)
+    try:
+        while not ctx.stop.wait(0.01):
+            try:
+                now = conn.time()
+                now_s = now[0] + now[1] / 1e6
+                live = conn.zcount(f"rq:wip:{LIMITED_QUEUE}", now_s, "+inf")
+                starts = conn.zcount(f"{control.key}:rate:{LIMITED_QUEUE}", f"({now_s * 1000 - LIMIT_RATE[1]}", "+inf")
+            except redis.ConnectionError:
+                continue
+            if live > ctx.limit_peak:
+                ctx.limit_peak = live
+                ctx.note(f"{live} job(s) of {LIMITED_QUEUE} hold a live lease")
+            if starts > ctx.rate_peak:
+                ctx.rate_peak = starts
+                ctx.note(f"{starts} start(s) of {LIMITED_QUEUE} in the last rate period")
+            if time.monotonic() >= next_pause:
+                next_pause = time.monotonic() + rng.uniform(2.0, 4.0)
+                with contextlib.suppress(redis.ConnectionError):
+                    control.pause(LIMITED_QUEUE, rng.uniform(0.2, 1.0))
+                    ctx.faults["pause"] += 1
+            if time.monotonic() >= next_kill:
+                next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
+                victims = ctx.cluster.asyncjobs_workers()
+                if victims:
+                    inc = rng.choice(victims)
+                    ctx.sigkill(inc)
+                    ctx.restart(inc.slot)
+                ctx.recover(settle=0.0)
+    finally:
+        proxy_faults.join(60)

@@ -60,6 +60,7 @@ class Scenario:
     min_recycles: int = 0  # the scenario fails unless the workers recycled (exit 75) at least this often
     workers: int = 2  # asyncjobs worker processes
     cron: bool = False  # the workers run tests/chaos/cron_config.py: every tick must be enqueued exactly once
+    queue_limits: bool = False  # fleet-wide limits on chaos-high (faults.LIMIT_*): never exceeded, no slot leaked
 
 
 STORM_MIX = {"ok": 0.55, "boom": 0.05, "timeout": 0.12, "long": 0.08, "child": 0.05, "cancel": 0.15}
@@ -87,6 +88,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("cron", "three --cron workers (a tick a second), the cron leader SIGKILLed every 2-4 s: every tick "
                  "enqueued exactly once", F.cron_leader, workers=3, cron=True,
                  worker_args=("--cron", "tests.chaos.cron_config", "--cron-lease", "2")),
+        Scenario("queuelimits", "fleet-wide queue limits (concurrency 4, 30/s, short pauses) on chaos-high under "
+                 "SIGKILLs and proxy faults: never exceeded, no slot leaked", F.queuelimits, via_proxy=True,
+                 queue_limits=True),
         *([Scenario("ratelimit", "RQ 3 RateLimit jobs under SIGKILLs, stop-job and stop-execution: every slot is given back",
                     F.ratelimit, mix=RATE_LIMIT_MIX, long_seconds=15.0, rate_limits=RATE_LIMITS)]
           if RQ_MAJOR >= 3 else []),
@@ -141,6 +145,11 @@ def run_scenario(
     cluster = Cluster(run_dir, tag, side_url, aof=sc.aof, via_proxy=sc.via_proxy, worker_args=sc.worker_args,
                       worker_env=sc.worker_env, workers=sc.workers)
     ctx = F.Ctx(cluster, rng, tag)
+    if sc.queue_limits:  # set before any worker starts: a worker obeys a new limit only within a second
+        from asyncjobs.limits import QueueControl, Rate
+
+        cluster.on_redis_up = lambda c: QueueControl(c).limit(
+            F.LIMITED_QUEUE, concurrency=F.LIMIT_CONCURRENCY, rate=Rate(*F.LIMIT_RATE))
     t0 = time.monotonic()
     extra_problems: list[Problem] = []
     plan = make_plan(tag, jobs, rng, sc.mix, long_seconds=sc.long_seconds, rate_limits=sc.rate_limits)
@@ -183,6 +192,8 @@ def run_scenario(
             extra_problems.append(Problem("drain", None, f"jobs still not terminal {NO_PROGRESS:.0f}s after the last progress"))
         if sc.rate_limits:
             extra_problems += _limiters_empty(conn, sc.rate_limits)
+        if sc.queue_limits:
+            extra_problems += _queue_limits_kept(conn, ctx)
         if stuck:
             ctx.note(f"{stuck} id(s) were stuck in an intermediate list; RQ's maintenance failed them")
         # ---- slots back to idle, usable all at once
@@ -379,6 +390,32 @@ def _limiters_empty(conn: redis.Redis, limits: dict[str, int]) -> list[Problem]:
             problems.append(Problem(
                 "ratelimit", None, f"rate limit {key!r} after the run: slots held by {allowed[:10]}, waiting {waiting[:10]}"
             ))
+    return problems
+
+
+def _queue_limits_kept(conn: redis.Redis, ctx: F.Ctx) -> list[Problem]:
+    """The queuelimits scenario: the limits were never exceeded, and once every job has ended no lease
+    is left (a leaked slot would hold the queue back for ever); then the limits are cleared for the probe."""
+    from asyncjobs.limits import QueueControl
+
+    problems = []
+    ctx.note(f"queue limits: at most {ctx.limit_peak} running (limit {F.LIMIT_CONCURRENCY}), at most "
+             f"{ctx.rate_peak} starts per period (limit {F.LIMIT_RATE[0]})")
+    if ctx.limit_peak > F.LIMIT_CONCURRENCY:
+        problems.append(Problem("limits", None, f"{ctx.limit_peak} jobs of {F.LIMITED_QUEUE} ran at once "
+                                                f"(limit {F.LIMIT_CONCURRENCY})"))
+    if ctx.rate_peak > F.LIMIT_RATE[0]:
+        problems.append(Problem("limits", None, f"{ctx.rate_peak} starts of {F.LIMITED_QUEUE} in one period "
+                                                f"(limit {F.LIMIT_RATE[0]})"))
+    if ctx.limit_peak == 0:
+        problems.append(Problem("limits", None, "no job of the limited queue was ever seen running"))
+    sec, usec = conn.time()
+    leases = conn.zrangebyscore(f"rq:wip:{F.LIMITED_QUEUE}", sec + usec / 1e6, "+inf")
+    if leases:
+        problems.append(Problem("limits", None, f"slots still held after every job ended: {leases[:10]}"))
+    control = QueueControl(conn)
+    control.clear(F.LIMITED_QUEUE)
+    control.resume(F.LIMITED_QUEUE)
     return problems
 
 
