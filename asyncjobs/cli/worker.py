@@ -422,6 +422,9 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
                        help="address to serve on (default %(default)s; 0.0.0.0 for every interface)")
         p.add_argument("--interval", type=float, default=10.0,
                        help="seconds between readings of Redis (default %(default)g)")
+        p.add_argument("--rq-exporter-names", action="store_true",
+                       help="also serve rq-exporter's rq_jobs{queue,status} and rq_workers{name,queues,state}, "
+                       "for dashboards built on them")
     else:
         p = argparse.ArgumentParser(
             prog="asyncjobs-worker check",
@@ -506,7 +509,8 @@ def _run_exporter(args: argparse.Namespace, target: Any, queues: list[str]) -> i
         return 2
     from asyncjobs.host.exporter import run_exporter
 
-    return run_exporter(target, queues, port=args.port, host=args.host, interval=args.interval)
+    return run_exporter(target, queues, port=args.port, host=args.host, interval=args.interval,
+                        rq_exporter_names=args.rq_exporter_names)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,8 +34,80 @@ def _known_queues(conn: Any) -> tuple[str, ...]:
     return tuple(sorted(n[len(prefix):] for n in names if n.startswith(prefix)))
 
 
+class RqExporterNames:
+    """rq-exporter's (mdawar/rq-exporter) metric names, for dashboards built on them:
+    ``rq_jobs{queue,status}`` (queued, started, finished, failed, deferred, scheduled) for the queues
+    the sampler holds, and ``rq_workers{name,queues,state}`` = 1 per registered worker.  Read from
+    Redis after each of the sampler's rounds; scrapes never touch Redis."""
+
+    def __init__(self, sampler: QueueSampler, connect: Any) -> None:
+        self._sampler = sampler
+        self._connect = connect
+        self._conn: Any = None
+        self._seen: Any = None
+        self._jobs: dict[str, dict[str, float]] = {}
+        self._workers: list[tuple[str, str, str]] = []
+
+    def refresh(self) -> None:
+        reading = self._sampler.reading
+        if reading is self._seen:
+            return
+        self._seen = reading
+        try:
+            self._conn = self._conn or self._connect()
+            self._read(self._conn, reading)
+        except Exception as exc:  # Redis down: the sampler reports it; export nothing stale
+            log.debug("rq-exporter names: %s", exc)
+            self._jobs, self._workers = {}, []
+            self._conn = None
+
+    def _read(self, conn: Any, reading: dict[str, Any]) -> None:
+        import time
+
+        queues = list(reading["queues"])
+        pipe = conn.pipeline(transaction=False)
+        for q in queues:
+            pipe.zcount(keys.DEFAULT.finished(q), time.time(), "+inf")  # unexpired entries (score = expiry)
+        finished = pipe.execute() if queues else []
+        jobs: dict[str, dict[str, float]] = {}
+        for q, done in zip(queues, finished, strict=True):
+            sizes = reading["queues"][q]
+            jobs[q] = {s: float(sizes[s]) for s in ("queued", "started", "failed", "deferred", "scheduled")}
+            jobs[q]["finished"] = float(done)
+        worker_keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in conn.smembers(keys.DEFAULT.workers))
+        pipe = conn.pipeline(transaction=False)
+        for key in worker_keys:
+            pipe.hmget(key, "queues", "state")
+        workers = []
+        for key, (queues_raw, state) in zip(worker_keys, pipe.execute() if worker_keys else [], strict=True):
+            if queues_raw is None and state is None:
+                continue  # a stale entry: the worker's key expired
+            name = key.removeprefix(keys.DEFAULT.worker_prefix)
+            workers.append((name, (queues_raw or b"").decode(), (state or b"").decode()))
+        self._jobs, self._workers = jobs, workers
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        jobs = GaugeMetricFamily("rq_jobs", "RQ jobs by status", labels=["queue", "status"])
+        for q, counts in self._jobs.items():
+            for status in ("queued", "started", "finished", "failed", "deferred", "scheduled"):
+                jobs.add_metric([q, status], counts[status])
+        yield jobs
+        workers = GaugeMetricFamily("rq_workers", "RQ workers", labels=["name", "queues", "state"])
+        for name, queues, state in self._workers:
+            workers.add_metric([name, queues, state], 1.0)
+        yield workers
+
+
 def run_exporter(
-    target: RedisTarget, queues: Sequence[str], *, port: int, host: str, interval: float = SAMPLE_INTERVAL
+    target: RedisTarget,
+    queues: Sequence[str],
+    *,
+    port: int,
+    host: str,
+    interval: float = SAMPLE_INTERVAL,
+    rq_exporter_names: bool = False,
 ) -> int:
     """Serve ``/metrics`` on ``host:port`` until SIGTERM/SIGINT; exit status 0, 2 if the port is taken."""
     from prometheus_client import CollectorRegistry
@@ -47,6 +119,9 @@ def run_exporter(
     sampler = QueueSampler(connect, fixed, interval)
     registry = CollectorRegistry()
     registry.register(sampler)
+    rq_names = RqExporterNames(sampler, connect) if rq_exporter_names else None
+    if rq_names is not None:
+        registry.register(rq_names)
     try:
         server = OpsServer(host, port, registry=registry)
     except OSError as exc:
@@ -73,6 +148,8 @@ def run_exporter(
                     log.debug("could not list the queues: %s", exc)
                     lister = None
             sampler.tick()
+            if rq_names is not None:
+                rq_names.refresh()
             stop.wait(min(1.0, interval))
     finally:
         sampler.stop()

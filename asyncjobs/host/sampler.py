@@ -51,6 +51,12 @@ class QueueSampler:
         self._conn: Any = None
         self._next = 0.0
 
+    @property
+    def reading(self) -> dict[str, Any]:
+        """The last reading (replaced, never changed in place, each round): ``queues`` holds the queues
+        this process sampled (the ones whose lock it holds)."""
+        return self._reading
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="asyncjobs-queue-sampler", daemon=True)
         self._thread.start()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 from rq import Queue
+from rq.worker import Worker as RQWorker
 
 from tests.ops.test_metrics import scrape, value
 from tests.testsupport.redis_server import free_port
@@ -36,7 +37,8 @@ def test_exporter_serves_the_backlog_with_no_worker(redis_url: str, sync_redis: 
     for i in range(3):
         queue.enqueue("operator.add", i, 1)
     port = free_port()
-    argv = [*asyncjobs_worker_command(), "exporter", "-u", redis_url, "--port", str(port), "--host", "127.0.0.1"]
+    argv = [*asyncjobs_worker_command(), "exporter", "-u", redis_url, "--port", str(port), "--host", "127.0.0.1",
+            "--interval", "1", "--rq-exporter-names"]
     with WorkerProcess(argv) as exporter:
         def sampled() -> dict[str, float | None] | None:
             try:
@@ -51,6 +53,23 @@ def test_exporter_serves_the_backlog_with_no_worker(redis_url: str, sync_redis: 
         got = wait_for(sampled, 30, message=lambda: exporter.output())
         assert got["queued"] == 3 and got["oldest"] is not None and got["oldest"] >= 0
         assert got["workers"] == 0  # the no-worker alert fires on this
+        # rq-exporter's names too, for dashboards built on them.
+        s = scrape(port)
+        assert value(s, "rq_jobs", queue="nobody-home", status="queued") == 3
+        assert value(s, "rq_jobs", queue="nobody-home", status="finished") == 0
+        assert not [k for k in s if k[0] == "rq_workers"]
+        # A stock worker comes up: both views see it.
+        stock = RQWorker([queue], connection=sync_redis, name="stock-1")
+        stock.register_birth()
+        stock.set_state("idle")
+
+        def seen() -> bool:
+            s = scrape(port)
+            return (value(s, "asyncjobs_workers_live") == 1
+                    and s.get(("rq_workers", (("name", "stock-1"), ("queues", "nobody-home"), ("state", "idle")))) == 1)
+
+        wait_for(seen, 30, message=lambda: f"the stock worker in {scrape(port)}")
+        stock.register_death()
         exporter.stop()
         assert exporter.wait(30) == 0, exporter.output()
     assert not sync_redis.exists("asyncjobs:metrics:sampler:nobody-home"), "the sampler lock is released"
