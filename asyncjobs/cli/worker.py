@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run RQ's cron from CONFIG (the file `rq cron` takes); any number of workers may "
                         "pass it: one leads and enqueues each tick exactly once")
     p.add_argument("--cron-lease", type=float, default=DEFAULTS["cron_lease"], metavar="SECONDS",
-                   help="the cron leader's lease: a dead leader is replaced within 4/3 of it (default %(default)g)")
+                   help="the cron leader's lease: a dead leader is replaced within it (default %(default)g)")
     p.add_argument("--processes", type=int, default=1, help="run N worker processes under one supervisor")
     p.add_argument("--key-prefix", action="append", default=[], metavar="PREFIX",
                    help="serve the queues under this RQ key prefix (RQ 3's RQ_KEY_PREFIX, e.g. {rq-a}); repeat "

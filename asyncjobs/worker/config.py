@@ -122,7 +122,7 @@ class WorkerConfig:
     queue_limits: tuple[tuple[str, int], ...] = ()
     #: ``--cron``: the config file (or dotted module) ``rq cron`` takes; one worker of the fleet enqueues
     cron: str | None = None
-    #: ``--cron-lease``: seconds the cron leader's lease lasts (a dead leader is replaced within 4/3 of it)
+    #: ``--cron-lease``: seconds the cron leader's lease lasts (a dead leader is replaced within it)
     cron_lease: float = 15.0
 
     @property

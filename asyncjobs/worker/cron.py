@@ -5,11 +5,11 @@ The config file is the one ``rq cron CONFIG`` takes: a Python file (or dotted mo
 it; the jobs, their history and the monitoring are RQ's own:
 
 * **Leader lease.**  ``<prefix>:asyncjobs:cron:leader`` (``asyncjobs:cron:leader`` under the default
-  prefix) holds the leading worker's name with a ``PX`` of ``--cron-lease`` seconds.  Every worker
-  runs ``lua/cron_lease.lua`` (take if free, compare-and-renew if its own) every third of the lease:
-  the leader renews, the others wait; when the leader dies its lease expires and another takes it
-  within ``lease + lease/3``.  A leader that cannot renew stops enqueuing once 90% of its lease has
-  passed by its own clock.  A worker that stops releases the lease at once.
+  prefix) holds the leading worker's name with a ``PX`` of 3/4 of ``--cron-lease``.  Every worker runs
+  ``lua/cron_lease.lua`` (take if free, compare-and-renew if its own) every quarter of the lease: the
+  leader renews, the others wait; when the leader dies its key expires (3/4) and another takes it at
+  its next try (1/4): **within the lease**.  A leader that cannot renew stops enqueuing once 90% of its
+  key's time has passed by its own clock.  A worker that stops releases the lease at once.
 * **Exactly once per tick.**  Each tick has a scheduled time: ``interval`` jobs run on a fixed grid
   from their first run (RQ runs them at once on start, then every ``interval`` seconds), ``cron``
   jobs at their expression's times as the installed RQ computes them (RQ 3: local time; RQ 2.12:
@@ -201,6 +201,8 @@ class CronRunner:
         self._valid_until = 0.0
         self._renew_at = 0.0
         self._failing: set[str] = set()  # cron jobs whose enqueue raised (logged once until it works)
+        #: the key's PX: 3/4 of the lease, tried every 1/4, so a dead leader is replaced within the lease
+        self._ttl = 0.75 * lease
 
     # ------------------------------------------------------------ connection and lease
     def _connection(self) -> Any:
@@ -211,7 +213,7 @@ class CronRunner:
 
     def _lease(self, op: str) -> tuple[bool, str | None]:
         self._connection()
-        held, holder = self._script(keys=[self.keys.cron_leader], args=[op, self.name, int(self.lease * 1000)])
+        held, holder = self._script(keys=[self.keys.cron_leader], args=[op, self.name, int(self._ttl * 1000)])
         return bool(held), (_text(holder) if holder else None)
 
     def _scheduler(self) -> Any:
@@ -248,12 +250,12 @@ class CronRunner:
         """Take or renew the lease when due; as leader, enqueue every due tick.  Returns the seconds to
         wait before the next step."""
         now_m = self.monotonic()
-        period = self.lease / 3
+        period = self.lease / 4
         if now_m >= self._renew_at:
             held, holder = self._lease("take")
             self._renew_at = now_m + period
             if held:
-                self._valid_until = now_m + 0.9 * self.lease
+                self._valid_until = now_m + 0.9 * self._ttl
                 if not self.leading:
                     self.leading = True
                     log.info("cron: %s leads (lease %gs); %d cron jobs from %s", self.name, self.lease,
@@ -439,7 +441,7 @@ class CronRunner:
                     failures += 1
                     log.warning("cron step failed (%s); retrying", exc)
                     await asyncio.to_thread(self._drop_connection)  # a new one finds the slot's owner again
-                    wait = min(self.lease / 3, 0.25 * failures)
+                    wait = min(self.lease / 4, 0.25 * failures)
                 await wait_or(stop, wait)
         finally:
             await asyncio.to_thread(self.close)

@@ -283,7 +283,7 @@ def _cron_ticks(conn: redis.Redis, ctx: F.Ctx) -> list[Problem]:
     if missing:
         problems.append(Problem("cron", None, f"{len(missing)} cron ticks never enqueued, e.g. {missing[:5]}"))
     if takeovers and max(takeovers) > 2 * 2.0 + 3:
-        problems.append(Problem("cron", None, f"a takeover took {max(takeovers):.2f}s (lease 2 s: at most 4/3 of it)"))
+        problems.append(Problem("cron", None, f"a takeover took {max(takeovers):.2f}s (lease 2 s: a dead leader is replaced within it)"))
     return problems
 
 

@@ -80,9 +80,10 @@ def test_three_cron_workers_enqueue_every_tick_once_across_two_leader_kills(
     ticks = _scheduled(sync_redis)
     # Exactly once: a one-second grid from the first tick to the last, no tick twice, none missing.
     assert ticks == [ticks[0] + i for i in range(len(ticks))], ticks
-    # A dead leader's lease expires within LEASE; the others try every LEASE/3.
+    # A dead leader's key expires after 3/4 of LEASE and the others try every LEASE/4: replaced within
+    # LEASE (the margin is for a loaded machine: the kill, the tries and this poll all take time).
     print(f"takeovers after SIGKILL: {', '.join(f'{t:.2f}s' for t in takeovers)} (lease {LEASE}s)")
-    assert all(t <= 2 * LEASE + 3 for t in takeovers), takeovers
+    assert all(t <= LEASE + 2.5 for t in takeovers), takeovers
     # The `* * * * *` job: a tick per minute boundary the run crossed (the run is shorter than two
     # minutes: at most two), each once.
     minutes = _scheduled(sync_redis, "cronq-minute")
