@@ -22,7 +22,7 @@ from rq.timeouts import JobTimeoutException
 
 from asyncjobs.protocol.codec import CallbackSpec, JobRecord, timeout_message
 from asyncjobs.worker.context import JobHandle
-from asyncjobs.worker.executor import Executor
+from asyncjobs.worker.executor import Executor, JobExited
 from asyncjobs.worker.resolver import FunctionResolver
 
 log = logging.getLogger("asyncjobs.worker")
@@ -63,6 +63,10 @@ class Callbacks:
             if not deadline.expired():
                 raise
             raise JobTimeoutException(timeout_message(timeout or 0)) from None
+        except (Exception, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # a callback's sys.exit()/KeyboardInterrupt: its job's, never the worker's
+            raise JobExited(exc) from exc
 
     async def success(self, record: JobRecord, handle: JobHandle, value: Any) -> None:
         if record.success_callback is not None:
@@ -87,7 +91,9 @@ class Callbacks:
         for h in self.handlers:
             try:
                 result = await asyncio.to_thread(h, job, type(exc), exc, exc.__traceback__)
-            except Exception:
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # SystemExit/KeyboardInterrupt of a handler too: never the worker's
                 log.exception("exception handler %r failed for job %s", h, record.id)
                 break
             if result is False:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Queue
+from rq import Callback, Queue
 from rq.job import Job
 
 from asyncjobs.protocol.serializers import PickleSerializer, RestrictedPickleSerializer
@@ -143,6 +143,7 @@ def test_job_raising_systemexit_or_keyboardinterrupt_fails_alone(redis_url: str,
         "KeyboardInterrupt": q.enqueue(jobs.interrupt_sync).id,
         "KeyboardInterrupt ": q.enqueue(jobs.interrupt_async).id,
         "Abort: custom": q.enqueue(jobs.abort_async).id,
+        "SystemExit: 4": q.enqueue(jobs.add, 1, 1, on_success=Callback(jobs.exit_callback)).id,  # a callback's
     }
     after = [q.enqueue(jobs.add, i, 1).id for i in range(3)]
 
