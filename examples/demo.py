@@ -389,7 +389,9 @@ def console_deliveries(log_text: str) -> list[str]:
         if m := _EMAIL_LOG.search(line):
             found.append(f"email  to {m['to']}: {m['subject']}")
         elif m := _SMS_LOG.search(line):
-            body: list[str] = []
+            # Text logs escape line breaks in logged text (README "Logs"): the body may follow on this line.
+            _, escaped, inline = line[m.end():].partition("\\n")
+            body: list[str] = [inline.replace("\\n", " ").strip()] if escaped else []
             for nxt in lines[i + 1 :]:
                 if _LOG_LINE.match(nxt):
                     break
