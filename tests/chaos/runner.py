@@ -206,6 +206,8 @@ def run_scenario(
             extra_problems += _cron_ticks(conn, ctx)
         if cluster.recycles:
             ctx.faults["recycle"] = cluster.recycles
+        if sc.min_recycles:
+            extra_problems += _recycle_rss(cluster, sc, ctx)
         if cluster.recycles < sc.min_recycles:
             extra_problems.append(Problem("recycle", None, f"{cluster.recycles} recycles, expected at least "
                                                          f"{sc.min_recycles}: the scenario did not exercise recycling"))
@@ -285,6 +287,22 @@ def _cron_ticks(conn: redis.Redis, ctx: F.Ctx) -> list[Problem]:
     if takeovers and max(takeovers) > 2 * 2.0 + 3:
         problems.append(Problem("cron", None, f"a takeover took {max(takeovers):.2f}s (lease 2 s: a dead leader is replaced within it)"))
     return problems
+
+
+def _recycle_rss(cluster: Cluster, sc: Scenario, ctx: F.Ctx) -> list[Problem]:
+    """The RSS each recycling worker logged stays near ``--max-memory``: over it by at most what the jobs
+    claimed since the previous check leaked (``concurrency`` x the leak per job), plus a margin."""
+    import re
+
+    limit_mb = float(sc.worker_args[sc.worker_args.index("--max-memory") + 1])
+    leak_mb = int(sc.worker_env.get("CHAOS_LEAK_KB", "0")) / 1024
+    bound = limit_mb + cluster.concurrency * leak_mb + 8
+    seen = [float(m.group(1)) for inc in cluster.incarnations if inc.kind == "asyncjobs"
+            for m in re.finditer(r"memory ([0-9.]+) MB is over --max-memory", inc.log.read_text(errors="replace"))]
+    ctx.note(f"recycle: {len(seen)} recycles logged, RSS at recycle max {max(seen, default=0):.1f} MB (bound {bound:.0f})")
+    if seen and max(seen) > bound:
+        return [Problem("recycle", None, f"a worker recycled at {max(seen):.1f} MB RSS, over the bound {bound:.0f} MB")]
+    return []
 
 
 def _settled(conn: redis.Redis, plan: Plan) -> int:
