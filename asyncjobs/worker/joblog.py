@@ -25,14 +25,22 @@ from asyncjobs.protocol.codec import Call, JobRecord
 log = logging.getLogger("asyncjobs.worker")
 
 
+#: Longest description logged (and shown to hooks): RQ stores whatever the producer gave, up to megabytes.
+MAX_DESCRIPTION = 500
+
+
 def describe(record: JobRecord, call: Call, func: Callable[..., Any]) -> str:
     describer = getattr(func, LOG_DESCRIPTION_ATTR, None)
     if callable(describer):
         try:
-            return str(describer(*call.args, **call.kwargs))
+            text = str(describer(*call.args, **call.kwargs))
         except Exception:  # never fail a job over its log line; never fall back to the raw arguments
             return f"{call.func_name}(...)"
-    return record.description or call.func_name
+    else:
+        text = record.description or call.func_name
+    if len(text) > MAX_DESCRIPTION:
+        return f"{text[:MAX_DESCRIPTION]}... ({len(text)} characters)"
+    return text
 
 
 def started_message(

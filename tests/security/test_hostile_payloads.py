@@ -235,3 +235,13 @@ def test_job_data_cannot_forge_log_lines_or_reach_the_terminal(redis_url: str, s
     assert "nap\\n2026-01-01" in info, info
     _failed(sync_redis, named, "DeserializationError")
     assert Job.fetch(described, connection=sync_redis).return_value() == 3
+
+
+def test_a_huge_description_is_logged_truncated(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 7a: a 50 MB description was written to the log three times over (150 MB)."""
+    job = Queue("default", connection=sync_redis).enqueue(jobs.add, 1, 2, description="d" * 1_000_000)
+    with run_asyncjobs_worker(redis_url, "default", "--burst") as proc:
+        assert proc.wait(60) == 0, proc.output()
+        output = proc.output()
+    assert Job.fetch(job.id, connection=sync_redis).return_value() == 3
+    assert len(output) < 20_000 and "... (1000000 characters)" in output, len(output)
