@@ -17,6 +17,8 @@ from rq.worker import Worker
 
 from asyncjobs.worker.recycle import RECYCLE_EXIT
 from tests.ops import jobs
+from tests.ops.test_metrics import scrape, value
+from tests.testsupport.redis_server import free_port
 from tests.testsupport.workers import run_asyncjobs_worker, wait_for
 
 
@@ -34,13 +36,17 @@ def test_pool_replaces_children_that_reach_max_jobs(redis_url: str, sync_redis: 
     ledger = tmp_path / "ledger"
     q = Queue("recycle", connection=sync_redis)
     ids = [q.enqueue(jobs.sync_ledger, str(ledger), f"t{i}").id for i in range(24)]
+    port = free_port()
     with run_asyncjobs_worker(redis_url, "recycle", "--name", "rc", "--processes", "2", "--max-jobs", "4",
-                              "--concurrency", "2") as proc:
+                              "--concurrency", "2", "--metrics-port", str(port)) as proc:
         wait_for(lambda: len(_ledger(ledger)) >= 24, 90, message=lambda: f"24 jobs run\n{proc.output()}")
         wait_for(lambda: all(Job.fetch(i, connection=sync_redis).get_status() == "finished" for i in ids), 20,
                  message="24 jobs finished")
         assert sorted(_ledger(ledger)) == sorted(f"t{i}" for i in range(24))
-        assert proc.output().count("recycled itself") >= 4, proc.output()
+        recycled = proc.output().count("recycled itself")
+        assert recycled >= 4, proc.output()
+        # The supervisor's /metrics counts them (the children's counters outlive the children).
+        assert (value(scrape(port), "asyncjobs_worker_recycles_total", reason="max_jobs") or 0) >= recycled
         wait_for(lambda: set(_children(sync_redis, "rc")) == {"rc-0", "rc-1"}, 30,
                  message=lambda: f"2 children again\n{proc.output()}")
         proc.stop()
