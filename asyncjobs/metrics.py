@@ -32,6 +32,7 @@ from asyncjobs._extras import missing_extra
 
 __all__ = [
     "STATUSES",
+    "cron_tick",
     "declare_queues",
     "delivery",
     "enable",
@@ -45,6 +46,7 @@ __all__ = [
     "recycled",
     "redis_error",
     "set_concurrency",
+    "set_cron_leader",
     "set_in_flight",
     "set_loop_lag",
     "throttled",
@@ -98,6 +100,14 @@ class _Metrics:
         self.throttled = Counter(
             "asyncjobs_queue_throttled", "Jobs that raised asyncjobs.Throttled (their queue paused), by queue",
             ["queue"], **kw,
+        )
+        self.cron_ticks = Counter(
+            "asyncjobs_cron_ticks", "Cron ticks this process enqueued as the cron leader (--cron), by cron job",
+            ["cron_job"], **kw,
+        )
+        self.cron_leader = Gauge(
+            "asyncjobs_cron_leader", "1 while this process holds the cron leader lease (--cron)",
+            multiprocess_mode="livesum", **kw,
         )
         self._lock = threading.Lock()
         # Labelled children cached per queue: no label lookups (and their lock) per job.
@@ -241,6 +251,16 @@ def recycled(reason: str) -> None:
 def throttled(queue: str) -> None:
     if _metrics is not None:
         _metrics.throttled.labels(queue).inc()
+
+
+def cron_tick(cron_job: str) -> None:
+    if _metrics is not None:
+        _metrics.cron_ticks.labels(cron_job).inc()
+
+
+def set_cron_leader(leading: bool) -> None:
+    if _metrics is not None:
+        _metrics.cron_leader.set(1 if leading else 0)
 
 
 def delivery(channel: str, result: str) -> None:

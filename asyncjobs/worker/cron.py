@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from asyncjobs import metrics
 from asyncjobs.backoff import wait_or
 from asyncjobs.connection import RedisTarget
 from asyncjobs.protocol.keys import DEFAULT, Keys
@@ -258,6 +259,7 @@ class CronRunner:
                 self._valid_until = now_m + 0.9 * self._ttl
                 if not self.leading:
                     self.leading = True
+                    metrics.set_cron_leader(True)
                     log.info("cron: %s leads (lease %gs); %d cron jobs from %s", self.name, self.lease,
                              len(self.entries), self.config_file or "the config")
                     self._monitor_birth()
@@ -265,6 +267,7 @@ class CronRunner:
                     self._scheduler().heartbeat()
             elif self.leading:
                 self.leading = False
+                metrics.set_cron_leader(False)
                 log.warning("cron: %s lost the lease to %s; not enqueuing", self.name, holder)
                 self._monitor_death()
         if not self.leading:
@@ -398,6 +401,7 @@ class CronRunner:
                     continue  # someone wrote the state meanwhile: look again
                 break
         self.enqueued += 1
+        metrics.cron_tick(entry.cron_id)
         late = self.clock() - scheduled / 1000
         log.info("cron: enqueued %s (job %s) on %s for %s%s", entry.cron_id, rq_job.id, job.queue_name,
                  _utc(scheduled).isoformat(), f", {late:.1f}s late" if late >= 1 else "")
@@ -421,6 +425,7 @@ class CronRunner:
         try:
             if self.leading:
                 self.leading = False
+                metrics.set_cron_leader(False)
                 self._lease("release")
                 log.info("cron: %s released the lease", self.name)
             self._monitor_death()

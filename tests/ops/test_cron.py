@@ -17,6 +17,8 @@ from rq import Queue
 from rq.cron import get_cron_job_ids
 
 from asyncjobs.protocol.keys import DEFAULT
+from tests.ops.test_metrics import scrape, value
+from tests.testsupport.redis_server import free_port
 from tests.testsupport.workers import asyncjobs_worker_command, run_asyncjobs_worker, wait_for
 
 LEASE = 2.0
@@ -45,8 +47,9 @@ def test_three_cron_workers_enqueue_every_tick_once_across_two_leader_kills(
     conf = tmp_path / "cron_config.py"
     conf.write_text(CONFIG)
     names = ["cron-a", "cron-b", "cron-c"]
+    ports = {n: free_port() for n in names}
     procs = {n: run_asyncjobs_worker(redis_url, "other", "--name", n, "--cron", str(conf), "--cron-lease",
-                                     str(LEASE)) for n in names}
+                                     str(LEASE), "--metrics-port", str(ports[n])) for n in names}
     try:
         def outputs() -> str:
             return "\n".join(f"--- {n}\n{p.output()}" for n, p in procs.items())
@@ -69,6 +72,10 @@ def test_three_cron_workers_enqueue_every_tick_once_across_two_leader_kills(
         info = subprocess.run([*asyncjobs_worker_command(), "info", "-u", redis_url], capture_output=True, text=True,
                               timeout=60, check=True).stdout
         assert f"Cron: leader {leader}" in info and "every-second  queue=cronq  every 1s  last run 2" in info, info
+
+        samples = scrape(ports[leader])  # the leader's metrics: it leads, and counts its ticks
+        assert value(samples, "asyncjobs_cron_leader") == 1
+        assert (value(samples, "asyncjobs_cron_ticks_total", cron_job="every-second") or 0) >= 3
 
         procs[leader].signal(signal.SIGTERM)  # the last one: a warm stop releases the lease at once
         assert procs[leader].wait(30) == 0, procs[leader].output()
