@@ -25,6 +25,7 @@ from typing import Any
 
 from asyncjobs import metrics
 from asyncjobs.protocol import keys
+from asyncjobs.worker.executor import LoopBlockedError, interrupt_blocked_job
 from asyncjobs.worker.observer import LOOP_BEAT_INTERVAL, HealthBoard, Slot
 
 __all__ = ["OpsServer", "Watchdog", "close_servers", "start_servers"]
@@ -112,6 +113,11 @@ class Watchdog:
                 metrics.set_loop_lag(stale)
             if stale > self.max_lag and not reported:
                 reported = True
+                # an async job holding the loop fails instead of stalling every job (and SIGTERM)
+                LoopBlockedError.max_lag = self.max_lag
+                if interrupt_blocked_job(self.loop_thread):
+                    log.error("event loop blocked for %.1fs (more than --max-loop-lag %gs) by a job's own "
+                              "code: that job is interrupted and fails", stale, self.max_lag)
                 frame = sys._current_frames().get(self.loop_thread)
                 where = "".join(traceback.format_stack(frame, limit=8)) if frame is not None else "?"
                 log.warning(

@@ -61,9 +61,10 @@ def run_worker(
         log.error("%s", exc)
         return 2
     board: HealthBoard | None = None
-    if slot is None and (config.metrics_port is not None or config.health_port is not None):
+    if slot is None:  # always: the loop watchdog reads it, with or without ops ports
         board = HealthBoard(1)
         slot = board.slots[0]
+    board_served = None if config.metrics_port is None and config.health_port is None else board
     try:
         worker = Worker(config, observer=Observer(slot, metrics_on=metrics_on))
     except (SerializerError, HookError, CronConfigError) as exc:
@@ -72,7 +73,7 @@ def run_worker(
     servers: list[OpsServer] = []
     sampler: Any = None
     watchdog = Watchdog(slot, config.max_loop_lag, metrics_on=metrics_on) if slot is not None else None
-    if board is not None:  # this process serves its own endpoints
+    if board_served is not None:  # this process serves its own endpoints
         if registry is not None:
             sampler = QueueSampler(lambda: ops_redis_client(config), config.queues)
             registry.register(sampler)
@@ -80,7 +81,7 @@ def run_worker(
             servers = start_servers(
                 metrics_port=config.metrics_port, metrics_host=config.metrics_host,
                 health_port=config.health_port, health_host=config.health_host,
-                board=board, names=[worker.name], redis_client=lambda: ops_redis_client(config),
+                board=board_served, names=[worker.name], redis_client=lambda: ops_redis_client(config),
                 max_loop_lag=config.max_loop_lag, registry=registry,
             )
         except OSError as exc:

@@ -20,7 +20,9 @@ import contextvars
 import ctypes
 import inspect
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -186,6 +188,48 @@ class _SyncCall:
             return True
 
 
+class LoopBlockedError(Exception):
+    """Raised inside an ``async def`` job that held the event loop past ``--max-loop-lag``.
+
+    The loop watchdog (a thread) raises it in the loop's thread when the loop is blocked inside a
+    job's own code, so that job fails and the others, heartbeats and signals (SIGTERM) go on.
+    Python code is interrupted at its next bytecode; a call blocked in C finishes first.
+    """
+
+    max_lag: float = 10.0  # set by the watchdog: the exception is raised by type, without arguments
+
+    def __str__(self) -> str:
+        return (
+            f"the job blocked the event loop that every job in the worker shares for more than "
+            f"{self.max_lag:g} s (--max-loop-lag); it was interrupted. Move CPU-bound or blocking work "
+            "to a plain def job (run in a thread) or to asyncio.to_thread()"
+        )
+
+
+def interrupt_blocked_job(loop_thread: int) -> bool:
+    """If the loop thread is running a job's own code (under :meth:`Executor.run`), raise
+    :class:`LoopBlockedError` there and return True; never when it is in the worker's or asyncio's code."""
+    frame = sys._current_frames().get(loop_thread)
+    if frame is None or _is_engine_code(frame.f_code.co_filename):
+        return False
+    f: Any = frame
+    while f is not None:
+        if f.f_code is _RUN_CODE:
+            _set_async_exc(loop_thread, LoopBlockedError)
+            return True
+        f = f.f_back
+    return False
+
+
+_ENGINE_DIRS = tuple(
+    d + os.sep for d in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(asyncio.__file__))
+)
+
+
+def _is_engine_code(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_ENGINE_DIRS)
+
+
 class JobExited(Exception):
     """A job raised ``SystemExit``, ``KeyboardInterrupt`` or another ``BaseException``: only that job fails.
 
@@ -252,6 +296,9 @@ class Executor:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+_RUN_CODE = Executor.run.__code__
 
 
 def _is_coroutine_function(func: Callable[..., Any]) -> bool:

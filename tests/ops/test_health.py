@@ -85,7 +85,9 @@ def test_livez_fails_while_a_job_blocks_the_event_loop(
     assert lag is not None and lag > 1, lag
 
     wait_for(lambda: _probe(port, "/livez")[0] == 200, 30, message=lambda: f"/livez 200 after\n{worker.output()}")
-    wait_for(lambda: job.get_status(refresh=True) == "finished", 30, message=lambda: worker.output())
+    # ... and the job that blocked it is interrupted once its blocking call returns (issue 18 item 2)
+    wait_for(lambda: job.get_status(refresh=True) == "failed", 30, message=lambda: worker.output())
+    assert "LoopBlockedError" in str(job.latest_result().exc_string)
     assert "event loop blocked" in worker.output() and "block_loop" in worker.output(), (
         "the warning shows where the loop is blocked"
     )

@@ -143,3 +143,9 @@ async def until_key(key: str) -> str:
 def exit_callback(job: Any, connection: Any, result: Any) -> None:
     """An on_success callback that calls sys.exit()."""
     raise SystemExit(4)
+
+
+async def spin_async() -> None:
+    """CPU work in an ``async def`` job: it never yields to the event loop."""
+    while True:
+        pass

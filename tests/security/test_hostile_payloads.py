@@ -245,3 +245,15 @@ def test_a_huge_description_is_logged_truncated(redis_url: str, sync_redis: redi
         output = proc.output()
     assert Job.fetch(job.id, connection=sync_redis).return_value() == 3
     assert len(output) < 20_000 and "... (1000000 characters)" in output, len(output)
+
+
+def test_an_async_job_blocking_the_loop_is_interrupted(redis_url: str, sync_redis: redis.Redis) -> None:
+    """Item 2: CPU work in an ``async def`` job stopped every job, heartbeats and SIGTERM for as long as it ran."""
+    q = Queue("default", connection=sync_redis)
+    spin = q.enqueue(jobs.spin_async).id
+    after = [q.enqueue(jobs.add, i, 1).id for i in range(3)]
+
+    _run_until_ended(redis_url, sync_redis, [spin, *after], "--max-loop-lag", "1")
+
+    _failed(sync_redis, spin, "LoopBlockedError", "--max-loop-lag", "asyncio.to_thread")
+    assert [Job.fetch(j, connection=sync_redis).return_value() for j in after] == [1, 2, 3]
