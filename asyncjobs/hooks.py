@@ -59,6 +59,7 @@ __all__ = [
     "JobView",
     "StartupHookFailed",
     "WorkerHooks",
+    "in_asyncjobs_job",
     "log_description",
     "on_shutdown",
     "remove_shutdown_hook",
@@ -216,6 +217,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute holding a job function's own describer: called with the job's arguments, returns text.
 LOG_DESCRIPTION_ATTR = "__asyncjobs_log_description__"
+
+
+def in_asyncjobs_job() -> bool:
+    """True inside a job run by the asyncjobs worker, False elsewhere (a stock ``rq worker``, a plain
+    call): e.g. to raise :class:`asyncjobs.Throttled`, which only the asyncjobs worker understands."""
+    from asyncjobs.worker.context import in_job
+
+    return in_job()
 
 
 def log_description(describe: Callable[..., str]) -> Callable[[F], F]:

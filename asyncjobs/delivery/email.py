@@ -370,6 +370,15 @@ def _find_in_chain(exc: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
+def _slow_down(exc: aiosmtplib.SMTPResponseException) -> bool:
+    """421/451 with an enhanced status 4.7.x: the server says we send too much (rate, connection or
+    policy limits), e.g. ``451 4.7.1 Please try again later, rate limited``; other 4xx keep their meaning."""
+    return exc.code in (421, 451) and bool(_POLICY_STATUS.match(exc.message or ""))
+
+
+_POLICY_STATUS = re.compile(r"\s*4\.7\.\d{1,3}\b")
+
+
 def _reply(exc: aiosmtplib.SMTPResponseException) -> str:
     return f"{exc.code} {exc.message}".strip()
 
@@ -378,7 +387,7 @@ def _classify_response(exc: aiosmtplib.SMTPResponseException, context: str) -> D
     if 400 <= exc.code < 500:
         return TransientDeliveryError(
             f"SMTP server temporarily refused {context} ({_reply(exc)}): transient, will be retried",
-            code=exc.code,
+            code=exc.code, slow_down=_slow_down(exc),
         )
     return PermanentDeliveryError(
         f"SMTP server rejected {context} ({_reply(exc)}): permanent, not retried", code=exc.code

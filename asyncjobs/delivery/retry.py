@@ -15,6 +15,8 @@ from asyncjobs.limits import Throttled
 __all__ = ["RetriesExhaustedError", "RetryPolicy", "retry_async"]
 
 log = logging.getLogger(__name__)
+#: Longest queue pause a provider's Retry-After may ask for (seconds).
+MAX_THROTTLE = 3600.0
 T = TypeVar("T")
 
 
@@ -35,8 +37,9 @@ async def retry_async(
     Returns ``(result, attempts)``.  Permanent errors propagate at once; after
     ``policy.max_attempts`` transient failures a :class:`RetriesExhaustedError`
     is raised carrying the last failure's message.  A provider asking to slow down
-    (HTTP 429) under the asyncjobs worker raises :class:`asyncjobs.Throttled` instead: the
-    job goes back to its queue, which is paused for the Retry-After (else the backoff).
+    (HTTP 429; SMTP 421/451 4.7.x) under the asyncjobs worker raises :class:`asyncjobs.Throttled`
+    instead: the job goes back to its queue, which is paused for the Retry-After (at most
+    :data:`MAX_THROTTLE`; without one, the backoff).
     """
     attempt = 0
     while True:
@@ -45,7 +48,9 @@ async def retry_async(
             return await operation(), attempt
         except TransientDeliveryError as exc:
             if exc.slow_down and _under_asyncjobs():
-                wait = policy.delay(attempt, exc.retry_after, rand=rand)
+                # The queue's pause: the provider's Retry-After (at most an hour), else the backoff.
+                wait = min(exc.retry_after, MAX_THROTTLE) if exc.retry_after is not None else policy.delay(
+                    attempt, rand=rand)
                 raise Throttled(wait, f"{describe}: the provider asked to slow down ({exc.code})") from exc
             if attempt >= policy.max_attempts:
                 last = str(exc).replace(", will be retried", "").replace(" will be retried", "")
@@ -69,6 +74,6 @@ async def retry_async(
 
 def _under_asyncjobs() -> bool:
     """True inside a job run by the asyncjobs worker (a stock ``rq worker`` does not know Throttled)."""
-    import asyncjobs
+    from asyncjobs.hooks import in_asyncjobs_job
 
-    return asyncjobs.get_current_job() is not None
+    return in_asyncjobs_job()

@@ -65,6 +65,11 @@ class _LazyJob:
         return f"<Job {self._handle.job_id} (asyncjobs)>"
 
 
+def in_job() -> bool:
+    """True inside a job the asyncjobs engine runs (its task, or a sync job's thread)."""
+    return _current.get() is not None
+
+
 def get_current_job() -> Any:
     """The ``rq.job.Job`` being executed by this task or thread, or None outside a job."""
     handle = _current.get()

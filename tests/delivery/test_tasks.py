@@ -181,3 +181,45 @@ async def test_rate_limit_applied_before_each_send(
     limiter = runtime.get_rate_limiter("sms")
     assert limiter.reserve() > 60  # type: ignore[attr-defined]  # the 4th send would have to wait
     assert len(http_server.delivered) == 3
+
+
+@pytest.fixture
+def under_asyncjobs():  # type: ignore[no-untyped-def]
+    """As inside a job the asyncjobs worker runs (its current-job context is set)."""
+    from asyncjobs.worker.context import JobHandle, reset_current, set_current
+
+    token = set_current(JobHandle("job-1", {}, lambda: None, None))
+    yield
+    reset_current(token)
+
+
+async def test_send_sms_429_under_asyncjobs_throttles_its_queue(  # type: ignore[no-untyped-def]
+    task_env: pytest.MonkeyPatch, http_server: HttpTestServer, under_asyncjobs
+) -> None:
+    from asyncjobs import Throttled
+
+    http_server.script((429, {"Retry-After": "7"}))
+    with pytest.raises(Throttled) as info:
+        await send_sms("+353871234567", "Your code is 123456")
+    assert info.value.retry_after == 7  # the provider's Retry-After: the queue's pause
+    assert "123456" not in str(info.value) and "871234567" not in str(info.value)
+    assert len(http_server.requests) == 1  # no retry inside the job, holding its slot
+
+
+@pytest.mark.parametrize(("reply", "throttled"), [
+    ("451 4.7.1 Too many messages, slow down", True),
+    ("421 4.7.0 Try again later, rate limited", True),
+    ("451 4.3.0 try again later", False),
+])
+async def test_smtp_slow_down_replies_under_asyncjobs(  # type: ignore[no-untyped-def]
+    task_env: pytest.MonkeyPatch, smtp_server: SmtpTestServer, under_asyncjobs, reply: str, throttled: bool
+) -> None:
+    from asyncjobs import Throttled
+
+    smtp_server.state.data_replies[1] = reply
+    if throttled:
+        with pytest.raises(Throttled):
+            await send_email("bob@example.com", "S", "B")
+        assert smtp_server.messages == []
+    else:  # any other 4xx: retried inside the job, as before
+        assert (await send_email("bob@example.com", "S", "B"))["attempts"] == 2
