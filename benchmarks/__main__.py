@@ -6,6 +6,7 @@
     python -m benchmarks ops [--repeat 5]     # overhead of --metrics-port/--health-port
     python -m benchmarks prefixes [-n 20000]  # RQ 3 on a Redis Cluster: one key prefix against two
     python -m benchmarks limits [-n 5000]     # queue limits: check cost, rate accuracy, a queue beside
+    python -m benchmarks commands [-n 2000] [--before REF]  # Redis commands per job, by command
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -379,9 +380,25 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--out", default="benchmarks/results")
     lm.set_defaults(func=cmd_limits)
 
+    cm = sub.add_parser("commands", help="Redis commands per no-op job, by command (stock RQ beside)")
+    cm.add_argument("-n", type=int, default=2000, help="no-op jobs per asyncjobs run (default %(default)s)")
+    cm.add_argument("--n-stock", type=int, default=500, help="jobs for the stock worker (default %(default)s)")
+    cm.add_argument("--concurrency", type=int, default=50)
+    cm.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
+    cm.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
+    cm.add_argument("--out", default="benchmarks/results/commands")
+    cm.add_argument("--no-progress", action="store_true")
+    cm.set_defaults(func=cmd_commands)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    from benchmarks import commands
+
+    return commands.main(args)
 
 
 def cmd_limits(args: argparse.Namespace) -> int:

@@ -502,7 +502,8 @@ class Bench:
         redis_cpu = proc_cpu(self.redis_server.proc.pid if self.redis_server and self.redis_server.proc else None) - redis_cpu0
         sink_cpu = (proc_cpu(sink.pid) - sink_cpu0) if sink else None
         # in paced mode the producer's commands are mixed in: not reported
-        cmd_calls = self._command_calls() if c.kind != "ceiling" and not pace_rate else None
+        cmd_stats = self._command_stats() if c.kind != "ceiling" and not pace_rate else None
+        cmd_calls = sum(cmd_stats.values()) if cmd_stats is not None else None
         exit_codes = [p.returncode for p in procs]
 
         rec: dict[str, Any] = {
@@ -516,6 +517,9 @@ class Bench:
             "redis_cpu_s_per_1k": round(redis_cpu / n * 1000, 3) if c.kind != "ceiling" else None,
             "sink_cpu_s_per_1k": round(sink_cpu / n * 1000, 3) if sink_cpu is not None else None,
             "redis_cmds_per_job": round(cmd_calls / n, 2) if cmd_calls is not None else None,
+            # per command (those run inside Lua scripts included: commandstats counts them)
+            "redis_cmds_by_name": ({k: round(v / n, 3) for k, v in sorted(cmd_stats.items())}
+                                   if cmd_stats is not None else None),
             "ops_answers": scraper.answered if scraper is not None else None,
         }
         problems: list[str] = []
@@ -588,14 +592,16 @@ class Bench:
             if p.poll() is None:
                 p.terminate()  # warm shutdown
 
-    def _command_calls(self) -> int:
+    def _command_stats(self) -> dict[str, int]:
+        """Calls per command since the last ``CONFIG RESETSTAT`` (``INFO commandstats``, which counts
+        the commands a Lua script runs as well as the EVALSHA), the harness's own left out."""
         stats = self.r.info("commandstats")
-        total = 0
+        calls: dict[str, int] = {}
         for name, st in stats.items():
             if name in ("cmdstat_config|resetstat", "cmdstat_config", "cmdstat_info"):
                 continue
-            total += int(st["calls"])
-        return total
+            calls[name.removeprefix("cmdstat_")] = int(st["calls"])
+        return calls
 
     def _check_ledger(self, ledger: Path, tokens: list[str]) -> list[str]:
         seen = Counter(ledger.read_text().split())

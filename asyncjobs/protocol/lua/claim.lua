@@ -61,17 +61,14 @@ end
 -- Take the head of queue `qk` if it is a job: returns true when claimed.
 local function start(q, qk, jid, eid)
   local jk = P .. ':job:' .. jid
-  local t = redis.call('TYPE', jk)['ok']
-  if t ~= 'hash' then
+  -- One read for a healthy job: HGETALL fails (WRONGTYPE) only on a key that is not a hash, and
+  -- only then is its TYPE read, for the report (docs/rq-protocol.md §11.5).
+  local h = redis.pcall('HGETALL', jk)
+  if h['err'] then
     redis.call('LPOP', qk)
-    if t == 'none' then
-      table.insert(dropped, jid)
-    else
-      table.insert(poisoned, {jid, t})
-    end
+    table.insert(poisoned, {jid, redis.call('TYPE', jk)['ok']})
     return false
   end
-  local h = redis.call('HGETALL', jk)
   local has_data = false
   for i = 1, #h, 2 do
     if h[i] == 'data' then
@@ -166,8 +163,15 @@ for i = 1, nq do
   local qk = P .. ':queue:' .. q
   local allowed, rk, wait, period = nil, nil, 0, 0
   local taken = 0
+  -- The queue's head, read in one LRANGE for as many jobs as the call still wants: every id
+  -- visited before a stop is popped (claimed or bad), so the next read starts at the next one.
+  local ids, pos = {}, 0
   while used < n and bad < MAX_BAD do
-    local jid = redis.call('LINDEX', qk, 0)
+    pos = pos + 1
+    if pos > #ids then
+      ids, pos = redis.call('LRANGE', qk, 0, math.max(n - used, bad > 0 and 100 or 1) - 1), 1
+    end
+    local jid = ids[pos]
     if not jid then break end
     if allowed == nil then
       allowed, rk, wait, period = room(i, q, n - used)

@@ -43,12 +43,19 @@ if redis.call('EXISTS', tk) == 1 then
   end
   return {tonumber(redis.call('LINDEX', tk, 0)), claimed, {}, {}}
 end
-redis.call('RPUSH', tk, '0')
-redis.call('EXPIRE', tk, __CLAIM_RECORD_TTL__)
 local rest = {}
 for i = 4, #ARGV do rest[i - 3] = ARGV[i] end
-local reply = claim(rest, function(q, jid, eid)
-  redis.call('RPUSH', tk, q .. '\t' .. jid .. '\t' .. eid)
+-- The record is written once per call, after the claim: its first element the suspended flag, then
+-- `<q>\t<jid>\t<eid>` for each job whose claim began, also when a command error stopped the claim
+-- part-way (the error is raised again once the record is written).
+local entries = {}
+local ok, reply = pcall(claim, rest, function(q, jid, eid)
+  entries[#entries + 1] = q .. '\t' .. jid .. '\t' .. eid
 end)
-if reply[1] == 1 then redis.call('LSET', tk, 0, '1') end
+redis.call('RPUSH', tk, (ok and reply[1] == 1) and '1' or '0', unpack(entries, 1, math.min(#entries, 999)))
+for i = 1000, #entries, 1000 do  -- unpack() has a stack limit
+  redis.call('RPUSH', tk, unpack(entries, i, math.min(i + 999, #entries)))
+end
+redis.call('EXPIRE', tk, __CLAIM_RECORD_TTL__)
+if not ok then error(reply) end
 return reply

@@ -148,9 +148,8 @@ end
 -- Returns true if the parent had dependents.
 local function enqueue_dependents(parent, parent_status)
   local dkey = P .. ':job:' .. parent .. ':dependents'
-  if redis.call('TYPE', dkey)['ok'] ~= 'set' then return false end
-  local children = redis.call('SMEMBERS', dkey)
-  if #children == 0 then return false end
+  local children = redis.pcall('SMEMBERS', dkey)  -- fails (WRONGTYPE) only when it is not a set
+  if children['err'] or #children == 0 then return false end
   local enqueued = {}
   for _, child in ipairs(children) do
     local ck = P .. ':job:' .. child
@@ -301,11 +300,9 @@ for _, j in ipairs(p.jobs) do
   if redis.call('ZSCORE', wip, member) then
     local jk = P .. ':job:' .. j.id
     -- A job deleted, or canceled with Job.cancel(), while it ran keeps what the user did
-    -- (and a key that is no longer a job hash is left alone).
-    if is_hash(jk) then
-      local cur = redis.call('HMGET', jk, 'status', 'data')
-      if cur[2] and cur[1] ~= 'canceled' then apply(j, jk) end
-    end
+    -- (and a key that is no longer a job hash is left alone: HMGET fails on it with WRONGTYPE).
+    local cur = redis.pcall('HMGET', jk, 'status', 'data')
+    if not cur['err'] and cur[2] and cur[1] ~= 'canceled' then apply(j, jk) end
     -- The removals Redis never refuses come last: the execution is done.
     redis.call('DEL', P .. ':execution:' .. j.id .. ':' .. j.eid)
     redis.call('ZREM', P .. ':executions:' .. j.id, j.eid)
