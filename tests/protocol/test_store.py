@@ -73,3 +73,22 @@ def claimed_running(claimed):  # type: ignore[no-untyped-def]
     from asyncjobs.protocol.store import Running
 
     return Running(claimed.queue, claimed.job_id, claimed.execution_id)
+
+
+async def test_a_claim_stopped_by_a_command_error_records_what_it_began(
+    store: RedisStore, sync_redis: redis.Redis
+) -> None:
+    """The token's record is written once per call, after the claim, and also when a command error
+    stops the claim part-way: its replay returns the jobs already taken, and the job whose claim
+    failed stays on its queue (docs/rq-protocol.md §11.2, §11.4)."""
+    q = Queue("default", connection=sync_redis)
+    first, second = q.enqueue("operator.add", 1, 2), q.enqueue("operator.add", 3, 4)
+    sync_redis.set(f"rq:executions:{second.id}", "not a sorted set")  # its claim's ZADD fails
+    request = store.claim_request(["default"], 2, ["e" * 32, "f" * 32])
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        await store.exchange(None, request)
+    assert sync_redis.lrange(request.token, 0, -1) == [
+        b"0", f"default\t{first.id}\t{'e' * 32}".encode(), f"default\t{second.id}\t{'f' * 32}".encode()]
+    replay = await store.exchange(None, request)
+    assert [c.job_id for c in replay.jobs] == [first.id]
+    assert q.job_ids == [second.id]
