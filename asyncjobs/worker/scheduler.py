@@ -1,21 +1,34 @@
 """``--with-scheduler``: moves due scheduled jobs onto their queues.
 
-This drives RQ's own ``RQScheduler`` (its lock key, lock script, TTL and
+This drives RQ's own ``RQScheduler`` (its lock key, lock script and
 metadata hash) in a thread, once a second, so it never double-enqueues beside
 stock schedulers: whichever process holds ``rq:scheduler-lock:<q>`` schedules
 that queue.
+
+Two differences make a killed scheduler's queues move on within seconds (stock: its lock lives
+61 s and the others retry every 120 s, so scheduled jobs and retry delays stalled about two
+minutes after a SIGKILL): a lock this process holds is given :data:`LOCK_TTL` seconds (renewed
+every tick), and queues whose lock another process holds are tried again every
+:data:`REACQUIRE_EVERY` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from asyncjobs.backoff import wait_or
 from asyncjobs.connection import RedisTarget
 
 log = logging.getLogger("asyncjobs.worker")
+
+#: Seconds a scheduler lock held by this process lives without renewal (renewed every tick).
+LOCK_TTL = 10
+#: Seconds between attempts at the locks of queues another scheduler holds.
+REACQUIRE_EVERY = 2.0
+_SHORTEN_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
 
 
 class Scheduler:
@@ -28,6 +41,7 @@ class Scheduler:
         self.interval = interval
         self._scheduler: Any = None
         self._registered = False
+        self._last_try = 0.0
 
     def _get(self) -> Any:
         if self._scheduler is None:
@@ -40,13 +54,18 @@ class Scheduler:
 
     def tick_once(self) -> None:
         sched = self._get()
-        if sched.should_reacquire_locks:
+        now = time.monotonic()
+        missing = set(sched._queue_names) != set(sched.acquired_locks)
+        if sched.should_reacquire_locks or (missing and now - self._last_try >= REACQUIRE_EVERY):
+            self._last_try = now
             sched.acquire_locks()
         if sched.acquired_locks:
             if not self._registered:
                 sched.register_birth()
                 self._registered = True
             sched.heartbeat()
+            for name in sorted(sched.acquired_locks):  # RQ gives them interval + 60 s
+                sched.connection.eval(_SHORTEN_LOCK, 1, sched.get_locking_key(name), sched.name, LOCK_TTL)
             sched.enqueue_scheduled_jobs()
 
     def stop(self) -> None:
