@@ -29,6 +29,20 @@ from asyncjobs.protocol.transitions import Transition
 log = logging.getLogger("asyncjobs.worker")
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
+#: Redis refusing writes for a while (out of memory, a read-only replica, a failed RDB save, too few
+#: replicas): an outcome refused so is kept and sent again, as for a lost connection.
+_REFUSED_TYPES = tuple(
+    t for t in (getattr(redis.exceptions, n, None) for n in ("ReadOnlyError", "OutOfMemoryError")) if t is not None
+)
+_REFUSED_TEXT = ("OOM command not allowed", "read only replica", "MISCONF", "NOREPLICAS")
+
+
+def writes_refused(exc: BaseException) -> bool:
+    """``exc`` is Redis refusing writes for now (OOM, read-only, ...), not a script or data error."""
+    if isinstance(exc, _REFUSED_TYPES):
+        return True
+    text = str(exc)
+    return isinstance(exc, redis.exceptions.ResponseError) and any(t in text for t in _REFUSED_TEXT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,9 @@ class Recorder:
         self._idle = asyncio.Event()
         self._closing = False
         self._side_tasks: set[asyncio.Future[Any]] = set()
+        #: Redis refused to write outcomes (OOM, read-only): they are kept, and the worker claims
+        #: nothing until they are stored
+        self.refused = False
 
     def submit(
         self, outcome: Transition, recorded: Callable[[], None], after: Callable[[], Awaitable[None]] | None = None
@@ -104,6 +121,7 @@ class Recorder:
 
     def stored(self, batch: Batch) -> None:
         """The batch is in Redis: free its slots, then start its side work (webhooks)."""
+        self.refused = False
         for entry in batch.entries:
             entry.recorded()
         for entry in batch.entries:
@@ -124,6 +142,13 @@ class Recorder:
                 self.restore(Batch(batch.entries[i:]))
                 break
             except redis.exceptions.ResponseError as exc:
+                if writes_refused(exc):
+                    # Redis refuses writes for now: keep this outcome and the rest, send them again
+                    log.warning("Redis refuses writes (%s): keeping %d outcome(s) to record later",
+                                exc, len(batch.entries) - i)
+                    self.restore(Batch(batch.entries[i:]))
+                    self.refused = True
+                    break
                 log.error(
                     "could not record the outcome of job %s (%s); it stays in StartedJobRegistry "
                     "for RQ's maintenance",
@@ -154,6 +179,11 @@ class Recorder:
                     self.restore(batch)
                     await backoff.wait(f"record {len(batch)} result(s): {exc}", None)
                 except redis.exceptions.ResponseError as exc:
+                    if writes_refused(exc):
+                        self.restore(batch)
+                        self.refused = True
+                        await backoff.wait(f"record {len(batch)} result(s): Redis refuses writes: {exc}", None)
+                        continue
                     log.error("Redis refused to record %d result(s) (%s)", len(batch), exc)
                     await self.store_one_by_one(batch)
                     await backoff.wait(f"Redis error: {exc}", None)

@@ -48,7 +48,7 @@ from asyncjobs.worker.hookset import (
 )
 from asyncjobs.worker.job import JobRun, RunServices
 from asyncjobs.worker.observer import Observer
-from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState
+from asyncjobs.worker.recorder import REDIS_ERRORS, Recorder, WorkerState, writes_refused
 from asyncjobs.worker.recycle import MemoryLimit, current_rss
 from asyncjobs.worker.resolver import FunctionResolver
 from asyncjobs.worker.shutdown import Shutdown
@@ -396,6 +396,11 @@ class Worker:
             # Redis refused the call (e.g. OOM): keep the worker alive, store what it can.
             log.error("Redis refused to claim/record (%s)", exc)
             self._unresolved_claim = request if request.count else None
+            if writes_refused(exc) and done:
+                # keep the outcomes (as for a lost connection) and claim nothing until they are stored
+                self.recorder.restore(done)
+                self.recorder.refused = True
+                return False
             await self.recorder.store_one_by_one(done)
             return False
         self._unresolved_claim = None
@@ -440,6 +445,8 @@ class Worker:
             if request is None:
                 # Outcomes waiting to be stored free their slots in the same round trip that claims.
                 free = self.slots.free(len(self.recorder.pending))
+                if self.recorder.refused:
+                    free = 0  # Redis refuses writes: store the outcomes kept, claim nothing until they are in
                 if free == 0 and not self.recorder.pending:
                     self.slots.freed.clear()
                     await self.slots.freed.wait()

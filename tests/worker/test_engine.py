@@ -9,6 +9,7 @@ import pytest
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.results import Result
 
 from asyncjobs import hooks as public_hooks
 from tests.testsupport.redis_server import RedisServer
@@ -214,7 +215,9 @@ async def test_webhooks_are_sent_after_the_terminal_state_is_stored(
 async def test_redis_refusing_writes_does_not_kill_the_worker(
     sync_redis: redis.Redis, redis_server: RedisServer, start_worker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis turned read-only (a replica; OOM behaves alike): the worker logs, backs off, carries on."""
+    """Redis turned read-only (a replica; OOM behaves alike): the worker logs, backs off, carries on, and
+    records the outcome it was refused once writes are accepted again (issue 18 item 10: it was dropped,
+    and the finished job was later failed as abandoned)."""
     from tests.worker import jobs
 
     q = Queue("default", connection=sync_redis)
@@ -225,20 +228,45 @@ async def test_redis_refusing_writes_does_not_kill_the_worker(
     sync_redis.execute_command("REPLICAOF", "127.0.0.1", str(redis_server.port + 1 if redis_server else 1))
     try:
         jobs.gate("ro").set()  # the job ends; storing its outcome is refused
-        # (A claim refused before the job ended logs "Redis refused" too: wait for this outcome's own line.)
-        await eventually(
-            lambda: f"could not record the outcome of job {held.id}" in caplog.text, what="the refusal handled"
-        )
-        assert worker.recorder.pending.outcomes == []  # set aside, not retried forever
+        await eventually(lambda: worker.recorder.refused, what="the refusal handled")
+        assert [o.job_id for o in worker.recorder.pending.outcomes] == [held.id]  # kept, not dropped
         assert not task.done()
     finally:
         sync_redis.execute_command("REPLICAOF", "NO", "ONE")
-    # Nothing vanished: the job is still in the StartedJobRegistry, where RQ's maintenance finds it.
-    assert any(m.startswith(held.id.encode()) for m in sync_redis.zrange("rq:wip:default", 0, -1))
+    # The kept outcome is recorded once Redis accepts writes: the job finished, ran once.
+    await eventually(lambda: status(sync_redis, held.id) == "finished", what="the kept outcome recorded")
+    assert not any(m.startswith(held.id.encode()) for m in sync_redis.zrange("rq:wip:default", 0, -1))
     # ... and the worker itself goes on working.
     after = q.enqueue(f"{J}.add", 3, 4)
     await eventually(lambda: status(sync_redis, after.id) == "finished", what="job after the episode")
     assert not task.done()
+
+
+async def test_redis_out_of_memory_keeps_outcomes_and_claims_nothing(
+    sync_redis: redis.Redis, start_worker
+) -> None:
+    """Issue 18 item 10: under ``maxmemory`` with ``noeviction`` the worker dropped the outcomes Redis
+    refused (the jobs were later failed as abandoned) and went on claiming."""
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "oom")
+    worker, task = await start_worker(concurrency=1)
+    await eventually(lambda: status(sync_redis, held.id) == "started")
+    waiting = q.enqueue(f"{J}.add", 1, 2)
+    sync_redis.config_set("maxmemory-policy", "noeviction")
+    sync_redis.config_set("maxmemory", "1")
+    try:
+        jobs.gate("oom").set()  # the job ends; storing its outcome is refused
+        await eventually(lambda: worker.recorder.refused, what="the refusal")
+        assert [o.job_id for o in worker.recorder.pending.outcomes] == [held.id]
+        assert status(sync_redis, waiting.id) == "queued"  # not claimed while outcomes are refused
+        assert not task.done()
+    finally:
+        sync_redis.config_set("maxmemory", "0")
+    await eventually(lambda: status(sync_redis, held.id) == "finished", what="the kept outcome recorded")
+    await eventually(lambda: status(sync_redis, waiting.id) == "finished", what="the waiting job")
+    assert Job.fetch(held.id, connection=sync_redis).latest_result().type == Result.Type.SUCCESSFUL
 
 
 async def test_job_canceled_while_running_stays_canceled(sync_redis: redis.Redis, start_worker) -> None:
