@@ -14,7 +14,7 @@ from asyncjobs.protocol.codec import Call, PayloadTooLargeError, call_from_paylo
 from asyncjobs.protocol.serializers import Serializer
 
 #: Payloads up to this size (compressed and inflated) are decoded on the event loop.
-INLINE_LIMIT = 64 * 1024
+INLINE_LIMIT = 8 * 1024  # the bounds walk (picklescan) costs ~1 µs per opcode: at most a few ms on the loop
 
 
 async def decode_payload(data: bytes, serializer: Serializer, max_size: int) -> Call:
