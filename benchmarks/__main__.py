@@ -7,6 +7,7 @@
     python -m benchmarks prefixes [-n 20000]  # RQ 3 on a Redis Cluster: one key prefix against two
     python -m benchmarks limits [-n 5000]     # queue limits: check cost, rate accuracy, a queue beside
     python -m benchmarks commands [-n 2000] [--before REF]  # Redis commands per job, by command
+    python -m benchmarks profile [-n 20000] [--workload noop_async] [--source REF]  # worker CPU per job
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -390,9 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(func=cmd_commands)
 
+    pf = sub.add_parser("profile", help="worker CPU per no-op job, and a cProfile of one run")
+    pf.add_argument("-n", type=int, default=20000, help="no-op jobs per run (default %(default)s)")
+    pf.add_argument("--workload", choices=["noop", "noop_async"], default="noop_async")
+    pf.add_argument("--concurrency", type=int, default=50)
+    pf.add_argument("--repeat", type=int, default=3, help="unprofiled runs; the smallest CPU counts")
+    pf.add_argument("--top", type=int, default=30, help="functions listed (default %(default)s)")
+    pf.add_argument("--source", default=None, help="run the asyncjobs package as of this git revision")
+    pf.add_argument("--out", default="benchmarks/results/profile")
+    pf.set_defaults(func=cmd_profile)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from benchmarks import profile
+
+    return profile.main(args)
 
 
 def cmd_commands(args: argparse.Namespace) -> int:

@@ -176,6 +176,17 @@ def normalize_hash(raw: Mapping[str, bytes] | Mapping[bytes, bytes] | Mapping[An
     return out
 
 
+def hash_from_latin1(flat: list[str]) -> dict[str, bytes]:
+    """A flat ``HGETALL`` reply whose bytes came as one latin-1 character each (JSON from a script)."""
+    out = _Normalized()
+    for i in range(0, len(flat) - 1, 2):
+        k = flat[i]
+        if not k.isascii():
+            k = k.encode("latin-1").decode("utf-8", "replace")
+        out[k] = flat[i + 1].encode("latin-1")
+    return out
+
+
 class _Normalized(dict[str, bytes]):
     """A hash already decoded to ``str`` keys and ``bytes`` values (skips re-normalising)."""
 

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from asyncjobs.protocol.codec import MalformedJobError, normalize_hash, parse_job_hash
+from asyncjobs.protocol.codec import MalformedJobError, hash_from_latin1, normalize_hash, parse_job_hash
 from asyncjobs.protocol.keys import DEFAULT, Keys
 from asyncjobs.protocol.rqversion import RQ_MAJOR, RQ_VERSION
 from asyncjobs.protocol.scripts import lua
@@ -128,6 +128,11 @@ def registered_version(concurrency: int | None = None) -> str:
 
     label = f"asyncjobs.{__version__}" + (f".c{concurrency}" if concurrency else "")
     return f"{RQ_VERSION}+{label}"
+
+
+def _text(latin1: str) -> str:
+    """A key name sent through exchange.lua's JSON (one char per byte) as the UTF-8 text it is."""
+    return latin1 if latin1.isascii() else latin1.encode("latin-1").decode("utf-8", "replace")
 
 
 class WorkerNameTaken(RuntimeError):
@@ -236,7 +241,10 @@ class RedisStore:
         suspended, claimed, dropped, poisoned = reply[:4]
         blocked = {q.decode(): int(ms) for q, ms in reply[4]} if len(reply) > 4 else {}
         jobs: list[Claimed] = []
-        for q, jid, eid, flat in claimed:
+        if isinstance(claimed, bytes):  # exchange.lua's JSON: every string one latin-1 char per byte
+            for q, jid, eid, flat in json.loads(claimed.decode("latin-1")):
+                jobs.append(Claimed(_text(q), _text(jid), _text(eid), hash_from_latin1(flat), now))
+        for q, jid, eid, flat in claimed if isinstance(claimed, list) else ():
             pairs = dict(zip(flat[0::2], flat[1::2], strict=True))
             jobs.append(Claimed(q.decode(), jid.decode(), eid.decode(), normalize_hash(pairs), now))
         return ClaimResult(

@@ -92,3 +92,22 @@ async def test_a_claim_stopped_by_a_command_error_records_what_it_began(
     replay = await store.exchange(None, request)
     assert [c.job_id for c in replay.jobs] == [first.id]
     assert q.job_ids == [second.id]
+
+
+async def test_a_claimed_hash_arrives_byte_for_byte(store: RedisStore, sync_redis: redis.Redis) -> None:
+    """The claim returns each job's hash packed as JSON by the script: every byte value, and
+    non-ASCII queue names, job ids and field names, come back as they are in Redis."""
+    q = Queue("fila-çã", connection=sync_redis)
+    job = q.enqueue("operator.add", 1, 2)
+    jid = "tâche-1"  # RQ refuses such an id, but another client may write one
+    sync_redis.rename(f"rq:job:{job.id}", f"rq:job:{jid}")
+    sync_redis.lset(q.key, 0, jid)
+    binary = bytes(range(256)) * 2
+    sync_redis.hset(f"rq:job:{jid}", "champ-é", binary)
+    result = await store.exchange(None, store.claim_request(["fila-çã"], 1, ["e" * 32]))
+    [claimed] = result.jobs
+    assert (claimed.queue, claimed.job_id) == ("fila-çã", jid)
+    stored = {k.decode(): v for k, v in sync_redis.hgetall(f"rq:job:{jid}").items()}
+    assert claimed.raw["champ-é"] == binary
+    assert claimed.raw["data"] == stored["data"]
+    assert set(claimed.raw) == set(stored)
