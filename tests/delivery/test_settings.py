@@ -120,6 +120,9 @@ def test_prefixed_names_win_and_unprefixed_ones_are_deprecated(
 ) -> None:
     """``ASYNCJOBS_DATABASE_URL`` beats an application's own ``DATABASE_URL``; unprefixed names still work
     with a deprecation warning (``REDIS_URL``, rq's own variable, without one); errors name what was set."""
+    import asyncjobs.delivery.settings as settings_module
+
+    clean_env.setattr(settings_module, "_warned", set())  # once per process: not already said by another test
     caplog.set_level(logging.WARNING, logger="asyncjobs")
     clean_env.setenv("DATABASE_URL", "mysql://app@db/app")
     clean_env.setenv("ASYNCJOBS_DATABASE_URL", "sqlite+aiosqlite:///jobs.db")
