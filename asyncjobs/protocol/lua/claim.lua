@@ -26,7 +26,7 @@
 -- KEYS[1]: the key prefix (`rq`, or RQ_KEY_PREFIX): every key is built from it
 --          (docs/rq-protocol.md §13.2), and declaring it routes the call to the
 --          Redis Cluster node that owns the prefix's slot (§14).
--- KEYS[2]: the queue limits hash (asyncjobs/limits.py): per queue `c:<q>` (fleet-wide
+-- KEYS[2]: the queue limits hash (asyncjobs/limits.py, docs/rq-protocol.md §11.8): per queue `c:<q>` (fleet-wide
 --          concurrency), `r:<q>` (`<count>/<period ms>` starts) and `p:<q>` (paused until, epoch
 --          ms, -1 until resumed), read (one HMGET) only when check_limits is 1: the worker
 --          re-reads which queues have limits every second.  A queue that is
