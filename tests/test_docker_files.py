@@ -9,6 +9,7 @@ anchors and ``<<`` merge keys) and rejects anything else.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -20,7 +21,8 @@ from asyncjobs.delivery.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-SETTINGS_VARS = {name.upper() for name in Settings.model_fields}
+# The names the shipped files use: ASYNCJOBS_<NAME> (issue 22), and REDIS_URL, rq's own variable.
+SETTINGS_VARS = {f"ASYNCJOBS_{name.upper()}" for name in Settings.model_fields if name != "redis_url"} | {"REDIS_URL"}
 APP_SERVICES = ("outbox-migrate", "worker", "outbox", "rq-worker")
 
 
@@ -228,7 +230,7 @@ def test_compose_commands(compose: dict[str, Any]) -> None:
     assert _cmd(services["rq-worker"]["entrypoint"]) == ["rq", "worker"]
     assert services["rq-worker"]["profiles"] == ["rq"]
     smtp = services["worker"]["environment"]
-    assert "mailpit" in smtp["SMTP_HOST"] and "1025" in str(smtp["SMTP_PORT"])
+    assert "mailpit" in smtp["ASYNCJOBS_SMTP_HOST"] and "1025" in str(smtp["ASYNCJOBS_SMTP_PORT"])
     # The worker's warm shutdown (--shutdown-timeout, 30 s by default) fits in Docker's grace period.
     assert int(str(services["worker"]["stop_grace_period"]).rstrip("s")) > 30
 
@@ -301,10 +303,17 @@ def test_env_example_documents_every_setting() -> None:
     assert not missing, f"document {sorted(missing)} in docker/.env.example"
 
 
-def test_env_example_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SETTINGS_VARS:
+def test_env_example_is_a_valid_configuration(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncjobs.delivery.settings as settings_module
+
+    for name in SETTINGS_VARS | {n.removeprefix("ASYNCJOBS_") for n in SETTINGS_VARS}:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings_module, "_warned", set())
+    caplog.set_level(logging.WARNING, logger="asyncjobs")
     settings = load_settings(env_file=str(DOCKER / ".env.example"))
+    assert "deprecated" not in caplog.text  # the shipped example uses the ASYNCJOBS_ names
     assert settings.redis_url == "redis://localhost:6379/0"  # docker-compose.yml builds the URLs
     assert settings.resolved_email_backend == "smtp" and settings.smtp_host == "mailpit"
 
@@ -445,7 +454,7 @@ def test_compose_requires_passwords_from_env(compose: dict[str, Any]) -> None:
     for name in APP_SERVICES:
         app_env = _resolved(services[name], env)["environment"]
         assert app_env["REDIS_URL"] == "redis://:r3dis-pw@redis:6379/0", name
-        assert app_env["DATABASE_URL"] == "postgresql+asyncpg://asyncjobs:pg-pw@postgres:5432/asyncjobs", name
+        assert app_env["ASYNCJOBS_DATABASE_URL"] == "postgresql+asyncpg://asyncjobs:pg-pw@postgres:5432/asyncjobs", name
     rq_worker = _resolved(services["rq-worker"], env)
     assert rq_worker["environment"]["RQ_REDIS_URL"] == "redis://:r3dis-pw@redis:6379/0"  # rq worker's --url
     assert not [arg for arg in rq_worker["command"] + rq_worker["entrypoint"] if "r3dis-pw" in arg]
@@ -460,8 +469,8 @@ def test_compose_keeps_smtp_auth_off_clear_text(compose: dict[str, Any], monkeyp
         monkeypatch.delenv(name, raising=False)
     for key, value in worker_env["environment"].items():
         monkeypatch.setenv(key, str(value))
-    monkeypatch.setenv("SMTP_USER", "mailer")
-    monkeypatch.setenv("SMTP_PASSWORD", "pw")
+    monkeypatch.setenv("ASYNCJOBS_SMTP_USER", "mailer")
+    monkeypatch.setenv("ASYNCJOBS_SMTP_PASSWORD", "pw")
     with pytest.raises(SettingsError, match="SMTP_ALLOW_INSECURE_AUTH"):
         load_settings()
 
@@ -497,4 +506,4 @@ def test_env_example_asks_for_the_passwords() -> None:
     for var in COMPOSE_ONLY_VARS:
         assert re.search(rf"^{var}=$", text, re.M), f"docker/.env.example must list {var}= (empty, to fill in)"
     # URLs with the passwords are built by docker-compose.yml; a copied example must not override them.
-    assert not re.search(r"^(REDIS_URL|DATABASE_URL)=", text, re.M)
+    assert not re.search(r"^(REDIS_URL|ASYNCJOBS_DATABASE_URL)=", text, re.M)
