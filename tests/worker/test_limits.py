@@ -292,3 +292,26 @@ def test_drain_finishes_what_runs_claims_nothing_and_exits_0(  # type: ignore[no
     assert status(sync_redis, later.id) == "queued"
     assert main(["drain", "nobody", "--url", redis_url]) == 1
     assert "no live worker named 'nobody' is listening" in capsys.readouterr().err
+
+
+async def test_limits_live_under_the_key_prefix(redis_url: str, sync_redis: redis.Redis) -> None:
+    """With a hash-tag prefix the limits hash and rate logs share the slot of RQ's keys (Redis
+    Cluster); a pause under one prefix holds back only that prefix's queue."""
+    from redis.asyncio import Redis
+
+    from asyncjobs.protocol.keys import Keys
+    from asyncjobs.protocol.store import RedisStore
+
+    keys = Keys("{rq}")
+    assert keys.queue_limits == "{rq}:asyncjobs:queue-limits"
+    QueueControl(sync_redis, keys).pause("q")
+    sync_redis.rpush("{rq}:queue:q", "some-job")
+    conn = Redis.from_url(redis_url)
+    try:
+        store = RedisStore(conn, "prefixed", keys=keys)
+        result = await store.exchange(None, store.claim_request(["q"], 1, ["f" * 32]))
+    finally:
+        await conn.aclose()
+    assert result.jobs == [] and result.blocked == {"q": -1}
+    assert sync_redis.lrange("{rq}:queue:q", 0, -1) == [b"some-job"]
+    assert QueueControl(sync_redis).get("q").paused_until is None  # the default prefix's queue: not paused
