@@ -202,22 +202,24 @@ def choose_redis(environ: dict[str, str] | None = None, *, say: Printer = print)
 
 
 def demo_environment(redis_url: str, database_url: str) -> dict[str, str]:
-    """Settings forcing console delivery and the demo's Redis and database (overrides the shell's)."""
+    """Settings forcing console delivery and the demo's Redis and database (overrides the shell's: the
+    ``ASYNCJOBS_`` names win over the unprefixed ones)."""
     return {
         "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "EMAIL_BACKEND": "console",
-        "SMTP_HOST": "",
-        "SMTP_USER": "",
-        "SMTP_CA_FILE": "",
-        "SMTP_FROM_EMAIL": "demo@example.com",
-        "SMTP_FROM_NAME": "asyncjobs demo",
-        "SMS_PROVIDER": "console",
-        "SMS_FROM_NUMBER": "",
-        "SMS_BASE_URL": "",
-        "SMTP_RATE_LIMIT": "",
-        "SMS_RATE_LIMIT": "",
-        "RATE_LIMIT_SCOPE": "process",
+        "ASYNCJOBS_REDIS_URL": redis_url,
+        "ASYNCJOBS_DATABASE_URL": database_url,
+        "ASYNCJOBS_EMAIL_BACKEND": "console",
+        "ASYNCJOBS_SMTP_HOST": "",
+        "ASYNCJOBS_SMTP_USER": "",
+        "ASYNCJOBS_SMTP_CA_FILE": "",
+        "ASYNCJOBS_SMTP_FROM_EMAIL": "demo@example.com",
+        "ASYNCJOBS_SMTP_FROM_NAME": "asyncjobs demo",
+        "ASYNCJOBS_SMS_PROVIDER": "console",
+        "ASYNCJOBS_SMS_FROM_NUMBER": "",
+        "ASYNCJOBS_SMS_BASE_URL": "",
+        "ASYNCJOBS_SMTP_RATE_LIMIT": "",
+        "ASYNCJOBS_SMS_RATE_LIMIT": "",
+        "ASYNCJOBS_RATE_LIMIT_SCOPE": "process",
     }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import redis
 
-DEMO_ENV_VARS = ("REDIS_URL", "DATABASE_URL", "EMAIL_BACKEND", "SMTP_HOST", "SMS_PROVIDER", "ASYNCJOBS_DEMO_DIR")
+DEMO_ENV_VARS = ("REDIS_URL", "DATABASE_URL", "EMAIL_BACKEND", "SMTP_HOST", "SMS_PROVIDER", "ASYNCJOBS_DEMO_DIR",
+                 "ASYNCJOBS_REDIS_URL", "ASYNCJOBS_DATABASE_URL")
 
 
 def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +81,9 @@ def test_demo_on_redis_url_uses_an_empty_database_and_leaves_it_empty(
         other.close()
     assert "The demo's keys are deleted from Redis again on exit" in out
     assert (tmp_path / "demo" / "outbox.db").is_file()
-    assert "console SMS provider (not sent)" in (tmp_path / "demo" / "worker.log").read_text()
+    worker_log = (tmp_path / "demo" / "worker.log").read_text()
+    assert "console SMS provider (not sent)" in worker_log
+    assert "deprecated" not in worker_log  # the demo sets the ASYNCJOBS_ setting names
 
 
 def test_demo_starts_and_stops_its_own_redis(tmp_path: Path) -> None:
