@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--top", type=int, default=30, help="functions listed (default %(default)s)")
     pf.add_argument("--source", default=None, help="run the asyncjobs package as of this git revision")
     pf.add_argument("--out", default="benchmarks/results/profile")
+    pf.add_argument("--keep", default=None, help="save the cProfile data (pstats) to this file")
     pf.set_defaults(func=cmd_profile)
 
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")

@@ -101,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
         text = io.StringIO()
         stats = pstats.Stats(str(prof), stream=text)
         stats.sort_stats("tottime").print_stats(args.top)
+        if args.keep:
+            Path(args.keep).write_bytes(prof.read_bytes())
     best = min(cpu) / args.n * 1000
     body = text.getvalue()
     body = body[body.index("   ncalls"):] if "   ncalls" in body else body

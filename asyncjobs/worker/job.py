@@ -286,8 +286,9 @@ class JobRun:
         started = utcnow()
         t0 = time.monotonic()
         s.observer.job_running(claimed.queue, record.enqueued_at, started)
-        log.info(*started_message(claimed.queue, record, call, func, s.config.log_job_description),
-                 extra=job_extra(claimed.job_id, claimed.queue, call.func_name, "started", s.worker_name))
+        if log.isEnabledFor(logging.INFO):  # the description and the extra dict only when the line is kept
+            log.info(*started_message(claimed.queue, record, call, func, s.config.log_job_description),
+                     extra=job_extra(claimed.job_id, claimed.queue, call.func_name, "started", s.worker_name))
         work = asyncio.create_task(
             s.executor.run(func, call.args, call.kwargs, handle=handle, interrupt=self.interrupt,
                            thread_hooks=thread_hooks),
@@ -347,7 +348,8 @@ class JobRun:
         except Exception as exc:
             return await self._failed(record, handle, exc, started, ended, elapsed, callback_ran=True)
         rv = encode_return_value(value, s.serializer)
-        log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra("finished", elapsed))
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s: job OK (%s)", claimed.queue, claimed.job_id, extra=self._job_extra("finished", elapsed))
         self.after_recorded = self._webhooks(record, "finished", ended)
         return transitions.success(record, ex, rv, s.config.default_result_ttl, working_time=elapsed)
 

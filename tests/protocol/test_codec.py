@@ -213,3 +213,23 @@ def test_rq3_statuses_and_rate_limit_fields() -> None:
         job = Job(id="j", connection=_OFFLINE)
         job.restore({b"data": b"x", b"rate_limit_key": b"rk", b"rate_limit_concurrency": b""})
         assert not job.has_rate_limit
+
+
+def _nested_tuple(levels: int) -> bytes:
+    """A protocol 4 pickle of ``()`` inside ``levels - 1`` one-tuples: one opcode byte per level."""
+    return b"\x80\x04)" + b"\x85" * (levels - 1) + b"."
+
+
+def test_a_pickle_short_enough_to_skip_the_bounds_walk_cannot_exceed_a_bound() -> None:
+    """Plain-pickle payloads of at most MAX_DEPTH bytes are not walked: each level of nesting costs
+    an opcode byte, so the deepest that fits passes the full walk (the restricted one always walks),
+    and one level more is longer than that and refused."""
+    from asyncjobs.protocol.picklescan import MAX_DEPTH, PickleBoundsError, scan
+
+    deepest = max(k for k in range(1, MAX_DEPTH + 1) if len(_nested_tuple(k)) <= MAX_DEPTH)
+    scan(_nested_tuple(deepest), safe_globals=frozenset())  # walked: within every bound
+    too_deep = _nested_tuple(MAX_DEPTH + 1)
+    assert len(too_deep) > MAX_DEPTH
+    with pytest.raises(PickleBoundsError, match="nested deeper"):
+        scan(too_deep)
+    assert pickle.loads(_nested_tuple(3)) == (((),),)
