@@ -25,7 +25,6 @@ from typing import Any
 
 from asyncjobs import metrics
 from asyncjobs.protocol import keys
-from asyncjobs.worker.executor import LoopBlockedError, interrupt_blocked_job
 from asyncjobs.worker.observer import LOOP_BEAT_INTERVAL, HealthBoard, Slot
 
 __all__ = ["OpsServer", "Watchdog", "close_servers", "start_servers"]
@@ -113,7 +112,10 @@ class Watchdog:
                 metrics.set_loop_lag(stale)
             if stale > self.max_lag and not reported:
                 reported = True
-                # an async job holding the loop fails instead of stalling every job (and SIGTERM)
+                # an async job holding the loop fails instead of stalling every job (and SIGTERM); imported
+                # here: importing the engine's loggers before a DICT_CONFIG would get them disabled
+                from asyncjobs.worker.executor import LoopBlockedError, interrupt_blocked_job
+
                 LoopBlockedError.max_lag = self.max_lag
                 if interrupt_blocked_job(self.loop_thread):
                     log.error("event loop blocked for %.1fs (more than --max-loop-lag %gs) by a job's own "

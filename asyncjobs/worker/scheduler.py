@@ -21,6 +21,7 @@ from typing import Any
 
 from asyncjobs.backoff import wait_or
 from asyncjobs.connection import RedisTarget
+from asyncjobs.protocol.scripts import lua
 
 log = logging.getLogger("asyncjobs.worker")
 
@@ -28,7 +29,6 @@ log = logging.getLogger("asyncjobs.worker")
 LOCK_TTL = 10
 #: Seconds between attempts at the locks of queues another scheduler holds.
 REACQUIRE_EVERY = 2.0
-_SHORTEN_LOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
 
 
 class Scheduler:
@@ -65,7 +65,7 @@ class Scheduler:
                 self._registered = True
             sched.heartbeat()
             for name in sorted(sched.acquired_locks):  # RQ gives them interval + 60 s
-                sched.connection.eval(_SHORTEN_LOCK, 1, sched.get_locking_key(name), sched.name, LOCK_TTL)
+                sched.connection.eval(lua("scheduler_lock_ttl.lua"), 1, sched.get_locking_key(name), sched.name, LOCK_TTL)
             sched.enqueue_scheduled_jobs()
 
     def stop(self) -> None:
