@@ -211,6 +211,7 @@ def test_abandoned_rate_limited_job_releases_its_slot_and_sends_its_webhook(
     launcher: Launcher,
     sync_redis: redis.Redis,
     hook_server: tuple[str, _Hooks],  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An asyncjobs worker is SIGKILLed with a rate-limited job in flight; RQ 3's maintenance (in a
     stock worker, or in another asyncjobs worker) fails it, sends its ``failed`` webhook and releases
@@ -218,6 +219,7 @@ def test_abandoned_rate_limited_job_releases_its_slot_and_sends_its_webhook(
     from rq.webhook import Webhook
 
     base, hooks = hook_server
+    monkeypatch.setenv("ASYNCJOBS_ALLOW_WEBHOOK_HOSTS", "127.0.0.1")  # asyncjobs calls loopback only when allowed
     rescuer = stock_kind if rescuer_name == "stock" else asyncjobs_kind
     url = launcher.url
     q = Queue("default", connection=sync_redis)

@@ -22,6 +22,7 @@ from typing import Any
 
 from asyncjobs.backoff import wait_or
 from asyncjobs.protocol.serializers import Serializer
+from asyncjobs.worker import webhooks
 from asyncjobs.worker.config import WorkerConfig
 
 log = logging.getLogger("asyncjobs.worker")
@@ -42,6 +43,7 @@ class Maintenance:
         self._queues = queues or (lambda: config.queues)
         self.serializer = serializer
         self.exception_handlers = list(exception_handlers)  # as stock: called for each abandoned job
+        self.webhook_policy = webhooks.WebhookPolicy(config.allow_webhook_hosts, bool(config.allowed_modules))
         self._conn: Any = None
 
     def _connection(self) -> Any:
@@ -64,7 +66,9 @@ class Maintenance:
             if queue.acquire_maintenance_lock():
                 try:
                     log.info("cleaning registries for queue %s", queue.name)
-                    clean_registries(queue, self.exception_handlers)
+                    # RQ 3 sends abandoned jobs' `failed` webhooks from here: under the worker's webhook rules
+                    with webhooks.policy_for_rq_code(self.webhook_policy):
+                        clean_registries(queue, self.exception_handlers)
                     worker_registration.clean_worker_registry(queue)
                     queue.intermediate_queue.cleanup(shim, queue)
                 finally:

@@ -27,12 +27,14 @@ The request is RQ's: a ``GET``, or a ``POST`` of RQ's JSON payload
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,4 +173,45 @@ async def _send(url: Any, hook: Mapping[str, Any], body: dict[str, Any], policy:
     return None
 
 
-__all__ = ["MAX_WEBHOOK_SECONDS", "WebhookPolicy", "mask_url", "payload", "send", "send_all"]
+_thread = threading.local()
+_rq_send_webhooks: Any = None
+
+
+@contextlib.contextmanager
+def policy_for_rq_code(policy: WebhookPolicy) -> Iterator[None]:
+    """While RQ's own code runs in this thread (maintenance: RQ 3 sends the ``failed`` webhooks of
+    abandoned jobs), its ``Job.send_webhooks`` goes through :func:`send_all` under ``policy``."""
+    _install_rq_hook()
+    _thread.policy = policy
+    try:
+        yield
+    finally:
+        _thread.policy = None
+
+
+def _install_rq_hook() -> None:
+    global _rq_send_webhooks
+    from rq.job import Job
+
+    if _rq_send_webhooks is not None or not hasattr(Job, "send_webhooks"):
+        return
+    _rq_send_webhooks = Job.send_webhooks
+
+    def send_webhooks(job: Any, status: Any, *, exc_string: str | None = None) -> None:
+        policy = getattr(_thread, "policy", None)
+        if policy is None:  # RQ code outside asyncjobs' maintenance (another library, a test): as RQ
+            _rq_send_webhooks(job, status, exc_string=exc_string)
+            return
+        name = str(getattr(status, "value", status))
+        hooks = [w.to_dict() if hasattr(w, "to_dict") else dict(w) for w in (job.webhooks or [])]
+        try:
+            func_name = str(job.func_name)
+        except Exception:  # undecodable data: the payload says so rather than failing the maintenance pass
+            func_name = ""
+        body = payload(job.id, func_name, name, job.enqueued_at, job.ended_at, exc_string)
+        asyncio.run(send_all(hooks, name, body, policy))  # this thread has no loop; one deadline per call
+
+    setattr(Job, "send_webhooks", send_webhooks)  # noqa: B010 - RQ's method, replaced on purpose
+
+
+__all__ = ["MAX_WEBHOOK_SECONDS", "WebhookPolicy", "mask_url", "payload", "policy_for_rq_code", "send", "send_all"]

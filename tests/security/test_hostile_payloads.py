@@ -257,3 +257,24 @@ def test_an_async_job_blocking_the_loop_is_interrupted(redis_url: str, sync_redi
 
     _failed(sync_redis, spin, "LoopBlockedError", "--max-loop-lag", "asyncio.to_thread")
     assert [Job.fetch(j, connection=sync_redis).return_value() for j in after] == [1, 2, 3]
+
+
+def test_webhooks_rq_code_sends_in_maintenance_obey_the_rules(
+    sync_redis: redis.Redis, hook_sink: tuple[int, list[dict[str, str]]]
+) -> None:
+    """Item 4: RQ 3's maintenance sends the ``failed`` webhooks of abandoned jobs with RQ's own code, which
+    the worker runs under its rules too (outside its maintenance, RQ's code behaves as RQ's)."""
+    from rq.webhook import Webhook
+
+    from asyncjobs.worker import webhooks
+
+    port, seen = hook_sink
+    job = Queue("default", connection=sync_redis).enqueue(
+        jobs.add, 1, 2, webhooks=[Webhook(f"http://127.0.0.1:{port}/abandoned", "failed")])
+    with webhooks.policy_for_rq_code(webhooks.WebhookPolicy((), restricted=True)):
+        job.send_webhooks("failed", exc_string="AbandonedJobError")
+    assert seen == []
+    with webhooks.policy_for_rq_code(webhooks.WebhookPolicy(("127.0.0.1",))):
+        job.send_webhooks("failed", exc_string="AbandonedJobError")
+    job.send_webhooks("failed", exc_string="AbandonedJobError")  # RQ's own, unchanged
+    assert [r["path"] for r in seen] == ["/abandoned", "/abandoned"]
