@@ -295,6 +295,12 @@ def _setup_logging(args: argparse.Namespace, settings: dict[str, Any] | None) ->
     dict_config = (settings or {}).get("DICT_CONFIG")
     if dict_config:
         logging.config.dictConfig(dict_config)
+        # dictConfig disables every logger that exists already unless told otherwise; asyncjobs' own
+        # are created when its modules are imported (which ones, before this point, depends on the
+        # installed RQ), so re-enable them: the worker's lines must reach the handlers configured.
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if (name == "asyncjobs" or name.startswith("asyncjobs.")) and isinstance(logger, logging.Logger):
+                logger.disabled = False
     setup_logging(args.logging_level, args.log_format, args.date_format)
 
 
