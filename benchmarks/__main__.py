@@ -7,7 +7,7 @@
     python -m benchmarks prefixes [-n 20000]  # RQ 3 on a Redis Cluster: one key prefix against two
     python -m benchmarks limits [-n 5000]     # queue limits: check cost, rate accuracy, a queue beside
     python -m benchmarks commands [-n 2000] [--before REF]  # Redis commands per job, by command
-    python -m benchmarks profile [-n 20000] [--workload noop_async] [--source REF]  # worker CPU per job
+    python -m benchmarks profile [-n 20000] [--workload noop_async] [--before REF]  # worker CPU per job
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--repeat", type=int, default=3, help="unprofiled runs; the smallest CPU counts")
     pf.add_argument("--top", type=int, default=30, help="functions listed (default %(default)s)")
     pf.add_argument("--source", default=None, help="run the asyncjobs package as of this git revision")
+    pf.add_argument("--before", default=None, help="also run this git revision, interleaved (before/after)")
     pf.add_argument("--out", default="benchmarks/results/profile")
     pf.add_argument("--keep", default=None, help="save the cProfile data (pstats) to this file")
     pf.set_defaults(func=cmd_profile)

@@ -3,10 +3,11 @@
 A private redis-server; each run enqueues N no-op jobs with stock RQ and drains them with
 ``asyncjobs-worker --burst --concurrency C`` in a child process.  The CPU figure is the child's own
 user + system time (``os.wait4``; threads included, start-up included) divided by N, the smallest of
-``--repeat`` runs (the least disturbed by the other processes of a shared machine).  Then one more
-run under ``cProfile`` (the event loop's thread: use ``--workload noop_async`` to see a job's whole
-path there) gives the top functions by own time.  ``--source REF`` runs the asyncjobs package as of
-git revision REF instead (before/after in one sitting).  Every run checks that N jobs finished.
+``--repeat`` runs.  ``--before REF`` also runs the asyncjobs package as of git revision REF,
+interleaved run by run with this checkout's: CPU time on a shared machine moves with its load (by
+2x here between sittings), so only runs of the same sitting compare.  Then one more run of each under
+``cProfile`` (the event loop's thread: ``--workload noop_async`` shows a job's whole path there)
+gives the top functions by own time.  Every run checks that N jobs finished.
 
 Writes ``benchmarks/results/profile/profile-<workload>-latest.md``.
 """
@@ -53,14 +54,16 @@ def _package_at(ref: str, tmp: Path) -> Path:
     return dest
 
 
-def _run(url: str, args: argparse.Namespace, env: dict[str, str], profile_to: Path | None) -> float:
+def _run(url: str, args: argparse.Namespace, env: dict[str, str], profile_to: Path | None, cwd: Path) -> float:
     """Drain the queue once; returns the child's CPU seconds (user + system)."""
     prefix = [sys.executable]
     if profile_to is not None:
         prefix += ["-m", "cProfile", "-o", str(profile_to)]
-    argv = [*prefix, "-m", "asyncjobs", "--burst", "--concurrency", str(args.concurrency), "-u", url,
+    # run from a scratch directory: ``-m`` puts the working directory first on sys.path, where this
+    # checkout would shadow a --before revision's package on PYTHONPATH
+    argv = [*prefix, str(Path(sys.executable).with_name("asyncjobs-worker")), "--burst", "--concurrency", str(args.concurrency), "-u", url,
             "-l", "WARNING", "-P", str(ROOT), QUEUE]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -69,7 +72,16 @@ def _run(url: str, args: argparse.Namespace, env: dict[str, str], profile_to: Pa
     return usage.ru_utime + usage.ru_stime
 
 
+def _top(prof: Path, top: int) -> str:
+    text = io.StringIO()
+    pstats.Stats(str(prof), stream=text).sort_stats("tottime").print_stats(top)
+    body = text.getvalue()
+    return body[body.index("   ncalls"):] if "   ncalls" in body else body
+
+
 def main(args: argparse.Namespace) -> int:
+    """Each repetition runs every contender once (``--before REF`` first), so drift in the machine's
+    load hits both alike; CPU time on a shared machine moves with its load (caches, frequency)."""
     func = f"benchmarks.jobs.{args.workload}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,45 +89,51 @@ def main(args: argparse.Namespace) -> int:
     server.start()
     with contextlib.closing(server), tempfile.TemporaryDirectory(prefix="asyncjobs-profile-") as tmpdir:
         tmp = Path(tmpdir)
-        env = dict(os.environ, BENCH_LEDGER="", PYTHONUNBUFFERED="1")
-        source = [str(_package_at(args.source, tmp))] if args.source else []
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*source, str(ROOT), env.get("PYTHONPATH", "")]))
+        base = dict(os.environ, BENCH_LEDGER="", PYTHONUNBUFFERED="1")
+        refs = [r for r in (args.before, args.source) if r] + ([] if args.source else ["this checkout"])
+        envs: dict[str, dict[str, str]] = {}
+        for ref in refs:
+            source = [] if ref == "this checkout" else [str(_package_at(ref, tmp / ref.replace("/", "_")))]
+            envs[ref] = dict(base, PYTHONPATH=os.pathsep.join(
+                filter(None, [*source, str(ROOT), base.get("PYTHONPATH", "")])))
         conn = redis.Redis.from_url(server.url)
-        cpu: list[float] = []
-        prof = tmp / "worker.prof"
+        cpu: dict[str, list[float]] = {ref: [] for ref in refs}
+        profiles: dict[str, Path] = {}
         for rep in range(args.repeat + 1):
-            conn.flushdb()
-            _enqueue(conn, func, args.n)
             profiled = rep == args.repeat
-            t0 = time.perf_counter()
-            seconds = _run(server.url, args, env, prof if profiled else None)
-            wall = time.perf_counter() - t0
-            done = FinishedJobRegistry(QUEUE, connection=conn).count
-            if done != args.n:
-                raise SystemExit(f"{done} of {args.n} jobs finished: the run is not valid")
-            label = "profiled" if profiled else f"rep {rep + 1}"
-            print(f"{label}: {seconds / args.n * 1000:.3f} CPU ms/job ({wall:.1f} s wall)", file=sys.stderr)
-            if not profiled:
-                cpu.append(seconds)
+            for ref in refs:
+                conn.flushdb()
+                _enqueue(conn, func, args.n)
+                prof = tmp / f"{len(profiles)}.prof"
+                t0 = time.perf_counter()
+                seconds = _run(server.url, args, envs[ref], prof if profiled else None, tmp)
+                wall = time.perf_counter() - t0
+                done = FinishedJobRegistry(QUEUE, connection=conn).count
+                if done != args.n:
+                    raise SystemExit(f"{ref}: {done} of {args.n} jobs finished: the run is not valid")
+                label = "profiled" if profiled else f"rep {rep + 1}"
+                print(f"{ref} {label}: {seconds / args.n * 1000:.3f} CPU ms/job ({wall:.1f} s wall)", file=sys.stderr)
+                if profiled:
+                    profiles[ref] = prof
+                else:
+                    cpu[ref].append(seconds)
         conn.close()
-        text = io.StringIO()
-        stats = pstats.Stats(str(prof), stream=text)
-        stats.sort_stats("tottime").print_stats(args.top)
+        tops = {ref: _top(prof, args.top) for ref, prof in profiles.items()}
         if args.keep:
-            Path(args.keep).write_bytes(prof.read_bytes())
-    best = min(cpu) / args.n * 1000
-    body = text.getvalue()
-    body = body[body.index("   ncalls"):] if "   ncalls" in body else body
+            for i, prof in enumerate(profiles.values()):
+                Path(f"{args.keep}.{i}" if len(profiles) > 1 else args.keep).write_bytes(prof.read_bytes())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = (
-        f"## Worker CPU per job: {args.workload}, n={args.n}, --concurrency {args.concurrency}"
-        f"{', asyncjobs@' + args.source if args.source else ''} ({stamp})\n\n"
-        f"CPU ms/job (user+system of the worker process, start-up included), best of {args.repeat}: "
-        f"**{best:.3f}** (all: {', '.join(f'{c / args.n * 1000:.3f}' for c in cpu)})\n\n"
-        f"cProfile, top {args.top} by own time (event-loop thread; profiling slows it down):\n\n"
-        f"```\n{body.rstrip()}\n```\n"
-    )
-    name = f"profile-{args.workload}{'-' + args.source if args.source else ''}-latest.md"
-    (out / name.replace("/", "_")).write_text(report)
+    lines = [f"## Worker CPU per job: {args.workload}, n={args.n}, --concurrency {args.concurrency} ({stamp})", "",
+             f"CPU ms/job: user + system of the worker process (start-up included), best of {args.repeat} "
+             "interleaved repetitions (all in brackets)", "",
+             "| asyncjobs | CPU ms/job | all |", "|---|---:|---|"]
+    for ref in refs:
+        lines.append(f"| {ref} | **{min(cpu[ref]) / args.n * 1000:.3f}** | "
+                     f"{', '.join(f'{c / args.n * 1000:.3f}' for c in cpu[ref])} |")
+    for ref in refs:
+        lines += ["", f"cProfile of {ref}, top {args.top} by own time (the event loop's thread; profiling "
+                  "slows it down):", "", "```", tops[ref].rstrip(), "```"]
+    report = "\n".join(lines) + "\n"
+    (out / f"profile-{args.workload}-latest.md").write_text(report)
     print(report)
     return 0
