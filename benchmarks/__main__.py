@@ -8,6 +8,7 @@
     python -m benchmarks limits [-n 5000]     # queue limits: check cost, rate accuracy, a queue beside
     python -m benchmarks commands [-n 2000] [--before REF]  # Redis commands per job, by command
     python -m benchmarks profile [-n 20000] [--workload noop_async] [--before REF]  # worker CPU per job
+    python -m benchmarks scale [--quick]      # cost as queues, backlog, concurrency and workers grow
     python -m benchmarks list
 
 Exit status: 0 when every measurement verified exactly-once completion, 2 when
@@ -403,9 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--keep", default=None, help="save the cProfile data (pstats) to this file")
     pf.set_defaults(func=cmd_profile)
 
+    sc = sub.add_parser("scale", help="how cost grows with queues, backlog, concurrency and worker processes")
+    sc.add_argument("-n", type=int, default=10000, help="jobs per measurement (default %(default)s)")
+    sc.add_argument("--dimensions", default="queues,backlog,concurrency,workers")
+    sc.add_argument("--queue-counts", default="1,10,100,1000")
+    sc.add_argument("--backlogs", default="10000,100000", help="e.g. 10000,100000,1000000")
+    sc.add_argument("--concurrencies", default="10,50,200,1000")
+    sc.add_argument("--processes", default="1,2,4")
+    sc.add_argument("--quick", action="store_true", help="two points per dimension, small N")
+    sc.add_argument("--timeout", type=float, default=900.0, help="per-measurement limit in seconds")
+    sc.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
+    sc.add_argument("--out", default="benchmarks/results/scale")
+    sc.add_argument("--no-progress", action="store_true")
+    sc.set_defaults(func=cmd_scale)
+
     ls = sub.add_parser("list", help="list workloads and the default contender matrix")
     ls.set_defaults(func=cmd_list)
     return p
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from benchmarks import scale
+
+    return scale.main(args)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

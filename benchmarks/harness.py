@@ -304,6 +304,9 @@ class Bench:
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="asyncjobs-bench-")))
 
     redis_binary: str | None = None
+    #: asyncjobs contenders also listen on this many empty queues, ahead of the bench queue
+    #: (``python -m benchmarks scale``: how the claim's cost grows with the queues a worker watches)
+    empty_queues: int = 0
 
     def __enter__(self) -> Bench:
         self.redis_server = RedisServer(binary=self.redis_binary or newest_redis_server())
@@ -392,6 +395,8 @@ class Bench:
                         "--health-port", str(free_port()), "--health-host", "127.0.0.1"]
             if self.loop == "uvloop":
                 cmd += ["--uvloop"]
+            if self.empty_queues:
+                return [[*cmd, "--queues", ",".join([*(f"empty{i}" for i in range(self.empty_queues)), QUEUE])]]
             return [[*cmd, QUEUE]]
         if c.kind == "saq":
             return [[sys.executable, "-m", "benchmarks.runners", "saq", "--url", url,
