@@ -120,6 +120,14 @@ class Ctx:
                     "breaks RQ's maintenance for its queue",
                 ))
             return
+        for e in done.recovered:
+            if (e.job_id, e.execution_id) not in self.facts.abandoned_executions:
+                # Claimed by a worker already dead when its in-flight executions were read: a claim it
+                # sent just before the SIGKILL that Redis ran later (held in the fault proxy).  Its
+                # death cut the execution, as for those recorded at the kill.
+                self.facts.abandoned_executions.add((e.job_id, e.execution_id))
+                self.facts.crash_inflight[e.job_id] += 1
+                self.note(f"{e.job_id}:{e.execution_id} claimed by {e.owner} after its death was recorded")
         for e in done.unowned:
             self.facts.unowned[e.job_id] = e.owner or "an unknown worker (execution record gone)"
             self.facts.abandoned_executions.add((e.job_id, e.execution_id))
