@@ -203,12 +203,20 @@ def _error_detail(response: httpx.Response) -> str:
     return str(data)[:200]
 
 
+_NUMBER_RE = re.compile(r"\+?[0-9]{7,15}")
+
+
+def _mask_numbers(text: str) -> str:
+    """Provider error text with phone numbers masked (Twilio: "The 'To' number +353... is not valid")."""
+    return escape_controls(_NUMBER_RE.sub(lambda m: mask_phone(m.group()), text))
+
+
 def classify_response(response: httpx.Response, provider: str, to: str) -> DeliveryError | None:
     """None for 2xx; else a transient (429, 408, 5xx) or permanent (other 4xx) error."""
     status = response.status_code
     if 200 <= status < 300:
         return None
-    detail = _error_detail(response)
+    detail = _mask_numbers(_error_detail(response))
     what = f"{provider} SMS provider answered HTTP {status} for {mask_phone(to)}" + (f" ({detail})" if detail else "")
     if status in (408, 425, 429) or status >= 500:
         retry_after = parse_retry_after(response.headers.get("retry-after"))

@@ -249,3 +249,15 @@ async def test_console_provider_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_config_repr_hides_secret() -> None:
     cfg = SmsProviderConfig(api_key="AC1", api_secret="very-secret-token")
     assert "very-secret-token" not in repr(cfg) + repr(TwilioSmsProvider(cfg))
+
+
+def test_provider_error_text_never_carries_the_full_number() -> None:
+    """Issue 18 item 7: provider error text echoed full numbers into exc_info, the log and span messages."""
+    import httpx
+
+    from asyncjobs.delivery.sms import classify_response
+
+    body = {"code": 21211, "message": "The 'To' number +353861112223 is not a valid phone number."}
+    error = classify_response(httpx.Response(400, json=body), "twilio", "+353861112223")
+    assert error is not None and "21211" in str(error) and "is not a valid phone number" in str(error)
+    assert "861112223" not in str(error), str(error)
