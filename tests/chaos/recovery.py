@@ -154,7 +154,10 @@ def recover_abandoned(
     # ZREMRANGEBYSCORE) dropped its wip entry, so its outcome was refused as stale: a "lost" job that was
     # the harness's doing (its timestamp is in the future; RQ's own maintenance uses now).  So wait
     # until any claim from now on gets a later deadline, then look once more.
-    while int(time.time()) + MIN_TTL <= stamp:
+    # (Bounded: a dead worker's deadline is at most int(its death) + MIN_TTL, so this is under a second
+    # in a run; stamps far ahead are the unit tests' own.)
+    wait_until = time.monotonic() + 2.0
+    while int(time.time()) + MIN_TTL <= stamp and time.monotonic() < wait_until:
         time.sleep(0.02)
     later = [e for e in read_wip(conn) if key(e) not in chosen and e.score <= stamp]
     if later:
