@@ -40,8 +40,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, str, str, int, int]]:
         elif dim == "backlog":
             out += [(dim, b, "noop", "asyncjobs-c50", b, 0) for b in _ints(args.backlogs)]
         elif dim == "concurrency":
-            # about 3 s of work at the ceiling (concurrency / 50 ms), at least 500 jobs
-            out += [(dim, c, "sleep_async", f"asyncjobs-c{c}", max(500, min(n, c * 60)), 0)
+            # about 3 s of work at the ceiling (concurrency / 50 ms), at least 2,000 jobs (start-up)
+            out += [(dim, c, "sleep_async", f"asyncjobs-c{c}", max(2000, min(n, c * 60)), 0)
                     for c in _ints(args.concurrencies)]
         elif dim == "workers":
             out += [(dim, p, "noop", f"asyncjobs-c50-p{p}" if p > 1 else "asyncjobs-c50", n, 0)
