@@ -97,8 +97,9 @@ bench-ops: install
 
 # Fault-injection suite (issue 9): a bounded run of every scenario (a few minutes), or a soak
 # with CHAOS_MINUTES=N.  Prints a table; writes tests/chaos/results/latest.{json,md}.
+# CHAOS_ARGS: e.g. --jobs 1000 --produce-seconds 6 (what .ci/run uses, to stay in its time budget)
 chaos: install
-	$(BIN)/python -m tests.chaos
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv313 .venv-latest .venv-oldest .venv-sentry2 .demo .mypy_cache .ruff_cache .pytest_cache dist build
