@@ -9,6 +9,7 @@ every script is passed the prefix as ``KEYS[1]`` and builds its keys from it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -316,8 +317,12 @@ class RedisStore:
     async def register_birth(self, info: WorkerInfo) -> None:
         keys = self.keys
         key = keys.worker(info.name)
-        existing = await self.redis.hget(key, "death")
-        if await self.redis.exists(key) and existing is None:
+        exists, (death, pid, host) = await asyncio.gather(
+            self.redis.exists(key), self.redis.hmget(key, ["death", "pid", "hostname"])
+        )
+        # Our own earlier registration whose reply was lost (this process, this host) is no clash.
+        ours = pid == str(os.getpid()).encode() and host == socket.gethostname().encode()
+        if exists and death is None and not ours:
             raise WorkerNameTaken(
                 f"there is already an active worker named {info.name!r}; pick another --name or wait for it to exit"
             )

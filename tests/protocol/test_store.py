@@ -111,3 +111,18 @@ async def test_a_claimed_hash_arrives_byte_for_byte(store: RedisStore, sync_redi
     assert claimed.raw["champ-é"] == binary
     assert claimed.raw["data"] == stored["data"]
     assert set(claimed.raw) == set(stored)
+
+
+async def test_registering_again_after_a_lost_reply_is_not_a_name_clash(store: RedisStore) -> None:
+    """A registration whose reply was lost (the fault proxy dropped it: chaos queuelimits) is retried; the
+    hash it finds is this process's own, not another worker's (it exited with WorkerNameTaken).  Another
+    live process's hash under the name is still refused."""
+    from asyncjobs.protocol.store import WorkerInfo, WorkerNameTaken
+
+    info = WorkerInfo(store.worker_name, ("default",), 420, concurrency=4)
+    await store.register_birth(info)
+    await store.register_birth(info)  # the retry of a call whose reply never came
+    assert await store.redis.hget(store.keys.worker(info.name), "death") is None
+    await store.redis.hset(store.keys.worker(info.name), "pid", "1")  # as if another process held the name
+    with pytest.raises(WorkerNameTaken):
+        await store.register_birth(info)
