@@ -72,6 +72,16 @@ def _child(
     mp_dir: str | None,
     setup: Callable[[], None] | None = None,
 ) -> None:
+    # First: the supervisor's own handler came with the fork, and would run here (it signals the
+    # supervisor's children, which are not ours: AssertionError) if the pool is stopped while this child
+    # still imports; record stop signals instead, and hand them to the worker (as the console script does).
+    early: list[int] = []
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        early.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, record)
     from asyncjobs.host.runner import run_worker
 
     if setup is not None:  # a spawned child (--key-prefix): its logging is not inherited
@@ -79,7 +89,7 @@ def _child(
 
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="asyncjobs-parent-watch").start()
     os._exit(run_worker(config, use_uvloop=use_uvloop, slot=slot, multiprocess_dir=mp_dir, exits_after=True,
-                        pooled=True))
+                        pooled=True, early_signals=early))
 
 
 def _prefix_target(config: WorkerConfig, keys: Keys) -> Any:
