@@ -267,14 +267,22 @@ def ratelimit(ctx: Ctx) -> None:
             except (InvalidJobOperation, NoSuchJobError):
                 continue
             ctx.facts.stop_sent[jid] = at
-        if time.monotonic() >= next_kill:
-            next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
-            victims = ctx.cluster.asyncjobs_workers()
-            if victims:
-                inc = rng.choice(victims)
-                ctx.sigkill(inc)
-                ctx.restart(inc.slot)
-            ctx.recover(settle=0.0)
+        next_kill = _kill_one_when_due(ctx, rng, next_kill)
+
+
+
+def _kill_one_when_due(ctx: Ctx, rng: random.Random, next_kill: float) -> float:
+    """Once ``next_kill`` (monotonic) has come: SIGKILL a random asyncjobs worker, restart its slot and
+    run the abandoned-job recovery; the time of the next kill."""
+    if time.monotonic() < next_kill:
+        return next_kill
+    victims = ctx.cluster.asyncjobs_workers()
+    if victims:
+        inc = rng.choice(victims)
+        ctx.sigkill(inc)
+        ctx.restart(inc.slot)
+    ctx.recover(settle=0.0)
+    return time.monotonic() + rng.uniform(1.0, 2.5)
 
 
 def _cancel_if_queued(conn: redis.Redis, jid: str, ctx: Ctx) -> bool:
@@ -566,13 +574,6 @@ def queuelimits(ctx: Ctx) -> None:
                 with contextlib.suppress(redis.ConnectionError):
                     control.pause(LIMITED_QUEUE, rng.uniform(0.2, 1.0))
                     ctx.faults["pause"] += 1
-            if time.monotonic() >= next_kill:
-                next_kill = time.monotonic() + rng.uniform(1.0, 2.5)
-                victims = ctx.cluster.asyncjobs_workers()
-                if victims:
-                    inc = rng.choice(victims)
-                    ctx.sigkill(inc)
-                    ctx.restart(inc.slot)
-                ctx.recover(settle=0.0)
+            next_kill = _kill_one_when_due(ctx, rng, next_kill)
     finally:
         proxy_faults.join(60)
