@@ -119,21 +119,15 @@ def _run(
         )
 
     async def main() -> None:
-        worker.install_signal_handlers()
-        try:
-            if early_signals:  # a list the console script's own handler appended to until just now
-                log.info("received %s while starting", ", ".join(signal.Signals(s).name for s in early_signals))
-                worker.request_stop()
-                if len(early_signals) > 1:
-                    worker.request_cold_stop()
-            await worker.run()
-        finally:
-            if exits_after:
-                # The worker has stopped; the process only exits from here.  Closing the loop will put
-                # SIGTERM/SIGINT back to their default action (death by signal) before the code below
-                # can ignore them: block them first, while the loop's handlers still hold, so a signal
-                # in that gap stays pending and dies with the process.
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        # A process that exits after the worker: Python-level handlers, which closing the loop leaves in
+        # place (the loop's own would be reset to the default action, death by signal, see Shutdown).
+        worker.install_signal_handlers(process_wide=exits_after)
+        if early_signals:  # a list the console script's own handler appended to until just now
+            log.info("received %s while starting", ", ".join(signal.Signals(s).name for s in early_signals))
+            worker.request_stop()
+            if len(early_signals) > 1:
+                worker.request_cold_stop()
+        await worker.run()
 
     try:
         if use_uvloop:

@@ -9,10 +9,12 @@ back on their queues.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from asyncjobs.worker.admission import Slots
@@ -60,8 +62,14 @@ class Shutdown:
             for item in self._slots:
                 self._give_back(item)
 
-    def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown."""
+    def install_signal_handlers(self, *, process_wide: bool = False) -> None:
+        """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown.
+
+        ``process_wide`` (a process that exits once the worker stops: the console script, a
+        ``--processes`` child): Python-level handlers instead of the loop's.  Closing the loop puts the
+        signals it handled back to their default action (death by signal), and a second signal sent then,
+        delivered to any of the process's threads, killed a worker that had already stopped (-15); a
+        Python-level handler stays in place until the runner sets the signals ignored."""
         loop = asyncio.get_running_loop()
 
         def handler(signum: int) -> None:
@@ -71,8 +79,15 @@ class Shutdown:
                 log.info("received %s", signal.Signals(signum).name)
                 self.request_stop()
 
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the worker has stopped
+                loop.call_soon_threadsafe(handler, signum)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, handler, sig)
+            if process_wide:
+                signal.signal(sig, on_signal)
+            else:
+                loop.add_signal_handler(sig, handler, sig)
 
     async def wait_for_jobs(self) -> None:
         """Until no job executes: the grace period, then a cold stop, then ``COLD_GRACE`` for the

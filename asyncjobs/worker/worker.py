@@ -137,9 +137,9 @@ class Worker:
         """Cold shutdown: cancel what is left and put those jobs back on their queues."""
         self.shutdown.request_cold_stop()
 
-    def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown."""
-        self.shutdown.install_signal_handlers()
+    def install_signal_handlers(self, *, process_wide: bool = False) -> None:
+        """First SIGTERM/SIGINT: warm shutdown; second: cold shutdown (see :class:`Shutdown`)."""
+        self.shutdown.install_signal_handlers(process_wide=process_wide)
 
     def stop_job(self, job_id: str, reason: str = CancelReason.STOP) -> bool:
         found = False
