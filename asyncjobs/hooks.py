@@ -127,12 +127,14 @@ class JobView:
     integrations leave the producer's trace headers); :meth:`job` returns the ``rq.job.Job``
     (built from the hash the worker already read, no extra Redis round trip; ``get_current_job()``
     returns the same object).  ``state`` is a dict private to this execution for hooks to pass
-    things from ``before_job`` to ``after_job``.
+    things from ``before_job`` to ``after_job``.  ``log_fields`` are added by ``before_job`` hooks to
+    the worker's log lines that end this execution (``--log-format json`` keys); a ``trace_id`` among
+    them is also named at the end of the failed-job line (the Sentry and OpenTelemetry adapters set it).
     """
 
     __slots__ = (
         "_handle", "description", "enqueued_at", "execution_id", "func_name", "id", "is_async",
-        "queue", "retries_left", "state", "worker_name",
+        "log_fields", "queue", "retries_left", "state", "worker_name",
     )
 
     def __init__(
@@ -159,6 +161,7 @@ class JobView:
         self.retries_left = retries_left
         self.is_async = is_async
         self.state: dict[str, Any] = {}
+        self.log_fields: dict[str, str] = {}
         self._handle = handle
 
     @property

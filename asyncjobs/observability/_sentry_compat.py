@@ -315,7 +315,14 @@ _COMMON_API: dict[str, tuple[str, ...]] = {
     "sentry_sdk.crons.capture_checkin": ("monitor_slug", "monitor_config", "check_in_id", "duration", "status"),
     "sentry_sdk.crons.MonitorStatus": (),
     "sentry_sdk.utils.now": (),
+    "sentry_sdk.get_traceparent": (),
 }
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current scope (``sentry-trace`` is ``<trace id>-<span id>[-<sampled>]``)."""
+    traceparent = sentry_sdk.get_traceparent()
+    return traceparent.split("-", 1)[0] if traceparent else None
 
 
 def _cron_api() -> dict[str, tuple[str, ...]]:

@@ -14,7 +14,8 @@ propagator first, then with W3C trace context), with attributes
   (finished, failed, retried, stopped, requeued);
 
 status ``ERROR`` with the exception recorded when the attempt failed (also when it will be
-retried), ``OK`` when it finished.  The span is current while the job runs, so spans the job
+retried), ``OK`` when it finished.  The worker's log lines that end the job carry ``trace_id`` and
+``span_id`` (JSON keys; the failed-job line names the trace in text too).  The span is current while the job runs, so spans the job
 creates (HTTP clients, databases) are its children.
 
 Enabled on its own when ``RQInstrumentor().instrument()`` was called in the worker process, or
@@ -79,6 +80,10 @@ def before_job(job: JobView) -> None:
     )
     token = context.attach(trace.set_span_in_context(span, parent))
     job.state[_STATE] = (span, token)
+    span_context = span.get_span_context()
+    if span_context.is_valid:  # the worker's lines about this job name its trace
+        job.log_fields["trace_id"] = trace.format_trace_id(span_context.trace_id)
+        job.log_fields["span_id"] = trace.format_span_id(span_context.span_id)
 
 
 def after_job(job: JobView, outcome: JobOutcome) -> None:

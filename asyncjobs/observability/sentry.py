@@ -14,7 +14,8 @@ and every Sentry internal used, is in :mod:`asyncjobs.observability._sentry_comp
   **retried** (``Retry(max=...)`` with retries left) is not reported: only the last, failing attempt
   is.  Stopped jobs and jobs put back at shutdown are not errors.  The worker's own "job failed" log
   line is not sent again as a second event (its logger is ignored for events by Sentry's logging
-  integration, as stock does for ``rq.worker``);
+  integration, as stock does for ``rq.worker``); it carries the job's ``trace_id`` instead (a JSON
+  key, and named at the end of the text line), as do the other lines that end the job;
 * with ``RqIntegration(monitor_cron_jobs=True)``, jobs rq-scheduler repeats send cron check-ins.
 
 Enabled on its own when the worker process initialised Sentry with ``RqIntegration`` (for
@@ -78,6 +79,10 @@ def before_job(job: JobView) -> None:
         scope.clear_breadcrumbs()
         scope.add_event_processor(_event_processor(job))
         trace = compat.SDK.start_trace(job)
+        with capture_internal_exceptions():  # the worker's lines about this job name its trace
+            trace_id = compat.current_trace_id()
+            if trace_id:
+                job.log_fields["trace_id"] = trace_id
     except BaseException:
         scope_cm.__exit__(None, None, None)
         if check_in is not None:

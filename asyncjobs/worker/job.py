@@ -423,8 +423,10 @@ class JobRun:
         # asyncjobs' own refusals (a function outside --allow-module, a payload it cannot decode) say all
         # in their message: their traceback would show only the worker's frames.
         own = isinstance(shown, (ResolveError, PayloadError, MalformedJobError))
-        log.error("job %s failed: %s", claimed.job_id, exception_summary(shown), exc_info=None if own else shown,
-                  extra={**self._job_extra("failed", elapsed), **exception_fields(shown)})
+        extra = {**self._job_extra("failed", elapsed), **exception_fields(shown)}
+        trace_id = extra.get("trace_id")  # set by an error tracker's before_job hook: find the event from the line
+        log.error("job %s failed: %s%s", claimed.job_id, exception_summary(shown),
+                  f" (trace {trace_id})" if trace_id else "", exc_info=None if own else shown, extra=extra)
         self.after_recorded = self._webhooks(record, "failed", ended, text)
         out = transitions.failure(record, ex, text, working_time=elapsed)
         if s.config.disable_default_exception_handler:
@@ -443,7 +445,10 @@ class JobRun:
 
     def _job_extra(self, status: str, duration: float | None = None) -> dict[str, Any]:
         c = self.claimed
-        return job_extra(c.job_id, c.queue, self.func_name, status, self.s.worker_name, duration)
+        extra = job_extra(c.job_id, c.queue, self.func_name, status, self.s.worker_name, duration)
+        if self.view is not None and self.view.log_fields:  # the hooks' own fields never replace the worker's
+            extra = {**self.view.log_fields, **extra}
+        return extra
 
     def _job_view(self, record: JobRecord, handle: JobHandle, func: Any, description: str) -> JobView:
         c = self.claimed

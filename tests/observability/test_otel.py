@@ -105,6 +105,12 @@ async def test_each_job_is_a_span_child_of_the_producers_publish_span(
     assert [e.attributes["exception.message"] for e in bad_span.events if e.name == "exception"] == ["report kaput"]  # type: ignore[index]
     attempts = sorted(consumer_spans(exporter, retried.id), key=lambda s: s.start_time or 0)
     assert [s.attributes["rq.job.status"] for s in attempts] == ["retried", "failed"]  # type: ignore[index]
+    # The worker's failed-job line names the job's trace (JSON key and text alike).
+    for job in (bad, retried):
+        (line,) = [r for r in caplog.records if r.name == "asyncjobs.worker"
+                   and getattr(r, "job_id", None) == job.id and getattr(r, "status", None) == "failed"]
+        assert line.trace_id == trace.format_trace_id(trace_id)  # type: ignore[attr-defined]
+        assert line.getMessage().endswith(f"(trace {trace.format_trace_id(trace_id)})")
     no_hook_or_context_errors(caplog)  # e.g. "Failed to detach context": before/after share a context
 
 
@@ -119,8 +125,17 @@ async def test_explicit_hooks_follow_w3c_context_in_job_meta(
         meta: dict[str, Any] = {}
         propagate.inject(meta)
         job = q.enqueue(f"{J}.traced_child", meta=meta)
+        sync_bad = q.enqueue(f"{J}.boom", "sync kaput", meta=meta)  # its hooks run on the job's thread
+        async_bad = q.enqueue(f"{J}.aboom", "async kaput", meta=meta)
     await start_worker(hooks=("asyncjobs.observability.otel",))
     await eventually(lambda: status(sync_redis, job.id) == "finished", what="job finished")
+    await eventually(lambda: {status(sync_redis, j.id) for j in (sync_bad, async_bad)} == {"failed"}, what="failed")
+    trace_id = trace.format_trace_id(parent.get_span_context().trace_id)
+    for bad in (sync_bad, async_bad):
+        (line,) = [r for r in caplog.records if r.name == "asyncjobs.worker"
+                   and getattr(r, "job_id", None) == bad.id and getattr(r, "status", None) == "failed"]
+        assert line.trace_id == trace_id  # type: ignore[attr-defined]  # the JSON line's key
+        assert line.getMessage().endswith(f"(trace {trace_id})")  # and the text line
     (span,) = consumer_spans(exporter, job.id)
     assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
     assert span.attributes["rq.job.status"] == "finished"  # type: ignore[index]

@@ -183,6 +183,16 @@ async def test_one_event_per_failed_job_with_the_producers_trace(
     if transport.streaming or "messaging.destination.name" in attributes:  # early 2.x sent no transaction data
         assert attributes["messaging.destination.name"] == "mail" and attributes["messaging.message.id"] == fine.id
     assert [r.getMessage() for r in caplog.records if r.name == "asyncjobs.worker.hooks"] == []
+    # The worker's failed-job line names the trace the event is in, to find one from the other.
+    for job, trace_id in ((sync_job, sync_trace), (async_job, async_trace), (retried, retried_trace)):
+        (line,) = failed_lines(caplog, job.id)
+        assert line.trace_id == trace_id  # type: ignore[attr-defined]  # the JSON line's trace_id
+        assert line.getMessage().endswith(f"(trace {trace_id})")  # the text line
+
+
+def failed_lines(caplog: pytest.LogCaptureFixture, job_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == "asyncjobs.worker" and getattr(r, "job_id", None) == job_id and getattr(r, "status", None) == "failed"]
 
 
 @pytest.mark.parametrize("runner", ["asyncjobs-worker", "rq worker -w"])
