@@ -103,6 +103,10 @@ class Worker:
         self._stopping = self.shutdown.stopping
         self._waiters: dict[str, asyncio.Task[bool]] = {}
         self._unresolved_claim: ClaimRequest | None = None
+        #: since when claims have failed to reach Redis (None: the last one reached it)
+        self._unreachable_since: float | None = None
+        #: set when a --burst worker gives up on an unreachable Redis mid-run: run() raises it once stopped
+        self._gave_up: RedisUnreachable | None = None
         self._suspended = False  # what the last claim saw
         #: queues whose jobs a queue limit held back at the last claim: ms until one may open (-1: paused)
         self._blocked: dict[str, int] = {}
@@ -227,6 +231,8 @@ class Worker:
             log.info("stop requested while starting")
         finally:
             await self._shut_down(redis_conn, heartbeat, background)
+        if self._gave_up is not None:
+            raise self._gave_up
 
     async def _shut_down(
         self, redis_conn: Redis, heartbeat: asyncio.Task[None], background: list[asyncio.Task[None]]
@@ -236,7 +242,9 @@ class Worker:
         self._stop_waiters()
         self.recorder.go_autonomous()  # from here on nobody claims: it stores outcomes itself
         await self._drain()
-        await self.recorder.flush(max(30.0, self.config.shutdown_timeout))
+        # A burst worker that gave up on Redis has waited --burst-redis-wait already: one more such wait.
+        flush = self.config.burst_redis_wait if self._gave_up is not None else max(30.0, self.config.shutdown_timeout)
+        await self.recorder.flush(flush)
         self.recorder.close()
         self._closed.set()
         self._stopping.set()
@@ -391,6 +399,8 @@ class Worker:
             self.recorder.restore(done)
             self._unresolved_claim = request if request.count else None
             log.warning("Redis unavailable (claim jobs: %s)", exc)
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
             return False
         except redis.exceptions.ResponseError as exc:
             # Redis refused the call (e.g. OOM): keep the worker alive, store what it can.
@@ -404,6 +414,7 @@ class Worker:
             await self.recorder.store_one_by_one(done)
             return False
         self._unresolved_claim = None
+        self._unreachable_since = None
         self.recorder.stored(done)
         for job_id in result.dropped:
             log.warning("job %s was on a queue but its hash is gone (expired or deleted); dropped", job_id)
@@ -463,6 +474,8 @@ class Worker:
                     order, free, self._execution_ids(free), self._caps(order, free), check_limits=check
                 )
             if not await self._exchange(request):
+                if self._burst_gives_up():
+                    break
                 await backoff.wait("claim jobs", self._stopping)
                 continue
             backoff.reset()
@@ -499,6 +512,24 @@ class Worker:
                 log.info("idle for %.0fs (--max-idle-time): exiting", self.config.max_idle_time)
                 break
             await self._wait_for_work()
+
+    def _burst_gives_up(self) -> bool:
+        """A --burst worker whose Redis has been unreachable for --burst-redis-wait seconds stops (the
+        jobs in flight finish and their outcomes get one bounded attempt to be stored), then run() raises."""
+        since = self._unreachable_since
+        if not self.config.burst or since is None:
+            return False
+        waited = time.monotonic() - since
+        if waited < self.config.burst_redis_wait:
+            return False
+        self._gave_up = RedisUnreachable(
+            f"Redis at {self.config.connection.describe()} unreachable for {waited:.0f} s while running: "
+            f"a --burst worker gives up after --burst-redis-wait {self.config.burst_redis_wait:g} "
+            f"({len(self.slots)} job(s) running or awaiting their record; any whose outcome cannot be stored "
+            "stay in StartedJobRegistry for RQ's maintenance)"
+        )
+        log.error("%s", self._gave_up)
+        return True
 
     def _recycle(self, reason: str) -> None:
         self.recycled = reason
@@ -645,7 +676,8 @@ class Worker:
         """A claim sent before the stop whose reply was lost may have claimed jobs: ask again
         (same token) so they are given back rather than left started for maintenance to fail."""
         backoff = Backoff(on_wait=metrics.redis_error)
-        deadline = time.monotonic() + self.config.shutdown_timeout
+        bound = self.config.burst_redis_wait if self._gave_up is not None else self.config.shutdown_timeout
+        deadline = time.monotonic() + bound
         while self._unresolved_claim is not None and time.monotonic() < deadline:
             if await self._exchange(self._unresolved_claim):
                 return

@@ -239,3 +239,30 @@ async def test_a_worker_restarted_under_its_name_claims_afresh(sync_redis: redis
         _worker, task = await start_worker(name="fixed-name", burst=True, concurrency=1)
         await asyncio.wait_for(task, 30)
         assert statuses(sync_redis, ids) == {"finished": n}, f"process {round_} of the same name"
+
+
+async def test_a_burst_worker_gives_up_when_redis_goes_away_mid_run(sync_redis: redis.Redis, proxy, start_worker) -> None:
+    """``--burst-redis-wait`` bounds a burst run whose Redis goes away after it started, not only one that
+    cannot start: the worker exits with RedisUnreachable (status 1) instead of retrying for ever, and the
+    job whose outcome could not be stored stays in StartedJobRegistry for RQ's maintenance to recover."""
+    from rq.registry import StartedJobRegistry
+
+    from asyncjobs.connection import RedisUnreachable
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    held = q.enqueue(f"{J}.wait_gate", "mid-run")
+    _worker, task = await start_worker(redis_url=proxy.url(), burst=True, burst_redis_wait=1.0, concurrency=2)
+    await eventually(lambda: status(sync_redis, held.id) == "started", what="job started")
+    proxy.close()  # Redis refuses connections from here on
+    jobs.gate("mid-run").set()
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(task, 60)
+    except RedisUnreachable as exc:
+        assert "--burst-redis-wait 1" in str(exc), exc
+    else:
+        raise AssertionError("the burst worker ended without saying it gave up on Redis")
+    assert time.monotonic() - t0 < 20  # the wait, then one more such wait to store what it holds
+    assert status(sync_redis, held.id) == "started"
+    assert held.id in StartedJobRegistry("default", connection=sync_redis).get_job_ids(cleanup=False)
