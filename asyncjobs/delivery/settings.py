@@ -267,9 +267,16 @@ def _format_error(exc: ValidationError, names: Mapping[str, str] | None = None) 
                 given = _URL_FIELDS[loc[0]](given)
             value = "" if loc[0] in _SECRET_FIELDS else f"={given!r}"
             lines.append(f"{name}{value}: {msg}")
-        else:
-            lines.append(msg)
+        else:  # a check across settings: name each variable as it was set, or the prefixed name to set
+            lines.append(_VARIABLE.sub(lambda m: (names or {}).get(m[0].lower(), ENV_PREFIX + m[0]), msg))
     return "invalid asyncjobs settings: " + "; ".join(lines)
+
+
+#: A setting's bare upper-case name in a message (``SMTP_HOST``, not a part of ``ASYNCJOBS_SMTP_HOST``).
+_VARIABLE = re.compile(
+    r"(?<![A-Z0-9_])(" + "|".join(sorted((f.upper() for f in Settings.model_fields), key=len, reverse=True))
+    + r")(?![A-Z0-9_])"
+)
 
 
 def read_environment(

@@ -153,3 +153,21 @@ def test_sms_secret_over_clear_text_http_is_refused(clean_env: pytest.MonkeyPatc
     for url in ("https://sms.example/hook", "http://127.0.0.1:8080/hook", "http://localhost/hook"):
         clean_env.setenv("ASYNCJOBS_SMS_BASE_URL", url)
         assert load_settings().sms_base_url == url  # TLS, or a loopback address the token never leaves
+
+
+def test_errors_about_combinations_name_the_variables_as_set(clean_env: pytest.MonkeyPatch) -> None:
+    """A check across settings names each variable as the operator set it (``ASYNCJOBS_SMS_PROVIDER``,
+    or the deprecated unprefixed name) and, for one not set at all, the prefixed name to set."""
+    clean_env.setenv("ASYNCJOBS_SMS_PROVIDER", "twilio")
+    clean_env.setenv("ASYNCJOBS_SMS_API_KEY", "AC123")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "ASYNCJOBS_SMS_API_SECRET: must be set to the Twilio auth token when ASYNCJOBS_SMS_PROVIDER=twilio" in text
+    assert "ASYNCJOBS_SMS_FROM_NUMBER: must be set when ASYNCJOBS_SMS_PROVIDER=twilio" in text
+    assert "SMS_API_KEY:" not in text  # it was set
+    clean_env.delenv("ASYNCJOBS_SMTP_HOST", raising=False)
+    clean_env.setenv("EMAIL_BACKEND", "smtp")  # the deprecated name: the message says what was set
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "ASYNCJOBS_SMTP_HOST: must be set when EMAIL_BACKEND=smtp" in str(info.value)
