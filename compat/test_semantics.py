@@ -207,6 +207,25 @@ def test_dependencies(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Re
     assert DeferredJobRegistry(queue=other).get_job_ids() == []
 
 
+def test_a_child_of_many_parents(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis) -> None:
+    """A child waits for every one of 150 parents (a set Redis pages through, past its 128-entry
+    listpack): enqueued once, after the last; one failed parent holds a strict child back for good."""
+    q = Queue("default", connection=sync_redis)
+    parents = [q.enqueue(jobs.add, i, 1) for i in range(150)]
+    failing = q.enqueue(jobs.boom, "one parent")
+    child = q.enqueue(jobs.add, 1, 1, depends_on=parents)
+    strict = q.enqueue(jobs.add, 2, 2, depends_on=[*parents, failing])
+    tolerant = q.enqueue(jobs.add, 3, 3, depends_on=Dependency(jobs=[*parents, failing], allow_failure=True))
+    launcher.burst(kind, ["default"], concurrency=4)
+    assert fetch(sync_redis, child.id).return_value() == 2
+    assert fetch(sync_redis, tolerant.id).return_value() == 6
+    assert fetch(sync_redis, strict.id).get_status() == "deferred"
+    assert DeferredJobRegistry(queue=q).get_job_ids() == [strict.id]
+    results = [fetch(sync_redis, p.id).results() for p in parents]
+    assert [len(r) for r in results] == [1] * 150  # each parent ran once
+    assert len(fetch(sync_redis, child.id).results()) == 1
+
+
 def test_dependency_enqueue_at_front(kind: WorkerKind, launcher: Launcher, sync_redis: redis.Redis) -> None:
     url = launcher.url
     q = Queue("default", connection=sync_redis)
