@@ -392,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(func=cmd_commands)
 
+    fi = sub.add_parser("fanin", help="a child of N parents: the longest Redis stall its checks cause (stock RQ beside)")
+    fi.add_argument("-n", type=int, default=3000, help="parents (default %(default)s)")
+    fi.add_argument("--n-stock", type=int, default=1000, help="parents for the stock worker (default %(default)s)")
+    fi.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
+    fi.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
+    fi.add_argument("--out", default="benchmarks/results/fanin")
+    fi.add_argument("--no-progress", action="store_true")
+    fi.set_defaults(func=cmd_fanin)
+
     pf = sub.add_parser("profile", help="worker CPU per no-op job, and a cProfile of one run")
     pf.add_argument("-n", type=int, default=20000, help="no-op jobs per run (default %(default)s)")
     pf.add_argument("--workload", choices=["noop", "noop_async"], default="noop_async")
@@ -433,6 +442,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from benchmarks import profile
 
     return profile.main(args)
+
+
+def cmd_fanin(args: argparse.Namespace) -> int:
+    from benchmarks import fanin
+
+    return fanin.main(args)
 
 
 def cmd_commands(args: argparse.Namespace) -> int:

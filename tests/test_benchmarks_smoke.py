@@ -148,3 +148,16 @@ def test_tiny_limits_run(tmp_path: Path) -> None:
     assert all(r["verified"] for r in rows[1:])
     assert "| no limits |" in (tmp_path / "limits" / "limits-latest.md").read_text()
     assert (tmp_path / "limits" / "limits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_fanin_run(tmp_path: Path) -> None:
+    """``python -m benchmarks fanin``: stock RQ and asyncjobs each drain a child of N parents, the child
+    verified finished and the parents run once; the outputs written (no timing asserted)."""
+    if not asyncjobs_available():
+        pytest.skip("asyncjobs-worker is not runnable")
+    rc = main(["fanin", "-n", "150", "--n-stock", "140", "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = [json.loads(line) for line in next(tmp_path.glob("fanin-*.jsonl")).read_text().splitlines()]
+    assert [(r["contender"], r["n"]) for r in rows] == [("rq-simple", 140), ("asyncjobs-c50", 140), ("asyncjobs-c50", 150)]
+    assert all(r["verified"] and r["commands_logged"] > 0 for r in rows)
+    assert "| asyncjobs-c50 | 150 |" in (tmp_path / "fanin-latest.md").read_text()
