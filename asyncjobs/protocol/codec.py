@@ -339,12 +339,19 @@ def inflate(data: bytes, max_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> bytes:
     return data
 
 
-def _too_large(max_size: int, what: str) -> PayloadTooLargeError:
+def _too_large(max_size: int, what: str, field: str = "data", where: str = "the job's arguments") -> PayloadTooLargeError:
     return PayloadTooLargeError(
-        f"job data {what} (the worker's --max-payload-size is {format_size(max_size)}); it was not decoded "
+        f"job {field} {what} (the worker's --max-payload-size is {format_size(max_size)}); it was not decoded "
         "and the job did not run. Pass large data by reference (a URL, a file path or a database id) "
-        "instead of in the job's arguments, or start the worker with a larger --max-payload-size"
+        f"instead of in {where}, or start the worker with a larger --max-payload-size"
     )
+
+
+def check_meta_size(raw_meta: bytes | None, max_size: int) -> None:
+    """``meta`` is job data too (hooks and callbacks decode it): raise PayloadTooLargeError over the cap."""
+    if raw_meta is not None and len(raw_meta) > max_size:
+        raise _too_large(max_size, f"is {len(raw_meta)} bytes, more than {format_size(max_size)}", "meta",
+                         "the job's meta")
 
 
 def decode_call(data: bytes, serializer: Serializer, max_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> Call:

@@ -38,6 +38,7 @@ from asyncjobs.protocol.codec import (
     JobRecord,
     MalformedJobError,
     PayloadError,
+    check_meta_size,
     encode_return_value,
     parse_job_hash,
     timeout_message,
@@ -263,6 +264,7 @@ class JobRun:
             return transitions.failure(record, self._execution(claimed.started_at, utcnow()), _reason(exc),
                                        repairs=exc.repairs)
         try:
+            check_meta_size(record.raw_meta, s.config.max_payload_size)
             call = await decode_payload(record.data, s.serializer, s.config.max_payload_size)
             func = s.resolver.resolve(call)
         except (PayloadError, ResolveError) as exc:

@@ -99,6 +99,21 @@ def test_max_payload_size_option(redis_url: str, sync_redis: redis.Redis) -> Non
     assert Job.fetch(small.id, connection=sync_redis).return_value() == MiB // 2
 
 
+def test_meta_is_held_to_the_payload_cap(redis_url: str, sync_redis: redis.Redis) -> None:
+    """``job.meta`` is job data too (hooks and callbacks decode it on the event loop): a meta over
+    ``--max-payload-size`` fails its own job, naming the bound, before anything decodes it."""
+    q = Queue("default", connection=sync_redis)
+    heavy = q.enqueue(jobs.add, 1, 1, meta={"blob": os.urandom(2 * MiB)}, description="2 MiB of meta")
+    light = q.enqueue(jobs.add, 2, 2, meta={"note": "fine"})
+    with run_asyncjobs_worker(redis_url, "default", "--burst", "--max-payload-size", "1M") as proc:
+        assert proc.wait(60) == 0, proc.output()
+    job = Job.fetch(heavy.id, connection=sync_redis)
+    assert job.get_status() == "failed"
+    reason = job.latest_result().exc_string
+    assert "meta" in reason and "1 MiB" in reason and "--max-payload-size" in reason, reason
+    assert Job.fetch(light.id, connection=sync_redis).return_value() == 4
+
+
 def test_invalid_max_payload_size_is_refused(redis_url: str) -> None:
     with run_asyncjobs_worker(redis_url, "default", "--burst", "--max-payload-size", "lots") as proc:
         assert proc.wait(30) == 2
