@@ -7,20 +7,25 @@
 * :class:`OpsServer`: stdlib ``http.server`` on a daemon thread, so a blocked event loop can
   still answer: ``/livez``, ``/readyz`` and ``/metrics``.  Bound to 127.0.0.1 unless told
   otherwise, with bounds any client meets: :data:`MAX_REQUEST_HEAD` bytes of request line and
-  headers (more is answered 431), :data:`REQUEST_TIMEOUT` seconds per read and at most
-  :data:`MAX_CONNECTIONS` connections at once (more are closed unanswered).
+  headers (more is answered 431), :data:`REQUEST_TIMEOUT` seconds for the whole request head, at most
+  :data:`MAX_PENDING` connections waiting for theirs (more evict the oldest) and
+  :data:`MAX_CONNECTIONS` requests answered at once.  A connection reaches a handler thread only
+  once its request head is in, so idle connections cannot hold the threads a probe needs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import selectors
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from asyncjobs import metrics
@@ -33,10 +38,13 @@ log = logging.getLogger("asyncjobs.ops")
 
 #: Request line and headers of one ops request, in bytes (a probe or a scrape needs well under 1 KiB).
 MAX_REQUEST_HEAD = 16 * 1024
-#: Seconds an ops connection may take for each read before it is closed.
+#: Seconds an ops connection may take to send its whole request head (and each write of the answer).
 REQUEST_TIMEOUT = 5.0
-#: Ops connections served at once; more are closed at once, so no client can hold the worker's memory.
+#: Requests answered at once (their heads are in: each takes a moment); more are closed unanswered.
 MAX_CONNECTIONS = 32
+#: Connections still sending their request head; one more evicts the oldest, so idle connections
+#: hold neither the worker's open files nor a probe's turn.
+MAX_PENDING = 128
 
 
 class _HeadLimit:
@@ -61,28 +69,120 @@ class _HeadLimit:
         return getattr(self._raw, name)
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    daemon_threads = True
+def _head_complete(buf: bytes | bytearray) -> bool:
+    return b"\r\n\r\n" in buf or b"\n\n" in buf or len(buf) >= MAX_REQUEST_HEAD
+
+
+class _HeadFirstServer:
+    """A small HTTP server for probes and scrapes: one selector thread accepts connections and reads
+    their request heads; a handler thread (at most :data:`MAX_CONNECTIONS`) answers a complete one."""
 
     def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=128)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self.handler = handler
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, handler)
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        #: accepted connections still sending their head: (deadline, bytes so far), oldest first
+        self._pending: dict[socket.socket, tuple[float, bytearray]] = {}
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
+    def serve_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.socket, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout=0.25):
+                    if key.fileobj is self.socket:
+                        self._accept(sel)
+                    else:
+                        self._read(sel, key.fileobj)  # type: ignore[arg-type]
+                self._expire(sel)
+        finally:
+            for conn in list(self._pending):
+                self._drop(sel, conn)
+            sel.close()
+            self._stopped.set()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        for _ in range(64):  # what is waiting in the backlog, a batch at a time
+            try:
+                conn, _addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, a connection reset before accept: go on
+                return
+            conn.setblocking(False)
+            while len(self._pending) >= MAX_PENDING:
+                self._drop(sel, next(iter(self._pending)))
+            self._pending[conn] = (time.monotonic() + REQUEST_TIMEOUT, bytearray())
+            sel.register(conn, selectors.EVENT_READ)
+
+    def _read(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
+        entry = self._pending.get(conn)
+        if entry is None:
             return
         try:
-            super().process_request(request, client_address)
+            data = conn.recv(MAX_REQUEST_HEAD)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(sel, conn)
+            return
+        buf = entry[1]
+        buf += data
+        if not _head_complete(buf):
+            return
+        sel.unregister(conn)
+        del self._pending[conn]
+        if not self._slots.acquire(blocking=False):
+            conn.close()
+            return
+        head = bytes(buf[:MAX_REQUEST_HEAD])
+        try:
+            threading.Thread(target=self._answer, args=(conn, head), name="asyncjobs-ops-request", daemon=True).start()
         except BaseException:
             self._slots.release()
+            conn.close()
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _answer(self, conn: socket.socket, head: bytes) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            conn.setblocking(True)
+            conn.settimeout(REQUEST_TIMEOUT)
+            with contextlib.suppress(OSError):
+                self.handler(conn, head, self)
         finally:
+            with contextlib.suppress(OSError):
+                conn.close()
             self._slots.release()
+
+    def _expire(self, sel: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn, (deadline, _) in list(self._pending.items()):
+            if deadline > now:
+                break  # oldest first: the rest are younger
+            self._drop(sel, conn)
+
+    def _drop(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
+        self._pending.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(conn)
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._stopped.wait(5)
+
+    def server_close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.close()
+
 
 class Watchdog:
     """A daemon thread watching this process's loop heartbeat: while it is stale the lag gauge
@@ -164,9 +264,18 @@ class OpsServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = REQUEST_TIMEOUT
 
+            def __init__(self, conn: socket.socket, head: bytes, srv: Any) -> None:
+                self._head = head
+                super().__init__(conn, conn.getpeername(), srv)
+
             def setup(self) -> None:
                 super().setup()
-                self.rfile = _HeadLimit(self.rfile, MAX_REQUEST_HEAD)  # type: ignore[assignment]
+                # the request head the server read already (a probe sends no body), one request each
+                self.rfile = _HeadLimit(io.BytesIO(self._head), MAX_REQUEST_HEAD)  # type: ignore[assignment]
+                self.close_connection = True
+
+            def handle(self) -> None:
+                self.handle_one_request()
 
             def parse_request(self) -> bool:
                 ok = super().parse_request()
@@ -201,12 +310,11 @@ class OpsServer:
                 pass
 
         try:
-            self.httpd = _BoundedServer((host, port), Handler)
+            self.httpd = _HeadFirstServer((host, port), Handler)
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {host}:{port} for {self.what()} ({exc.strerror or exc}): choose a free port"
             ) from None
-        self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self._thread: threading.Thread | None = None
 

@@ -172,3 +172,28 @@ def test_ops_port_listens_on_loopback_and_bounds_each_request(worker_box: list[W
         answer = s.recv(200)
     assert answer.startswith(b"HTTP/1.0 431"), answer
     assert _probe(port, "/livez") == (200, "ok\n")
+
+
+def test_idle_connections_cannot_starve_the_probes(worker_box: list[WorkerProcess], redis_url: str) -> None:
+    """Issue 18 item 7a: 1,000 idle connections to an ops port (at systemd's 1,024 open files) made /livez
+    time out. Connections that send no request are evicted oldest first; a probe is still answered at
+    once, and the worker's open files stay bounded."""
+    import socket
+
+    import psutil
+
+    port = free_port()
+    worker = run_asyncjobs_worker(redis_url, "hq", "--health-port", str(port))
+    worker_box.append(worker)
+    wait_for(lambda: _probe(port, "/readyz")[0] == 200, 30, message=lambda: worker.output())
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        for _ in range(3):
+            assert _probe(port, "/livez") == (200, "ok\n")
+        assert psutil.Process(worker.pid).num_fds() < 512
+    finally:
+        for s in idle:
+            s.close()
+    assert _probe(port, "/readyz")[0] == 200
