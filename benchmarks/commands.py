@@ -15,12 +15,11 @@ Writes ``benchmarks/results/commands/commands-latest.md`` and a ``.jsonl`` besid
 from __future__ import annotations
 
 import argparse
-import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Bench, Contender, Progress, workloads
+from benchmarks.report import save_run
 
 
 def contenders(before: str | None, concurrency: int) -> list[str]:
@@ -72,14 +71,7 @@ def main(args: argparse.Namespace) -> int:
             if not rec["verified"]:
                 rc = 2
             rows.append(rec)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    with (out / f"commands-{stamp}.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    text = (f"## Redis commands per no-op job ({stamp}; n={args.n}, stock n={min(args.n, args.n_stock)}; "
-            "commands run inside Lua included)\n\n" + table(rows))
-    (out / "commands-latest.md").write_text(text)
-    print(text)
+    save_run(Path(args.out), "commands", rows,
+             f"## Redis commands per no-op job ({{stamp}}; n={args.n}, stock n={min(args.n, args.n_stock)}; "
+             "commands run inside Lua included)", table(rows))
     return rc

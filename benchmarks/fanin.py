@@ -20,14 +20,13 @@ and a ``.jsonl`` beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import QUEUE, Bench, Contender, Progress, workloads
+from benchmarks.report import save_run
 
 SLOWLOG_LEN = 1_000_000
 
@@ -120,14 +119,7 @@ def main(args: argparse.Namespace) -> int:
             progress.done(f"longest {rec['longest_ms']:.1f} ms  {'ok' if rec['verified'] else 'FAILED'}")
             rows.append(rec)
             info = bench.redis_info()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    with (out / f"fanin-{stamp}.jsonl").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    text = (f"## A child of N parents ({stamp}; Redis {info.get('redis_version')}; SLOWLOG of every "
-            "command while the contender drains the queue)\n\n" + table(rows))
-    (out / "fanin-latest.md").write_text(text)
-    print(text)
+    save_run(Path(args.out), "fanin", rows,
+             f"## A child of N parents ({{stamp}}; Redis {info.get('redis_version')}; SLOWLOG of every command "
+             "while the contender drains the queue)", table(rows))
     return 0 if all(r["verified"] for r in rows) else 2

@@ -198,6 +198,17 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, default=str) + "\n")
 
 
+def save_run(out: Path, name: str, records: list[dict[str, Any]], heading: str, body: str) -> str:
+    """``<out>/<name>-<stamp>.jsonl`` and ``<out>/<name>-latest.md`` (``heading`` may use ``{stamp}``);
+    prints the markdown and returns it."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    write_jsonl(out / f"{name}-{stamp}.jsonl", records)
+    text = heading.format(stamp=stamp) + "\n\n" + body
+    (out / f"{name}-latest.md").write_text(text)
+    print(text)
+    return text
+
+
 def _fmt(v: Any, nd: int = 1) -> str:
     if v is None:
         return "-"
