@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncjobs.backoff import wait_or
@@ -31,12 +32,22 @@ LOCK_TTL = 10
 REACQUIRE_EVERY = 2.0
 
 
+def _fixed(queues: tuple[str, ...]) -> Callable[[], Sequence[str]]:
+    return lambda: queues
+
+
 class Scheduler:
     def __init__(
-        self, target: RedisTarget | str, queues: tuple[str, ...], serializer: Any = None, interval: float = 1.0
+        self,
+        target: RedisTarget | str,
+        queues: Sequence[str] | Callable[[], Sequence[str]],
+        serializer: Any = None,
+        interval: float = 1.0,
     ) -> None:
         self.target = RedisTarget(url=target) if isinstance(target, str) else target
-        self.queues = queues
+        #: the queues to schedule, or a function giving them now (queue patterns: the queues they match
+        #: change while the worker runs, and each tick follows them)
+        self.queues: Callable[[], Sequence[str]] = queues if callable(queues) else _fixed(tuple(queues))
         self.serializer = serializer
         self.interval = interval
         self._scheduler: Any = None
@@ -48,13 +59,17 @@ class Scheduler:
             from rq.scheduler import RQScheduler
 
             conn = self.target.sync_client()
-            self._scheduler = RQScheduler(list(self.queues), connection=conn, serializer=self.serializer)
+            self._scheduler = RQScheduler(list(self.queues()), connection=conn, serializer=self.serializer)
             self._scheduler._connection = conn
         return self._scheduler
 
     def tick_once(self) -> None:
         sched = self._get()
         now = time.monotonic()
+        current = set(self.queues())
+        if current and current != sched._queue_names:  # a pattern matched a new queue: take its lock too
+            sched._queue_names = current
+            self._last_try = 0.0
         missing = set(sched._queue_names) != set(sched.acquired_locks)
         if sched.should_reacquire_locks or (missing and now - self._last_try >= REACQUIRE_EVERY):
             self._last_try = now

@@ -322,8 +322,8 @@ class Worker:
         if self.config.with_scheduler:
             from asyncjobs.worker.scheduler import Scheduler
 
-            # (patterns: the queues they match at start)
-            sched = Scheduler(self.config.connection, tuple(self._served()), self._rq_serializer())
+            # (patterns: the queues they match, followed as they appear)
+            sched = Scheduler(self.config.connection, self._served, self._rq_serializer())
             if self.config.burst:
                 await self._retrying(lambda: asyncio.to_thread(sched.tick_once), "scheduler tick")
             tasks.append(asyncio.create_task(sched.run(self._stopping), name="asyncjobs-scheduler"))

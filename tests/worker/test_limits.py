@@ -261,6 +261,20 @@ async def test_tenant_pattern_serves_a_small_tenant_beside_a_burst(sync_redis: r
     await eventually(lambda: status(sync_redis, late.id) == "finished", what="a new tenant's job")
 
 
+async def test_scheduler_follows_a_pattern_to_queues_that_appear_later(sync_redis: redis.Redis, start_worker) -> None:
+    """--with-scheduler with --queues 'emails:*': a tenant queue that appears after the worker started
+    gets its scheduled jobs (and retry delays) moved too, not only the queues matched at start."""
+    from datetime import timedelta
+
+    early = Queue("emails:early", connection=sync_redis).enqueue(f"{J}.record", "early")
+    await start_worker(queues=("emails:*",), concurrency=4, with_scheduler=True)
+    await eventually(lambda: status(sync_redis, early.id) == "finished", what="the first tenant's job")
+    late = Queue("emails:late", connection=sync_redis).enqueue_in(timedelta(seconds=1), f"{J}.record", "late")
+    assert status(sync_redis, late.id) == "scheduled"
+    await eventually(lambda: status(sync_redis, late.id) == "finished", timeout=20,
+                     what="a scheduled job of a queue that appeared later")
+
+
 async def test_tenant_pattern_cap_applies_to_each_queue(sync_redis: redis.Redis, start_worker) -> None:
     ids = {t: [Queue(f"t:{t}", connection=sync_redis).enqueue(f"{J}.wait_gate", "t").id for _ in range(3)]
            for t in ("a", "b")}
