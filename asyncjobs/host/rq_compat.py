@@ -16,7 +16,10 @@ environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_F
 (comma-separated hook modules, like repeated ``--hooks``).  Metrics and health probes:
 ``ASYNCJOBS_METRICS_PORT``, ``ASYNCJOBS_METRICS_HOST``, ``ASYNCJOBS_HEALTH_PORT``,
 ``ASYNCJOBS_HEALTH_HOST``, ``ASYNCJOBS_MAX_LOOP_LAG``, in the ``-c`` settings module or the
-environment (the settings module wins, as for RQ's own settings).
+environment (the settings module wins, as for RQ's own settings).  Per-worker queue caps
+(``--queue-limit``): ``QUEUE_LIMITS = {"sms": 5}`` in the settings module or
+``ASYNCJOBS_QUEUE_LIMITS=sms=5,emails=20``; fleet-wide limits live in Redis and apply as for any
+asyncjobs worker.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from rq.worker import Worker as RQWorker
 from asyncjobs.connection import RedisTarget
 from asyncjobs.host.preflight import battery_settings_problem
 from asyncjobs.host.runner import run_worker, setup_logging
-from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_size
+from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_queue_limit, parse_size
 
 
 class AsyncWorker(RQWorker):
@@ -95,6 +98,19 @@ class AsyncWorker(RQWorker):
         )
         ser = self.serializer if isinstance(self.serializer, type) else type(self.serializer)
         spec = f"{ser.__module__}.{ser.__qualname__}"
+        limits, limits_source = _queue_limits()
+        try:
+            return self._build_config(burst, max_jobs, max_idle_time, with_scheduler, dequeue_strategy, handlers,
+                                      spec, limits)
+        except ValueError as exc:
+            if str(exc).startswith("--queue-limit") and limits_source:
+                raise ValueError(f"{limits_source}: {exc}") from None
+            raise
+
+    def _build_config(
+        self, burst: bool, max_jobs: int | None, max_idle_time: int | None, with_scheduler: bool,
+        dequeue_strategy: str, handlers: tuple[str, ...], spec: str, limits: tuple[tuple[str, int], ...],
+    ) -> WorkerConfig:
         return WorkerConfig(
             queues=tuple(q.name for q in self.queues),
             # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
@@ -126,6 +142,7 @@ class AsyncWorker(RQWorker):
                 os.environ.get("ASYNCJOBS_MAX_PAYLOAD_SIZE", str(DEFAULTS["max_payload_size"])),
                 "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
+            queue_limits=limits,
             **ops_options({}, _rq_settings(), os.environ),
         )
 
@@ -144,6 +161,29 @@ def _env_int(name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"${name}={text!r} is not a positive whole number: set e.g. {name}={default}")
     return value
+
+
+def _queue_limits() -> tuple[tuple[tuple[str, int], ...], str]:
+    """``--queue-limit`` under RQ's CLI: ``QUEUE_LIMITS = {"sms": 5}`` in the ``-c`` settings module, else
+    ``ASYNCJOBS_QUEUE_LIMITS=sms=5,emails:*=2`` in the environment; and where they came from."""
+    configured = (_rq_settings() or {}).get("QUEUE_LIMITS")
+    if configured:
+        if not isinstance(configured, dict):
+            raise ValueError(f"QUEUE_LIMITS in the settings module must be a dict {{queue: N}}, got {configured!r}")
+        return tuple((str(q), n) for q, n in configured.items()), "QUEUE_LIMITS in the settings module"
+    text = os.environ.get("ASYNCJOBS_QUEUE_LIMITS") or ""
+    limits = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            limits.append(parse_queue_limit(part))
+        except ValueError:
+            raise ValueError(
+                f"$ASYNCJOBS_QUEUE_LIMITS={text!r}: {part!r} is not QUEUE=N with N >= 1; "
+                "set e.g. ASYNCJOBS_QUEUE_LIMITS=sms=5,emails=20"
+            ) from None
+    return tuple(limits), f"$ASYNCJOBS_QUEUE_LIMITS={text!r}" if limits else ""
 
 
 def _rq_settings() -> dict[str, Any] | None:

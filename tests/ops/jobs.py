@@ -77,3 +77,11 @@ from rq.job import Job as _RQJob  # noqa: E402
 
 class AuditedJob(_RQJob):
     """A custom RQ Job class (``--job-class``), whose overrides asyncjobs cannot run."""
+
+
+async def span(path: str, token: str, seconds: float) -> str:
+    """Append ``+<token>`` when it starts and ``-<token>`` when it ends: the ledger shows how many ran at once."""
+    _append(path, f"+{token}")
+    await asyncio.sleep(seconds)
+    _append(path, f"-{token}")
+    return token

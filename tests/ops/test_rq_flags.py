@@ -78,3 +78,34 @@ def test_rq_worker_class_says_it_ignores_a_custom_job_class(redis_url: str) -> N
         out = w.output()
     lines = [ln for ln in out.splitlines() if "tests.ops.jobs.AuditedJob" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0] and "not used" in lines[0], out
+
+
+def test_queue_limits_under_rq_worker_w(redis_url: str, sync_redis, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``ASYNCJOBS_QUEUE_LIMITS`` (or ``QUEUE_LIMITS`` in the ``-c`` module) is ``--queue-limit`` under
+    ``rq worker -w asyncjobs.AsyncWorker``: at most 2 ``sms`` jobs at once out of 10 slots; a bad value
+    stops start-up in one line naming the variable."""
+    from rq import Queue
+
+    from tests.testsupport.workers import run_rq_worker_with_asyncjobs_class
+
+    ledger = tmp_path / "spans"
+    sms, emails = Queue("sms", connection=sync_redis), Queue("emails", connection=sync_redis)
+    for i in range(6):
+        sms.enqueue("tests.ops.jobs.span", str(ledger), f"s{i}", 0.3)
+        emails.enqueue("tests.ops.jobs.span", str(ledger), f"e{i}", 0.3)
+    env = {"ASYNCJOBS_CONCURRENCY": "10", "ASYNCJOBS_QUEUE_LIMITS": "sms=2"}
+    with run_rq_worker_with_asyncjobs_class(redis_url, ["sms", "emails"], "--burst", env=env) as worker:
+        assert worker.wait(60) == 0, worker.output()
+    running: set[str] = set()
+    most = {"s": 0, "e": 0}
+    for line in ledger.read_text().split():
+        (running.add if line[0] == "+" else running.discard)(line[1:])
+        for kind in most:
+            most[kind] = max(most[kind], sum(1 for t in running if t.startswith(kind)))
+    assert most == {"s": 2, "e": 6}, most
+    for bad in ("sms", "sms=0", "fax=2"):
+        env = {"ASYNCJOBS_QUEUE_LIMITS": bad}
+        with run_rq_worker_with_asyncjobs_class(redis_url, ["sms"], "--burst", env=env) as worker:
+            assert worker.wait(60) == 2, worker.output()
+            out = worker.output()
+        assert "ASYNCJOBS_QUEUE_LIMITS" in out and repr(bad) in out and "Traceback" not in out, out
