@@ -19,7 +19,9 @@ environment variables: ``ASYNCJOBS_CONCURRENCY`` (default 10), ``ASYNCJOBS_LOG_F
 environment (the settings module wins, as for RQ's own settings).  Per-worker queue caps
 (``--queue-limit``): ``QUEUE_LIMITS = {"sms": 5}`` in the settings module or
 ``ASYNCJOBS_QUEUE_LIMITS=sms=5,emails=20``; fleet-wide limits live in Redis and apply as for any
-asyncjobs worker.
+asyncjobs worker.  The fleet's own jobs: ``ASYNCJOBS_CRON`` (``--cron CONFIG``),
+``ASYNCJOBS_CRON_LEASE`` and ``ASYNCJOBS_MAX_MEMORY`` (``--max-memory``, e.g. ``512M``; RQ's own
+``--max-jobs`` is honoured as it is).
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from rq.worker import Worker as RQWorker
 from asyncjobs.connection import RedisTarget
 from asyncjobs.host.preflight import battery_settings_problem
 from asyncjobs.host.runner import run_worker, setup_logging
-from asyncjobs.worker.config import DEFAULTS, WorkerConfig, ops_options, parse_queue_limit, parse_size
+from asyncjobs.worker.config import (
+    DEFAULTS,
+    WorkerConfig,
+    ops_options,
+    parse_memory,
+    parse_queue_limit,
+    parse_size,
+)
 
 
 class AsyncWorker(RQWorker):
@@ -65,13 +74,17 @@ class AsyncWorker(RQWorker):
             problem = battery_settings_problem(config.allowed_modules)
             if problem:
                 raise ValueError(problem)
+            if config.cron:
+                from asyncjobs.worker.cron import load_cron_config
+
+                load_cron_config(config.cron)  # a bad file: one line naming the file and line, now
         except ValueError as exc:  # one line naming the value, never a traceback (exit 2, as argparse)
             print(f"asyncjobs: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         self._warn_about_classes()
         code = run_worker(config)
-        if code == 2:  # a configuration error (e.g. Redis refused the database or the credentials)
-            raise SystemExit(2)
+        if code in (2, 75):  # a configuration error (e.g. Redis refused the database), or recycled (--max-memory)
+            raise SystemExit(code)
         return code == 0
 
     def _warn_about_classes(self) -> None:
@@ -143,6 +156,9 @@ class AsyncWorker(RQWorker):
                 "ASYNCJOBS_MAX_PAYLOAD_SIZE",
             ),
             queue_limits=limits,
+            cron=os.environ.get("ASYNCJOBS_CRON") or None,
+            cron_lease=_env_float("ASYNCJOBS_CRON_LEASE", DEFAULTS["cron_lease"]),
+            max_memory=_env_memory("ASYNCJOBS_MAX_MEMORY"),
             **ops_options({}, _rq_settings(), os.environ),
         )
 
@@ -161,6 +177,26 @@ def _env_int(name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"${name}={text!r} is not a positive whole number: set e.g. {name}={default}")
     return value
+
+
+def _env_float(name: str, default: float) -> float:
+    text = (os.environ.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r} is not a number of seconds: set e.g. {name}={default:g}") from None
+
+
+def _env_memory(name: str) -> int | None:
+    text = (os.environ.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError:
+        raise ValueError(f"${name}={text!r} is not a size: set e.g. {name}=512M (or 2G)") from None
 
 
 def _queue_limits() -> tuple[tuple[tuple[str, int], ...], str]:

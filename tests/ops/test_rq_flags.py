@@ -109,3 +109,32 @@ def test_queue_limits_under_rq_worker_w(redis_url: str, sync_redis, tmp_path) ->
             assert worker.wait(60) == 2, worker.output()
             out = worker.output()
         assert "ASYNCJOBS_QUEUE_LIMITS" in out and repr(bad) in out and "Traceback" not in out, out
+
+
+def test_cron_and_max_memory_under_rq_worker_w(redis_url: str, sync_redis, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``ASYNCJOBS_CRON`` is ``--cron`` under ``rq worker -w asyncjobs.AsyncWorker`` (the worker leads and
+    enqueues each tick); a bad cron file or ``ASYNCJOBS_MAX_MEMORY`` stops start-up in one line."""
+    from rq import Queue
+
+    from tests.testsupport.workers import run_rq_worker_with_asyncjobs_class, wait_for
+
+    conf = tmp_path / "cron_config.py"
+    conf.write_text('from rq import cron\nfrom tests.ops import jobs\n\n'
+                    'cron.register(jobs.ok, "cronq", args=(1,), interval=1, name="every-second")\n')
+    env = {"ASYNCJOBS_CRON": str(conf), "ASYNCJOBS_CRON_LEASE": "2", "ASYNCJOBS_MAX_MEMORY": "2G"}
+    with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], env=env) as worker:
+        wait_for(lambda: Queue("cronq", connection=sync_redis).count >= 2, 30, message=worker.output)
+        worker.stop()
+        assert worker.wait(30) == 0, worker.output()
+    assert all("cron_scheduled_at" in j.meta for j in Queue("cronq", connection=sync_redis).get_jobs())
+    # over ASYNCJOBS_MAX_MEMORY: it recycles with asyncjobs-worker's status, 75, for the supervisor
+    Queue("other", connection=sync_redis).enqueue("tests.ops.jobs.ok", 1)
+    with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], env={"ASYNCJOBS_MAX_MEMORY": "1M"}) as worker:
+        assert worker.wait(60) == 75, worker.output()
+    (tmp_path / "broken.py").write_text("from rq import cron\ncron.register(print, 'q', cron='not a cron')\n")
+    for env, named in (({"ASYNCJOBS_CRON": str(tmp_path / "broken.py")}, "broken.py"),
+                       ({"ASYNCJOBS_MAX_MEMORY": "lots"}, "ASYNCJOBS_MAX_MEMORY='lots'")):
+        with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], "--burst", env=env) as worker:
+            assert worker.wait(60) == 2, worker.output()
+            out = worker.output()
+        assert named in out and "Traceback" not in out, out
