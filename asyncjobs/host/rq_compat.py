@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rq.worker import Worker as RQWorker
 
@@ -43,6 +44,8 @@ from asyncjobs.worker.config import (
     parse_queue_limit,
     parse_size,
 )
+
+_T = TypeVar("_T")
 
 
 class AsyncWorker(RQWorker):
@@ -129,7 +132,9 @@ class AsyncWorker(RQWorker):
             # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
             redis=RedisTarget.from_client(self.connection),
             name=self.name,
-            concurrency=_env_int("ASYNCJOBS_CONCURRENCY", DEFAULTS["concurrency"]),
+            concurrency=_env("ASYNCJOBS_CONCURRENCY", _positive_int,
+                             f"is not a positive whole number: set e.g. ASYNCJOBS_CONCURRENCY={DEFAULTS['concurrency']}")
+            or DEFAULTS["concurrency"],
             burst=burst,
             serializer=spec,
             default_result_ttl=int(self.default_result_ttl),
@@ -157,8 +162,9 @@ class AsyncWorker(RQWorker):
             ),
             queue_limits=limits,
             cron=os.environ.get("ASYNCJOBS_CRON") or None,
-            cron_lease=_env_float("ASYNCJOBS_CRON_LEASE", DEFAULTS["cron_lease"]),
-            max_memory=_env_memory("ASYNCJOBS_MAX_MEMORY"),
+            cron_lease=_env("ASYNCJOBS_CRON_LEASE", float, "is not a number of seconds: set e.g. "
+                            f"ASYNCJOBS_CRON_LEASE={DEFAULTS['cron_lease']:g}") or DEFAULTS["cron_lease"],
+            max_memory=_env("ASYNCJOBS_MAX_MEMORY", parse_memory, "is not a size: set e.g. ASYNCJOBS_MAX_MEMORY=512M"),
             **ops_options({}, _rq_settings(), os.environ),
         )
 
@@ -166,37 +172,22 @@ class AsyncWorker(RQWorker):
         return f"AsyncWorker({self.name!r})"
 
 
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name) or ""
-    if not text.strip():
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"${name}={text!r} is not a positive whole number: set e.g. {name}={default}")
-    return value
-
-
-def _env_float(name: str, default: float) -> float:
-    text = (os.environ.get(name) or "").strip()
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"${name}={text!r} is not a number of seconds: set e.g. {name}={default:g}") from None
-
-
-def _env_memory(name: str) -> int | None:
+def _env(name: str, parse: Callable[[str], _T], fix: str) -> _T | None:
+    """``$name`` parsed, None when unset or empty; a bad value is one line naming it and ``fix``."""
     text = (os.environ.get(name) or "").strip()
     if not text:
         return None
     try:
-        return parse_memory(text)
+        return parse(text)
     except ValueError:
-        raise ValueError(f"${name}={text!r} is not a size: set e.g. {name}=512M (or 2G)") from None
+        raise ValueError(f"${name}={text!r} {fix}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _queue_limits() -> tuple[tuple[tuple[str, int], ...], str]:
