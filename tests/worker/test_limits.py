@@ -5,6 +5,7 @@ Redis.  What is asserted is which jobs ran and in what order, never how fast."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -331,3 +332,36 @@ async def test_limits_live_under_the_key_prefix(redis_url: str, sync_redis: redi
     assert result.jobs == [] and result.blocked == {"q": -1}
     assert sync_redis.lrange("{rq}:queue:q", 0, -1) == [b"some-job"]
     assert QueueControl(sync_redis).get("q").paused_until is None  # the default prefix's queue: not paused
+
+
+def test_a_sigkilled_workers_slot_returns_when_its_lease_ends_not_before(  # type: ignore[no-untyped-def]
+    redis_url: str, sync_redis: redis.Redis, tmp_path
+) -> None:
+    """Real processes: worker A holds the one fleet slot of ``lq`` and is SIGKILLed; worker B keeps the next
+    job queued while A's lease (its heartbeat deadline in ``rq:wip``, 61 s here) is live, and starts it
+    within seconds once the lease has run out (the wait is shortened by moving the deadline, as the
+    clock would)."""
+    import signal
+
+    from tests.testsupport.workers import run_asyncjobs_worker, wait_for
+
+    QueueControl(sync_redis).limit("lq", concurrency=1)
+    q = Queue("lq", connection=sync_redis)
+    held = q.enqueue("tests.ops.jobs.wait_for_file", str(tmp_path / "never"), 300)
+    a = run_asyncjobs_worker(redis_url, "lq", "--job-monitoring-interval", "1")
+    try:
+        wait_for(lambda: status(sync_redis, held.id) == "started", 30, message=a.output)
+        a.signal(signal.SIGKILL)
+        a.wait(10)
+    finally:
+        a.close()
+    (member,) = sync_redis.zrange("rq:wip:lq", 0, -1)
+    deadline = sync_redis.zscore("rq:wip:lq", member)
+    assert deadline is not None and deadline > sync_redis.time()[0] + 50  # the lease A left: about 61 s
+    nxt = q.enqueue("tests.ops.jobs.ok", 7)
+    with run_asyncjobs_worker(redis_url, "lq") as b:
+        wait_for(lambda: "started: queues=lq" in b.output(), 30, message=b.output)
+        time.sleep(3)  # B claims meanwhile (a blocked queue is retried every second): the live lease keeps the slot
+        assert status(sync_redis, nxt.id) == "queued", b.output()
+        sync_redis.zadd("rq:wip:lq", {member: sync_redis.time()[0] - 1})  # the lease has run out
+        wait_for(lambda: status(sync_redis, nxt.id) == "finished", 10, message=b.output)
