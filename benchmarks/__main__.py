@@ -392,6 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--no-progress", action="store_true")
     cm.set_defaults(func=cmd_commands)
 
+    gp = sub.add_parser("gap", help="where a slot's time goes: job end to next start, 50 ms jobs (stock RQ beside)")
+    gp.add_argument("-n", type=int, default=3000, help="jobs per asyncjobs run (default %(default)s)")
+    gp.add_argument("--n-stock", type=int, default=60, help="jobs for the stock worker (default %(default)s)")
+    gp.add_argument("--seconds", type=float, default=0.05, help="each job's sleep (default %(default)s)")
+    gp.add_argument("--concurrency", type=int, default=50)
+    gp.add_argument("--repeat", type=int, default=2)
+    gp.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
+    gp.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
+    gp.add_argument("--out", default="benchmarks/results/gap")
+    gp.add_argument("--no-progress", action="store_true")
+    gp.set_defaults(func=cmd_gap)
+
     fi = sub.add_parser("fanin", help="a child of N parents: the longest Redis stall its checks cause (stock RQ beside)")
     fi.add_argument("-n", type=int, default=3000, help="parents (default %(default)s)")
     fi.add_argument("--n-stock", type=int, default=1000, help="parents for the stock worker (default %(default)s)")
@@ -442,6 +454,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from benchmarks import profile
 
     return profile.main(args)
+
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    from benchmarks import gap
+
+    return gap.main(args)
 
 
 def cmd_fanin(args: argparse.Namespace) -> int:

@@ -60,6 +60,20 @@ async def sleep_async(token: str, seconds: float = SLEEP_SECONDS) -> None:
     _record(token)
 
 
+async def timed_sleep_async(token: str, seconds: float = SLEEP_SECONDS) -> None:
+    """``sleep_async`` that records ``token start end`` (CLOCK_MONOTONIC, comparable across processes):
+    ``python -m benchmarks gap`` reads where each slot's time went."""
+    start = time.monotonic()
+    await asyncio.sleep(seconds)
+    _record(f"{token} {start:.6f} {time.monotonic():.6f}")
+
+
+def timed_sleep_sync(token: str, seconds: float = SLEEP_SECONDS) -> None:
+    start = time.monotonic()
+    time.sleep(seconds)
+    _record(f"{token} {start:.6f} {time.monotonic():.6f}")
+
+
 # --------------------------------------------------------------------------- delivery workloads
 
 

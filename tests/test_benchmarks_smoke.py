@@ -161,3 +161,19 @@ def test_tiny_fanin_run(tmp_path: Path) -> None:
     assert [(r["contender"], r["n"]) for r in rows] == [("rq-simple", 140), ("asyncjobs-c50", 140), ("asyncjobs-c50", 150)]
     assert all(r["verified"] and r["commands_logged"] > 0 for r in rows)
     assert "| asyncjobs-c50 | 150 |" in (tmp_path / "fanin-latest.md").read_text()
+
+
+def test_tiny_gap_run(tmp_path: Path) -> None:
+    """``python -m benchmarks gap``: each contender's jobs verified once, the slot gap computed from the
+    jobs' own start and end times (no timing asserted)."""
+    if not asyncjobs_available():
+        pytest.skip("asyncjobs-worker is not runnable")
+    rc = main(["gap", "-n", "120", "--n-stock", "8", "--seconds", "0.02", "--concurrency", "10", "--repeat", "1",
+               "--no-progress", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = [json.loads(line) for line in next(tmp_path.glob("gap-*.jsonl")).read_text().splitlines()]
+    assert [(r["contender"], r["n"], r["slots"]) for r in rows] == [("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10)]
+    for r in rows:
+        assert r["verified"] and r["gap_ms"]["p50"] > 0 and 0 < r["occupancy_pct"] <= 100
+    assert rows[1]["scripts"] > 0
+    assert "| asyncjobs-c10 | 120 |" in (tmp_path / "gap-latest.md").read_text()
