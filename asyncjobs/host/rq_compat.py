@@ -46,6 +46,7 @@ from asyncjobs.worker.config import (
 )
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 
 
 class AsyncWorker(RQWorker):
@@ -132,9 +133,8 @@ class AsyncWorker(RQWorker):
             # RQ's own connection as its CLI built it (--url, -c settings incl. SENTINEL, REDIS_* env).
             redis=RedisTarget.from_client(self.connection),
             name=self.name,
-            concurrency=_env("ASYNCJOBS_CONCURRENCY", _positive_int,
-                             f"is not a positive whole number: set e.g. ASYNCJOBS_CONCURRENCY={DEFAULTS['concurrency']}")
-            or DEFAULTS["concurrency"],
+            concurrency=_env("ASYNCJOBS_CONCURRENCY", _positive_int, DEFAULTS["concurrency"],
+                             f"is not a positive whole number: set e.g. ASYNCJOBS_CONCURRENCY={DEFAULTS['concurrency']}"),
             burst=burst,
             serializer=spec,
             default_result_ttl=int(self.default_result_ttl),
@@ -162,9 +162,10 @@ class AsyncWorker(RQWorker):
             ),
             queue_limits=limits,
             cron=os.environ.get("ASYNCJOBS_CRON") or None,
-            cron_lease=_env("ASYNCJOBS_CRON_LEASE", float, "is not a number of seconds: set e.g. "
-                            f"ASYNCJOBS_CRON_LEASE={DEFAULTS['cron_lease']:g}") or DEFAULTS["cron_lease"],
-            max_memory=_env("ASYNCJOBS_MAX_MEMORY", parse_memory, "is not a size: set e.g. ASYNCJOBS_MAX_MEMORY=512M"),
+            cron_lease=_env("ASYNCJOBS_CRON_LEASE", float, DEFAULTS["cron_lease"], "is not a number of seconds: "
+                            f"set e.g. ASYNCJOBS_CRON_LEASE={DEFAULTS['cron_lease']:g}"),
+            max_memory=_env("ASYNCJOBS_MAX_MEMORY", parse_memory, None,
+                            "is not a size: set e.g. ASYNCJOBS_MAX_MEMORY=512M"),
             **ops_options({}, _rq_settings(), os.environ),
         )
 
@@ -172,11 +173,12 @@ class AsyncWorker(RQWorker):
         return f"AsyncWorker({self.name!r})"
 
 
-def _env(name: str, parse: Callable[[str], _T], fix: str) -> _T | None:
-    """``$name`` parsed, None when unset or empty; a bad value is one line naming it and ``fix``."""
+def _env(name: str, parse: Callable[[str], _T], default: _D, fix: str) -> _T | _D:
+    """``$name`` parsed, ``default`` when unset or empty (a value that parses, 0 included, is kept for
+    WorkerConfig to check); a value that does not parse is one line naming it and ``fix``."""
     text = (os.environ.get(name) or "").strip()
     if not text:
-        return None
+        return default
     try:
         return parse(text)
     except ValueError:

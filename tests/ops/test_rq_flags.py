@@ -133,7 +133,8 @@ def test_cron_and_max_memory_under_rq_worker_w(redis_url: str, sync_redis, tmp_p
         assert worker.wait(60) == 75, worker.output()
     (tmp_path / "broken.py").write_text("from rq import cron\ncron.register(print, 'q', cron='not a cron')\n")
     for env, named in (({"ASYNCJOBS_CRON": str(tmp_path / "broken.py")}, "broken.py"),
-                       ({"ASYNCJOBS_MAX_MEMORY": "lots"}, "ASYNCJOBS_MAX_MEMORY='lots'")):
+                       ({"ASYNCJOBS_MAX_MEMORY": "lots"}, "ASYNCJOBS_MAX_MEMORY='lots'"),
+                       ({"ASYNCJOBS_CRON_LEASE": "0", "ASYNCJOBS_CRON": str(conf)}, "--cron-lease")):
         with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], "--burst", env=env) as worker:
             assert worker.wait(60) == 2, worker.output()
             out = worker.output()
