@@ -386,10 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("-n", type=int, default=2000, help="no-op jobs per asyncjobs run (default %(default)s)")
     cm.add_argument("--n-stock", type=int, default=500, help="jobs for the stock worker (default %(default)s)")
     cm.add_argument("--concurrency", type=int, default=50)
-    cm.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
-    cm.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
-    cm.add_argument("--out", default="benchmarks/results/commands")
-    cm.add_argument("--no-progress", action="store_true")
+    _side_by_side(cm, "benchmarks/results/commands")
     cm.set_defaults(func=cmd_commands)
 
     gp = sub.add_parser("gap", help="where a slot's time goes: job end to next start, 50 ms jobs (stock RQ beside)")
@@ -398,19 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seconds", type=float, default=0.05, help="each job's sleep (default %(default)s)")
     gp.add_argument("--concurrency", type=int, default=50)
     gp.add_argument("--repeat", type=int, default=2)
-    gp.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
-    gp.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
-    gp.add_argument("--out", default="benchmarks/results/gap")
-    gp.add_argument("--no-progress", action="store_true")
+    _side_by_side(gp, "benchmarks/results/gap")
     gp.set_defaults(func=cmd_gap)
 
     fi = sub.add_parser("fanin", help="a child of N parents: the longest Redis stall its checks cause (stock RQ beside)")
     fi.add_argument("-n", type=int, default=3000, help="parents (default %(default)s)")
     fi.add_argument("--n-stock", type=int, default=1000, help="parents for the stock worker (default %(default)s)")
-    fi.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
-    fi.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
-    fi.add_argument("--out", default="benchmarks/results/fanin")
-    fi.add_argument("--no-progress", action="store_true")
+    _side_by_side(fi, "benchmarks/results/fanin")
     fi.set_defaults(func=cmd_fanin)
 
     pf = sub.add_parser("profile", help="worker CPU per no-op job, and a cProfile of one run")
@@ -454,6 +445,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from benchmarks import profile
 
     return profile.main(args)
+
+
+def _side_by_side(p: argparse.ArgumentParser, out: str) -> None:
+    """The options of the measurements that run stock RQ, an earlier revision and this one side by side."""
+    p.add_argument("--before", default=None, help="also run the asyncjobs package as of this git revision")
+    p.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
+    p.add_argument("--out", default=out)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
