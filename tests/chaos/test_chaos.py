@@ -130,7 +130,12 @@ def test_recovery_fails_only_what_dead_workers_owned(sync_redis: redis.Redis) ->
     q.enqueue("tests.chaos.jobs.sync_work", key="b", seconds=0, job_id="live-one")
     dead = _start(conn, q, "gone")
     live = _start(conn, q, "alive")
-    # The live worker has not heart-beaten since: its deadline is not past the dead one's.
+    # The live worker has not heart-beaten since: its deadline is not past the dead one's.  Stock writes
+    # whole seconds (now + TTL), so two starts a second boundary apart differ by one (seen once in CI,
+    # the live one then no blocker): give both the same deadline, as two starts in one second have.
+    (dead_member,) = [m for m in conn.zrange("rq:wip:chaos", 0, -1) if m.startswith(b"dead-one:")]
+    (live_member,) = [m for m in conn.zrange("rq:wip:chaos", 0, -1) if m.startswith(b"live-one:")]
+    conn.zadd("rq:wip:chaos", {live_member: conn.zscore("rq:wip:chaos", dead_member) or 0}, xx=True)
     done = recover_abandoned(conn, {"gone"}, settle=0.3)
     assert (done.cleaned, done.deferred) == (0, 1)
     assert dead.get_status(refresh=True) == "started" and live.get_status(refresh=True) == "started"
