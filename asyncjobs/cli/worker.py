@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recycle once this process's RSS passes MB megabytes (or 512M, 2G): finish the jobs in "
                         "flight and exit with status 75; under --processes the child is replaced at once")
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--claim-batch", type=int, default=None, metavar="N",
+                   help="store at most N outcomes and claim at most N jobs per round trip to Redis (default: "
+                        "max(8, concurrency/8); smaller round trips overlap, so jobs ending together restart sooner)")
     p.add_argument(
         "--dequeue-strategy", "-ds", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
@@ -253,6 +256,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         max_memory=parse_memory(args.max_memory),
         cron=args.cron,
         cron_lease=args.cron_lease,
+        claim_batch=args.claim_batch,
         max_idle_time=args.max_idle_time,
         dequeue_strategy=args.dequeue_strategy,
         shutdown_timeout=args.shutdown_timeout,

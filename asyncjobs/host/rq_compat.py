@@ -166,6 +166,8 @@ class AsyncWorker(RQWorker):
                             f"set e.g. ASYNCJOBS_CRON_LEASE={DEFAULTS['cron_lease']:g}"),
             max_memory=_env("ASYNCJOBS_MAX_MEMORY", parse_memory, None,
                             "is not a size: set e.g. ASYNCJOBS_MAX_MEMORY=512M"),
+            claim_batch=_env("ASYNCJOBS_CLAIM_BATCH", _positive_int, None,
+                             "is not a positive whole number: set e.g. ASYNCJOBS_CLAIM_BATCH=8, or leave it unset"),
             **ops_options({}, _rq_settings(), os.environ),
         )
 

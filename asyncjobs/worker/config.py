@@ -124,6 +124,9 @@ class WorkerConfig:
     cron: str | None = None
     #: ``--cron-lease``: seconds the cron leader's lease lasts (a dead leader is replaced within it)
     cron_lease: float = 15.0
+    #: ``--claim-batch``: at most this many outcomes stored and jobs claimed per round trip to Redis;
+    #: None = :attr:`claim_batch_size`'s default (see there)
+    claim_batch: int | None = None
 
     @property
     def connection(self) -> RedisTarget:
@@ -172,6 +175,8 @@ class WorkerConfig:
             raise ValueError(f"--cron-lease must be between 1 and 3600 seconds, got {self.cron_lease}")
         if self.job_monitoring_interval <= 0:
             raise ValueError("--job-monitoring-interval must be positive")
+        if self.claim_batch is not None and (isinstance(self.claim_batch, bool) or self.claim_batch < 1):
+            raise ValueError(f"--claim-batch must be at least 1, got {self.claim_batch}")
         for queue, cap in self.queue_limits:
             if queue not in self.queues and not any(
                 any(c in p for c in "*?[") and fnmatchcase(queue, p) for p in self.queues
@@ -181,6 +186,21 @@ class WorkerConfig:
                 )
             if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
                 raise ValueError(f"--queue-limit {queue}={cap!r}: the limit must be a whole number >= 1")
+
+    @property
+    def claim_batch_size(self) -> int:
+        """The most outcomes one exchange stores and the most jobs it claims: ``--claim-batch``, else
+        ``max(8, concurrency // 8)``.
+
+        Jobs of one length claimed together end together; one exchange for the whole wave makes every
+        slot of it wait for all of the wave's outcomes to be stored, all its jobs to be claimed, then
+        all of them to start, one after the other on the loop (at ``--concurrency 50`` with 50 ms jobs,
+        ~10 ms of every slot's 60).  Smaller exchanges overlap: Redis stores and claims one batch while
+        the loop starts the jobs of the last and finishes the next, and the waves break up.  Each
+        exchange has a fixed cost (about 14 commands inside the script), so the batch grows with the
+        concurrency: at most ~8 exchanges per wave (README "Benchmarks"; ``python -m benchmarks gap``).
+        """
+        return self.claim_batch if self.claim_batch is not None else max(8, self.concurrency // 8)
 
     @property
     def heartbeat_ttl(self) -> int:

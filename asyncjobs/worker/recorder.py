@@ -107,7 +107,12 @@ class Recorder:
         self._idle.clear()
         self._ready.set()
 
-    def take(self) -> Batch:
+    def take(self, limit: int | None = None) -> Batch:
+        """The oldest ``limit`` outcomes waiting (all of them with None); the rest stay pending."""
+        if limit is not None and len(self.pending) > limit:
+            entries = self.pending.entries
+            self.pending = Batch(entries[limit:])
+            return Batch(entries[:limit])
         batch, self.pending = self.pending, Batch()
         return batch
 

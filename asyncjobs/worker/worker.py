@@ -392,7 +392,7 @@ class Worker:
         A claim whose reply is lost stays ``_unresolved_claim`` and is sent again unchanged (same
         token) until a reply arrives: it claims at most once, and whatever it did claim is run.
         """
-        done = self.recorder.take()
+        done = self.recorder.take(self.config.claim_batch_size)
         try:
             result = await self.store.exchange(self.recorder.outcomes(done), request)
         except REDIS_ERRORS as exc:
@@ -454,8 +454,10 @@ class Worker:
                 break
             request = self._unresolved_claim
             if request is None:
-                # Outcomes waiting to be stored free their slots in the same round trip that claims.
-                free = self.slots.free(len(self.recorder.pending))
+                # Outcomes waiting to be stored free their slots in the same round trip that claims; at most
+                # a batch of each per round trip (WorkerConfig.claim_batch_size: smaller trips overlap).
+                batch = self.config.claim_batch_size
+                free = min(self.slots.free(min(len(self.recorder.pending), batch)), batch)
                 if self.recorder.refused:
                     free = 0  # Redis refuses writes: store the outcomes kept, claim nothing until they are in
                 if free == 0 and not self.recorder.pending:

@@ -325,3 +325,43 @@ async def test_maintenance_passes_the_exception_handlers_for_abandoned_jobs(
     await asyncio.to_thread(maint.run_once, "maint-test")
     assert status(sync_redis, job.id) == "failed"
     assert jobs.handled == [f"{job.id}:AbandonedJobError"]
+
+
+async def test_claim_batch_bounds_each_round_trip(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--claim-batch N: each exchange stores at most N outcomes and claims at most N jobs, so a wave of
+    jobs ending together is stored and refilled in overlapping round trips (issue 23), and the outcomes
+    beyond N wait for the next one: none is lost, each stored once."""
+    from asyncjobs.protocol.store import RedisStore
+    from tests.worker import jobs
+
+    calls: list[tuple[int, int]] = []
+    real = RedisStore.exchange
+
+    async def spy(self: RedisStore, outcomes, request):  # type: ignore[no-untyped-def]
+        calls.append((len(outcomes.transitions) if outcomes is not None else 0, request.count))
+        return await real(self, outcomes, request)
+
+    monkeypatch.setattr(RedisStore, "exchange", spy)
+    q = Queue("default", connection=sync_redis)
+    ids = [q.enqueue(f"{J}.wait_gate", "wave").id for _ in range(12)]
+    worker, task = await start_worker(concurrency=12, claim_batch=4, burst=True)
+    await eventually(lambda: all(status(sync_redis, i) == "started" for i in ids), what="12 started")
+    assert [c for _, c in calls if c] == [4, 4, 4]  # twelve free slots, claimed four at a time
+    jobs.gate("wave").set()  # all twelve end together
+    await asyncio.wait_for(task, 30)
+    assert all(status(sync_redis, i) == "finished" for i in ids)
+    stored = [n for n, _ in calls if n]
+    assert max(stored) == 4 and sum(stored) == 12, calls
+    assert worker.successful == 12
+
+
+def test_claim_batch_default_and_bounds() -> None:
+    from asyncjobs.worker.config import WorkerConfig
+
+    assert WorkerConfig(queues=("q",), concurrency=50).claim_batch_size == 8
+    assert WorkerConfig(queues=("q",), concurrency=400).claim_batch_size == 50
+    assert WorkerConfig(queues=("q",), concurrency=400, claim_batch=3).claim_batch_size == 3
+    with pytest.raises(ValueError, match="--claim-batch must be at least 1, got 0"):
+        WorkerConfig(queues=("q",), claim_batch=0)
