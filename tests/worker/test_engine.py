@@ -365,3 +365,31 @@ def test_claim_batch_default_and_bounds() -> None:
     assert WorkerConfig(queues=("q",), concurrency=400, claim_batch=3).claim_batch_size == 3
     with pytest.raises(ValueError, match="--claim-batch must be at least 1, got 0"):
         WorkerConfig(queues=("q",), claim_batch=0)
+
+
+async def test_worker_hash_names_a_running_job_while_busy(sync_redis: redis.Redis, start_worker) -> None:
+    """What `rq info` reads in the worker hash, through the claims that follow an idle spell, the ones
+    that store outcomes in the same call (the claim then skips writes the finish just made) and the
+    last outcome: busy with a running job's id, then idle with none."""
+    from tests.worker import jobs
+
+    q = Queue("default", connection=sync_redis)
+    worker, _task = await start_worker(concurrency=2)
+    key = f"rq:worker:{worker.name}"
+
+    def hash_state() -> tuple[str | None, str | None]:
+        state, current = sync_redis.hmget(key, ["state", "current_job"])
+        return (state.decode() if state else None, current.decode() if current else None)
+
+    await eventually(lambda: hash_state()[0] == "idle", what="idle worker")
+    long = q.enqueue(f"{J}.wait_gate", "long")
+    await eventually(lambda: hash_state() == ("busy", long.id), what="busy after an idle claim")
+    short = q.enqueue(f"{J}.wait_gate", "short")
+    await eventually(lambda: status(sync_redis, short.id) == "started")
+    after = q.enqueue(f"{J}.wait_gate", "after")  # waits for short's slot: claimed as short is stored
+    jobs.gate("short").set()
+    await eventually(lambda: status(sync_redis, after.id) == "started", what="claimed with short's outcome")
+    assert hash_state()[0] == "busy" and hash_state()[1] in (long.id, after.id), hash_state()
+    jobs.gate("long").set()
+    jobs.gate("after").set()
+    await eventually(lambda: hash_state() == ("idle", None), what="idle with no current job")

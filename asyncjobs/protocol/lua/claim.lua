@@ -4,7 +4,7 @@
 -- id is never outside both the queue and rq:wip:<q>.
 --
 -- This is the body of a function inside store.py's exchange script, which
--- passes `record(q, jid, eid)`: it notes each claim under the call's token
+-- passes `busy` (see the end) and `record(q, jid, eid)`: it notes each claim under the call's token
 -- before the claim's own writes, so a replay of the call returns these jobs
 -- instead of claiming new ones (docs/rq-protocol.md §11.2).
 --
@@ -195,7 +195,8 @@ end
 -- rq info / dashboards: the worker is busy and names one running job (RQ 2.12's readers);
 -- RQ 3's read the executions set, which lives as long as the execution records.
 if #claimed > 0 then redis.call('EXPIRE', wexec, exec_ttl) end
-if #claimed > 0 and redis.call('EXISTS', wkey) == 1 then
+-- (`busy`: the finish in the same call has just written both: nothing to add.)
+if #claimed > 0 and not busy and redis.call('EXISTS', wkey) == 1 then
   redis.call('HSET', wkey, 'state', 'busy')
   if redis.call('HEXISTS', wkey, 'current_job') == 0 then
     redis.call('HSET', wkey, 'current_job', claimed[1][2])

@@ -13,7 +13,7 @@
 local function finish(ARGV)
 --#include finish.lua
 end
-local function claim(ARGV, record)
+local function claim(ARGV, record, busy)
 --#include claim.lua
 end
 local P = KEYS[1]
@@ -23,7 +23,11 @@ local function packed(claimed)
   if #claimed == 0 then return claimed end
   return cjson.encode(claimed)
 end
-if ARGV[1] ~= '' then finish({ARGV[1]}) end
+local busy = false  -- the finish just wrote the worker hash's state busy and a current job
+if ARGV[1] ~= '' then
+  local _
+  _, busy = finish({ARGV[1]})
+end
 for key in string.gmatch(ARGV[3], '%S+') do redis.call('DEL', key) end
 local tk = ARGV[2]
 if tk == '' then return {0, {}, {}, {}} end
@@ -57,7 +61,7 @@ for i = 4, #ARGV do rest[i - 3] = ARGV[i] end
 local entries = {}
 local ok, reply = pcall(claim, rest, function(q, jid, eid)
   entries[#entries + 1] = q .. '\t' .. jid .. '\t' .. eid
-end)
+end, busy)
 redis.call('RPUSH', tk, (ok and reply[1] == 1) and '1' or '0', unpack(entries, 1, math.min(#entries, 999)))
 for i = 1000, #entries, 1000 do  -- unpack() has a stack limit
   redis.call('RPUSH', tk, unpack(entries, i, math.min(i + 999, #entries)))

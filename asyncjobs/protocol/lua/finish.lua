@@ -329,12 +329,16 @@ for _, j in ipairs(p.jobs) do
   end
 end
 
+-- The second value (dropped when this file runs as a script of its own) tells exchange.lua's claim
+-- that the worker hash already says busy with a current job: it need not write either again.
+local busy = false
 if redis.call('EXISTS', wkey) == 1 then
   if p.state then
-    redis.call('HSET', wkey, 'state', p.state)
     if p.current and p.current ~= '' then
-      redis.call('HSET', wkey, 'current_job', p.current)
+      redis.call('HSET', wkey, 'state', p.state, 'current_job', p.current)
+      busy = p.state == 'busy'
     else
+      redis.call('HSET', wkey, 'state', p.state)
       redis.call('HDEL', wkey, 'current_job')
     end
   end
@@ -342,4 +346,4 @@ if redis.call('EXISTS', wkey) == 1 then
   if failed > 0 then redis.call('HINCRBY', wkey, 'failed_job_count', failed) end
   if wt > 0 then redis.call('HINCRBYFLOAT', wkey, 'total_working_time', string.format('%.6f', wt)) end
 end
-return applied
+return applied, busy
