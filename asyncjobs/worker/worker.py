@@ -63,6 +63,9 @@ T = TypeVar("T")
 LIMIT_POLL = 1.0
 #: Seconds between reads of which queues have limits (a new limit or pause applies within this).
 LIMITS_REFRESH = 1.0
+#: jobs shorter than this (seconds, on average) are claimed and stored without --claim-batch's default
+#: bound (see Worker._batch)
+SHORT_JOB = 0.005
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
 
@@ -117,6 +120,8 @@ class Worker:
         self._limited_next = 0.0
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
+        #: the jobs' recent mean run time (seconds, moving average; None before the first ends)
+        self._job_seconds: float | None = None
         self._rr_offset = 0
         self.successful = 0
         self.failed = 0
@@ -386,13 +391,25 @@ class Worker:
             random.shuffle(queues)
         return self._queue_set.order(queues) if self._queue_set is not None and self._queue_set.patterns else queues
 
-    async def _exchange(self, request: ClaimRequest) -> bool:
-        """Store the outcomes ready and make one claim; launch what it claimed. False on a Redis error.
+    def _batch(self) -> int:
+        """The most outcomes to store and jobs to claim in the next round trip.
+
+        ``--claim-batch`` when given; by default :attr:`WorkerConfig.claim_batch_size`, except while the
+        jobs are shorter than :data:`SHORT_JOB` seconds: they end before a round trip would, no slot
+        waits on a wave, and one exchange for all that are ready costs the fewest commands and CPU.
+        """
+        if self.config.claim_batch is None and self._job_seconds is not None and self._job_seconds < SHORT_JOB:
+            return self.config.concurrency
+        return self.config.claim_batch_size
+
+    async def _exchange(self, request: ClaimRequest, limit: int | None = None) -> bool:
+        """Store the outcomes ready (the oldest ``limit``: never fewer than the claim counted on) and
+        make one claim; launch what it claimed. False on a Redis error.
 
         A claim whose reply is lost stays ``_unresolved_claim`` and is sent again unchanged (same
         token) until a reply arrives: it claims at most once, and whatever it did claim is run.
         """
-        done = self.recorder.take(self.config.claim_batch_size)
+        done = self.recorder.take(limit)
         try:
             result = await self.store.exchange(self.recorder.outcomes(done), request)
         except REDIS_ERRORS as exc:
@@ -453,11 +470,12 @@ class Worker:
                 self._recycle("max_memory")
                 break
             request = self._unresolved_claim
+            limit: int | None = None  # a claim sent again stores whatever is ready (it counted on none)
             if request is None:
                 # Outcomes waiting to be stored free their slots in the same round trip that claims; at most
                 # a batch of each per round trip (WorkerConfig.claim_batch_size: smaller trips overlap).
-                batch = self.config.claim_batch_size
-                free = min(self.slots.free(min(len(self.recorder.pending), batch)), batch)
+                limit = self._batch()
+                free = min(self.slots.free(min(len(self.recorder.pending), limit)), limit)
                 if self.recorder.refused:
                     free = 0  # Redis refuses writes: store the outcomes kept, claim nothing until they are in
                 if free == 0 and not self.recorder.pending:
@@ -475,7 +493,7 @@ class Worker:
                 request = self.store.claim_request(
                     order, free, self._execution_ids(free), self._caps(order, free), check_limits=check
                 )
-            if not await self._exchange(request):
+            if not await self._exchange(request, limit):
                 if self._burst_gives_up():
                     break
                 await backoff.wait("claim jobs", self._stopping)
@@ -639,7 +657,10 @@ class Worker:
         outcome = await run.outcome()
         self.successful += outcome.succeeded
         self.failed += outcome.failed
-        self.observer.job_ended(run.claimed.queue, outcome.kind, time.monotonic() - t0)
+        seconds = time.monotonic() - t0
+        self.observer.job_ended(run.claimed.queue, outcome.kind, seconds)
+        js = self._job_seconds
+        self._job_seconds = seconds if js is None else js + (seconds - js) / 16
         if outcome.kind is Kind.REQUEUE:
             self.slots.hold_give_back(run, outcome)
             self._release_give_backs()
