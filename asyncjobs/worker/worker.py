@@ -63,15 +63,23 @@ T = TypeVar("T")
 LIMIT_POLL = 1.0
 #: Seconds between reads of which queues have limits (a new limit or pause applies within this).
 LIMITS_REFRESH = 1.0
-#: jobs shorter than this (seconds, on average) are claimed and stored without --claim-batch's default
-#: bound (see Worker._batch)
-SHORT_JOB = 0.005
+#: at this CPU use (cores) or more, claims and outcomes go without --claim-batch's default bound, measured
+#: over CPU_WINDOW seconds (see Worker._batch)
+BUSY_CPU = 0.75
+CPU_WINDOW = 0.5
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
 
 
 class StopRequested(Exception):
     """SIGTERM/SIGINT (or a shutdown command) arrived while the worker was still starting."""
+
+
+def claim_limit(config: WorkerConfig, cpu_use: float) -> int:
+    """The most outcomes to store and jobs to claim per round trip at ``cpu_use`` cores (see Worker._batch)."""
+    if config.claim_batch is None and cpu_use >= BUSY_CPU:
+        return config.concurrency
+    return config.claim_batch_size
 
 
 class Worker:
@@ -120,8 +128,9 @@ class Worker:
         self._limited_next = 0.0
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
-        #: the jobs' recent mean run time (seconds, moving average; None before the first ends)
-        self._job_seconds: float | None = None
+        #: the process's CPU use (cores) over the last CPU_WINDOW seconds, and where that window began
+        self._cpu_use = 0.0
+        self._cpu_window = (time.monotonic(), time.process_time())
         self._rr_offset = 0
         self.successful = 0
         self.failed = 0
@@ -395,12 +404,17 @@ class Worker:
         """The most outcomes to store and jobs to claim in the next round trip.
 
         ``--claim-batch`` when given; by default :attr:`WorkerConfig.claim_batch_size`, except while the
-        jobs are shorter than :data:`SHORT_JOB` seconds: they end before a round trip would, no slot
-        waits on a wave, and one exchange for all that are ready costs the fewest commands and CPU.
+        process is using :data:`BUSY_CPU` of a core or more: then the jobs are waiting for the CPU, not
+        for a round trip, and one exchange for all that are ready costs the fewest commands and the
+        least CPU per job (smaller batches spend CPU on round trips to save the slots' waits).
         """
-        if self.config.claim_batch is None and self._job_seconds is not None and self._job_seconds < SHORT_JOB:
-            return self.config.concurrency
-        return self.config.claim_batch_size
+        now = time.monotonic()
+        began, cpu_then = self._cpu_window
+        if now - began >= CPU_WINDOW:
+            cpu = time.process_time()
+            self._cpu_use = (cpu - cpu_then) / (now - began)
+            self._cpu_window = (now, cpu)
+        return claim_limit(self.config, self._cpu_use)
 
     async def _exchange(self, request: ClaimRequest, limit: int | None = None) -> bool:
         """Store the outcomes ready (the oldest ``limit``: never fewer than the claim counted on) and
@@ -657,10 +671,7 @@ class Worker:
         outcome = await run.outcome()
         self.successful += outcome.succeeded
         self.failed += outcome.failed
-        seconds = time.monotonic() - t0
-        self.observer.job_ended(run.claimed.queue, outcome.kind, seconds)
-        js = self._job_seconds
-        self._job_seconds = seconds if js is None else js + (seconds - js) / 16
+        self.observer.job_ended(run.claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
             self.slots.hold_give_back(run, outcome)
             self._release_give_backs()

@@ -395,33 +395,39 @@ async def test_worker_hash_names_a_running_job_while_busy(sync_redis: redis.Redi
     await eventually(lambda: hash_state() == ("idle", None), what="idle with no current job")
 
 
-async def test_default_claim_batch_bounds_waves_of_long_jobs_not_short_ones(
+async def test_default_claim_batch_bounds_claims_while_the_worker_has_cpu_to_spare(
     sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --claim-batch: jobs that run longer than a round trip are claimed and stored at most
-    claim_batch_size at a time (8 at --concurrency 24); once the jobs are shorter than
-    worker.SHORT_JOB on average, a round trip takes all that are ready (fewest commands per job)."""
+    """Without --claim-batch, a worker with CPU to spare (here: waiting jobs) claims
+    claim_batch_size at a time (8 at --concurrency 24)."""
     from asyncjobs.protocol.store import RedisStore
     from tests.worker import jobs
 
-    calls: list[tuple[int, int]] = []
+    calls: list[int] = []
     real = RedisStore.exchange
 
     async def spy(self: RedisStore, outcomes, request):  # type: ignore[no-untyped-def]
-        calls.append((len(outcomes.transitions) if outcomes is not None else 0, request.count))
+        calls.append(request.count)
         return await real(self, outcomes, request)
 
     monkeypatch.setattr(RedisStore, "exchange", spy)
     q = Queue("default", connection=sync_redis)
-    waiting = [q.enqueue(f"{J}.wait_gate", "long").id for _ in range(24)]
+    waiting = [q.enqueue(f"{J}.wait_gate", "idle-cpu").id for _ in range(24)]
     worker, _task = await start_worker(concurrency=24)
     await eventually(lambda: all(status(sync_redis, i) == "started" for i in waiting), what="24 started")
-    assert [c for _, c in calls if c] == [8, 8, 8]
-    del calls[:]
-    jobs.gate("long").set()
-    await eventually(lambda: worker.successful == 24, what="24 long jobs")
-    quick = [q.enqueue(f"{J}.add", i, 1).id for i in range(300)]
-    await eventually(lambda: worker.successful == 324, what="300 short jobs")
-    assert all(status(sync_redis, i) == "finished" for i in quick)
-    assert max(n for n, _ in calls[:3]) <= 8  # the long jobs' outcomes: in batches
-    assert max(c for _, c in calls) > 8, calls  # the short ones: claimed as many at a time as are free
+    assert [c for c in calls if c] == [8, 8, 8]
+    jobs.gate("idle-cpu").set()
+    await eventually(lambda: worker.successful == 24, what="24 jobs")
+
+
+def test_claim_limit_lifts_the_default_bound_only_for_a_busy_process() -> None:
+    """A process using BUSY_CPU of a core or more has jobs waiting for the CPU, not for round trips:
+    one exchange takes all that are ready.  --claim-batch given always applies."""
+    from asyncjobs.worker.config import WorkerConfig
+    from asyncjobs.worker.worker import BUSY_CPU, claim_limit
+
+    default = WorkerConfig(queues=("q",), concurrency=50)
+    assert claim_limit(default, 0.0) == claim_limit(default, BUSY_CPU - 0.01) == 8
+    assert claim_limit(default, BUSY_CPU) == claim_limit(default, 1.0) == 50
+    given = WorkerConfig(queues=("q",), concurrency=50, claim_batch=5)
+    assert claim_limit(given, 0.0) == claim_limit(given, 1.0) == 5
