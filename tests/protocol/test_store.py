@@ -126,3 +126,33 @@ async def test_registering_again_after_a_lost_reply_is_not_a_name_clash(store: R
     await store.redis.hset(store.keys.worker(info.name), "pid", "1")  # as if another process held the name
     with pytest.raises(WorkerNameTaken):
         await store.register_birth(info)
+
+
+async def test_a_claim_over_many_queues_takes_them_in_order_past_empty_chunks(
+    store: RedisStore, sync_redis: redis.Redis
+) -> None:
+    """Issue 23: listening on many queues, a claim passes over each chunk of empty ones with one
+    EXISTS instead of a read per queue; the queues with jobs are still taken in the order given, at
+    the chunks' edges too."""
+    names = [f"many{i}" for i in range(1, 101)]
+    jobs = {}
+    for i in (32, 33, 64, 100):  # the end of a chunk, the start of the next, ...
+        jobs[i] = Queue(names[i - 1], connection=sync_redis).enqueue("operator.add", i, 0).id
+    eids = iter(f"{e:032x}" for e in range(100))
+    first = await store.exchange(None, store.claim_request(names, 3, [next(eids) for _ in range(3)]))
+    assert [c.job_id for c in first.jobs] == [jobs[32], jobs[33], jobs[64]]
+    rest = await store.exchange(None, store.claim_request(names, 3, [next(eids) for _ in range(3)]))
+    assert [c.job_id for c in rest.jobs] == [jobs[100]]
+    none = await store.exchange(None, store.claim_request(names, 3, [next(eids) for _ in range(3)]))
+    assert none.jobs == []
+
+    # 1,000 queues, jobs only in the last: ~32 EXISTS and the last chunk's reads, not 1,000 reads
+    names = [f"wide{i}" for i in range(1, 1001)]
+    last = Queue(names[-1], connection=sync_redis).enqueue("operator.add", 1, 0).id
+    sync_redis.config_resetstat()
+    claimed = await store.exchange(None, store.claim_request(names, 3, [next(eids) for _ in range(3)]))
+    assert [c.job_id for c in claimed.jobs] == [last]
+    stats = sync_redis.info("commandstats")
+    reads = stats["cmdstat_lrange"]["calls"]
+    exists = stats["cmdstat_exists"]["calls"]
+    assert reads <= 10 and exists <= 40, (reads, exists)  # before: 1,001 reads

@@ -158,38 +158,58 @@ end
 -- Bad entries are popped too, but at most MAX_BAD per call: a flood of them cannot stall Redis.
 local MAX_BAD = 1000
 local used, bad = 0, 0
-for i = 1, nq do
-  local q = ARGV[10 + i]
-  local qk = P .. ':queue:' .. q
-  local allowed, rk, wait, period = nil, nil, 0, 0
-  local taken = 0
-  -- The queue's head, read in one LRANGE for as many jobs as the call still wants: every id
-  -- visited before a stop is popped (claimed or bad), so the next read starts at the next one.
-  local ids, pos = {}, 0
-  while used < n and bad < MAX_BAD do
-    pos = pos + 1
-    if pos > #ids then
-      ids, pos = redis.call('LRANGE', qk, 0, math.max(n - used, bad > 0 and 100 or 1) - 1), 1
-    end
-    local jid = ids[pos]
-    if not jid then break end
-    if allowed == nil then
-      allowed, rk, wait, period = room(i, q, n - used)
-    end
-    if taken >= allowed then
-      if taken == 0 and wait ~= 0 then table.insert(blocked, {q, string.format('%d', wait)}) end
-      break
-    end
-    local eid = ARGV[base + used + 1]
-    if start(q, qk, jid, eid) then
-      used, taken = used + 1, taken + 1
-      if rk then redis.call('ZADD', rk, clock(), jid .. ':' .. eid) end
-    else
-      bad = bad + 1
-    end
+-- A worker listening on many queues finds most of them empty: one EXISTS over a chunk of CHUNK queue
+-- keys (one command, counted in C) passes over a chunk of empty queues instead of an LRANGE for each,
+-- so a claim's cost grows with the queues that have jobs, not with all the queues listed.
+local CHUNK = 32
+local empty_through = 0  -- queues 1..empty_through are known empty
+local function known_empty(i)
+  if nq <= CHUNK then return false end
+  if i <= empty_through then return true end
+  if i % CHUNK ~= 1 then return false end
+  local last = math.min(i + CHUNK - 1, nq)
+  local ks = {}
+  for j = i, last do ks[#ks + 1] = P .. ':queue:' .. ARGV[10 + j] end
+  if redis.call('EXISTS', unpack(ks)) == 0 then
+    empty_through = last
+    return true
   end
-  if rk and taken > 0 then redis.call('PEXPIRE', rk, period) end
-  if used >= n or bad >= MAX_BAD then break end
+  return false
+end
+for i = 1, nq do
+  if not known_empty(i) then
+    local q = ARGV[10 + i]
+    local qk = P .. ':queue:' .. q
+    local allowed, rk, wait, period = nil, nil, 0, 0
+    local taken = 0
+    -- The queue's head, read in one LRANGE for as many jobs as the call still wants: every id
+    -- visited before a stop is popped (claimed or bad), so the next read starts at the next one.
+    local ids, pos = {}, 0
+    while used < n and bad < MAX_BAD do
+      pos = pos + 1
+      if pos > #ids then
+        ids, pos = redis.call('LRANGE', qk, 0, math.max(n - used, bad > 0 and 100 or 1) - 1), 1
+      end
+      local jid = ids[pos]
+      if not jid then break end
+      if allowed == nil then
+        allowed, rk, wait, period = room(i, q, n - used)
+      end
+      if taken >= allowed then
+        if taken == 0 and wait ~= 0 then table.insert(blocked, {q, string.format('%d', wait)}) end
+        break
+      end
+      local eid = ARGV[base + used + 1]
+      if start(q, qk, jid, eid) then
+        used, taken = used + 1, taken + 1
+        if rk then redis.call('ZADD', rk, clock(), jid .. ':' .. eid) end
+      else
+        bad = bad + 1
+      end
+    end
+    if rk and taken > 0 then redis.call('PEXPIRE', rk, period) end
+    if used >= n or bad >= MAX_BAD then break end
+  end
 end
 
 -- rq info / dashboards: the worker is busy and names one running job (RQ 2.12's readers);
