@@ -427,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--timeout", type=float, default=900.0, help="per-measurement limit in seconds")
     sc.add_argument("--redis-server", default=None, help="redis-server binary (default: newest found)")
     sc.add_argument("--out", default="benchmarks/results/scale")
+    sc.add_argument("--before", default=None, metavar="REF",
+                    help="also measure each point with asyncjobs as of git revision REF")
+    sc.add_argument("--stock", action="store_true",
+                    help="also measure stock RQ SimpleWorkers where the point applies (queues, workers)")
+    sc.add_argument("--stock-n", type=int, default=1500, help="jobs per stock measurement (default 1500)")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_scale)
 

@@ -384,7 +384,8 @@ class Bench:
                    "-P", str(ROOT)]
             if c.kind == "rq-simple":
                 cmd += ["-w", "rq.worker.SimpleWorker"]
-            return [[*cmd, QUEUE] for _ in range(c.processes)]
+            queues = [*(f"empty{i}" for i in range(self.empty_queues)), QUEUE]
+            return [[*cmd, *queues] for _ in range(c.processes)]
         if c.kind == "asyncjobs":
             cmd = [str(BIN / "asyncjobs-worker"), "--burst", "--concurrency", str(c.concurrency),
                    "-u", url, "-l", "WARNING", "-P", str(ROOT)]

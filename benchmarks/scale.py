@@ -31,7 +31,21 @@ DIMENSIONS = ("queues", "backlog", "concurrency", "workers")
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int, str, str, int, int]]:
-    """(dimension, value, workload, contender, n, empty queues) per measurement."""
+    """(dimension, value, workload, contender, n, empty queues) per measurement: each point for
+    asyncjobs, then (``--before REF``) for asyncjobs as of REF, then (``--stock``) for stock RQ
+    SimpleWorkers where the point applies to them (queues, workers; ``--stock-n`` jobs each)."""
+    out: list[tuple[str, int, str, str, int, int]] = []
+    for dim, value, wname, cname, n, empty in _points(args):
+        out.append((dim, value, wname, cname, n, empty))
+        if args.before:
+            out.append((dim, value, wname, f"{cname}@{args.before}", n, empty))
+        if args.stock and dim in ("queues", "workers"):
+            stock = "rq-simple" if value == 1 or dim == "queues" else f"rq-simple-x{value}"
+            out.append((dim, value, wname, stock, min(n, args.stock_n), empty))
+    return out
+
+
+def _points(args: argparse.Namespace) -> list[tuple[str, int, str, str, int, int]]:
     n = args.n
     out: list[tuple[str, int, str, str, int, int]] = []
     for dim in args.dimensions.split(","):
@@ -61,21 +75,30 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         rs = [r for r in rows if r["dimension"] == dim]
         if not rs:
             continue
-        base = rs[0]
         lines += [f"### {dim}", "",
-                  "| " + dim + " | n | jobs/s | worker CPU ms/job | x first | Redis CPU ms/job | x first "
+                  "| " + dim + " | contender | n | jobs/s | worker CPU ms/job | x first | Redis CPU ms/job | x first "
                   "| Redis cmds/job | exactly once |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        firsts: dict[str, dict[str, Any]] = {}
         for r in rs:
+            base = firsts.setdefault(_family(r["contender"]), r)
+
             def ratio(key: str, r: dict[str, Any] = r, base: dict[str, Any] = base) -> str:
                 a, b = r.get(key), base.get(key)
                 return f"{a / b:.2f}" if a and b else "-"
             lines.append(
-                f"| {r['value']:,} | {r['n']:,} | {r['jobs_per_s'] or 0:,.0f} | {r['cpu_s_per_1k']:.3f} | "
+                f"| {r['value']:,} | {_family(r['contender'])} | {r['n']:,} | {r['jobs_per_s'] or 0:,.0f} | {r['cpu_s_per_1k']:.3f} | "
                 f"{ratio('cpu_s_per_1k')} | {r['redis_cpu_s_per_1k'] or 0:.3f} | {ratio('redis_cpu_s_per_1k')} | "
                 f"{r['redis_cmds_per_job'] or 0:.2f} | {'yes' if r['verified'] else 'NO'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _family(contender: str) -> str:
+    """The row's contender without its size: "asyncjobs", "asyncjobs@REF" or "rq-simple"."""
+    name, _, ref = contender.partition("@")
+    family = "rq-simple" if name.startswith("rq-simple") else name.split("-c")[0]
+    return f"{family}@{ref}" if ref else family
 
 
 def chart(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -89,7 +112,7 @@ def chart(path: Path, rows: list[dict[str, Any]]) -> None:
         return
     fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 3.8), squeeze=False)
     for ax, dim in zip(axes.flat, dims, strict=False):
-        rs = [r for r in rows if r["dimension"] == dim]
+        rs = [r for r in rows if r["dimension"] == dim and _family(r["contender"]) == "asyncjobs"]
         xs = [r["value"] for r in rs]
         ax.plot(xs, [r["cpu_s_per_1k"] for r in rs], marker="o", label="worker CPU ms/job")
         ax.plot(xs, [r["redis_cpu_s_per_1k"] or 0 for r in rs], marker="s", label="Redis CPU ms/job")
