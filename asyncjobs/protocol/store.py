@@ -72,7 +72,7 @@ class ClaimRequest:
     queues: tuple[str, ...]
     count: int
     execution_ids: tuple[str, ...]
-    caps: tuple[int, ...] = ()  # this worker's own room per queue (-1: none), as ``queues``
+    caps: tuple[int, ...] = ()  # this worker's own room per queue (-1: none), as ``queues``; () for none at all
     check_limits: bool = True  # read the queue limits (False: the worker knows none of these has any)
 
 
@@ -174,6 +174,8 @@ class RedisStore:
         self._token_prefix = f"{keys.prefix}:asyncjobs:claim:{worker_name}:{uuid.uuid4().hex[:16]}"
         self._claims = 0
         self._answered: list[str] = []  # tokens of claims whose reply arrived: deleted by the next call
+        self._queues_key: tuple[str, ...] = ()
+        self._queues_json = "[]"
 
     # -- timing helpers -------------------------------------------------
     def _start_args(self, now: datetime) -> list[str]:
@@ -196,8 +198,15 @@ class RedisStore:
         if count > 0:
             self._claims += 1
             token = f"{self._token_prefix}:{self._claims}"
-        own = tuple(caps) if caps else (-1,) * len(queues)
+        own = tuple(caps) if any(c >= 0 for c in caps) else ()
         return ClaimRequest(token, tuple(queues), count, tuple(execution_ids[:count]), own, check_limits)
+
+    def _queues_arg(self, queues: tuple[str, ...]) -> str:
+        """The queue names as claim.lua takes them (one JSON array), kept while the worker asks for the
+        same queues in the same order (most claims)."""
+        if queues != self._queues_key:
+            self._queues_key, self._queues_json = queues, json.dumps(queues, ensure_ascii=False)
+        return self._queues_json
 
     async def exchange(self, outcomes: Outcomes | None, request: ClaimRequest) -> ClaimResult:
         """Store ``outcomes`` (if any), then claim: one atomic round trip.
@@ -214,8 +223,8 @@ class RedisStore:
         args = [
             payload, request.token, " ".join(answered),
             *self._start_args(now), str(request.count), str(len(request.queues)),
-            "1" if request.check_limits else "0", *request.queues,
-            *(str(c) for c in (request.caps or (-1,) * len(request.queues))), *request.execution_ids,
+            "1" if request.check_limits else "0", self._queues_arg(request.queues),
+            json.dumps(request.caps) if request.caps else "", *request.execution_ids,
         ]
         try:
             reply = await self._exchange(keys=self._exchange_keys, args=args)

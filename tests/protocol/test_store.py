@@ -156,3 +156,16 @@ async def test_a_claim_over_many_queues_takes_them_in_order_past_empty_chunks(
     reads = stats["cmdstat_lrange"]["calls"]
     exists = stats["cmdstat_exists"]["calls"]
     assert reads <= 10 and exists <= 40, (reads, exists)  # before: 1,001 reads
+
+
+async def test_queue_names_and_caps_reach_the_claim_as_given(store: RedisStore, sync_redis: redis.Redis) -> None:
+    """claim.lua takes the queue names and this worker's caps as JSON arrays: names with quotes,
+    backslashes and non-ASCII text arrive byte for byte, and a cap of 0 keeps its queue out."""
+    odd, capped = 'naïve"q\\😀', "capped"
+    first = Queue(odd, connection=sync_redis).enqueue("operator.add", 1, 0).id
+    Queue(capped, connection=sync_redis).enqueue("operator.add", 2, 0)
+    request = store.claim_request([capped, odd], 2, ["a" * 32, "b" * 32], [0, -1])
+    result = await store.exchange(None, request)
+    assert [(c.queue, c.job_id) for c in result.jobs] == [(odd, first)]
+    assert sync_redis.zrange(f"rq:wip:{odd}", 0, -1) == [f"{first}:{'a' * 32}".encode()]
+    assert Queue(capped, connection=sync_redis).count == 1

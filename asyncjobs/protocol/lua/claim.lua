@@ -34,9 +34,10 @@
 --          Concurrency counts the queue's rq:wip members whose deadline has not passed (a lease
 --          the heartbeat renews); rate keeps the starts of the last period in `<KEYS[2]>:rate:<q>`.
 -- ARGV: worker, now_float, now_ts, wip_score, hb_ttl, exec_score, exec_ttl,
---       n, nq, check_limits (1: read KEYS[2]), q1..qnq, cap1..capnq (this worker's own room
---       per queue, -1 none), then n
---       execution ids.
+--       n, nq, check_limits (1: read KEYS[2]), the nq queue names as a JSON array, this worker's
+--       own room per queue as a JSON array (-1: none; '' for no caps at all), then n execution
+--       ids.  (Two arguments for the queues, not 2 x nq: a worker on 1,000 queues sends and
+--       Redis parses two strings per claim, not 2,000 arguments.)
 -- Returns {suspended (0/1), {{q, jid, eid, hgetall}...}, {dropped ids}, {{id, type}...},
 --          {{q, ms}...}}: the last lists the queues with jobs that a limit held back, with the
 --          milliseconds until one may open (-1: paused until resumed).
@@ -44,7 +45,9 @@ local worker, now_f, now_ts = ARGV[1], ARGV[2], ARGV[3]
 local wip_score, hb_ttl, exec_score, exec_ttl = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n, nq = tonumber(ARGV[8]), tonumber(ARGV[9])
 local check_limits = ARGV[10] == '1'
-local base = 10 + 2 * nq
+local queues = cjson.decode(ARGV[11])
+local caps = ARGV[12] ~= '' and cjson.decode(ARGV[12]) or nil
+local base = 12
 local P = KEYS[1]
 local LIM = KEYS[2]
 local wkey = P .. ':worker:' .. worker
@@ -102,7 +105,7 @@ local lim = {}
 if check_limits then
   local fields = {}
   for i = 1, nq do
-    local q = ARGV[10 + i]
+    local q = queues[i]
     fields[3 * i - 2], fields[3 * i - 1], fields[3 * i] = 'c:' .. q, 'r:' .. q, 'p:' .. q
   end
   lim = redis.call('HMGET', LIM, unpack(fields))
@@ -120,7 +123,7 @@ end
 -- How many jobs of queue i this claim may start (up to `want`); when none, the milliseconds until
 -- one may (-1: paused until resumed); the rate key and period when a rate is set.
 local function room(i, q, want)
-  local cap = tonumber(ARGV[10 + nq + i])
+  local cap = caps and tonumber(caps[i])
   if cap and cap >= 0 and cap < want then want = cap end
   local c, r, p = lim[3 * i - 2], lim[3 * i - 1], lim[3 * i]
   if p then
@@ -169,7 +172,7 @@ local function known_empty(i)
   if i % CHUNK ~= 1 then return false end
   local last = math.min(i + CHUNK - 1, nq)
   local ks = {}
-  for j = i, last do ks[#ks + 1] = P .. ':queue:' .. ARGV[10 + j] end
+  for j = i, last do ks[#ks + 1] = P .. ':queue:' .. queues[j] end
   if redis.call('EXISTS', unpack(ks)) == 0 then
     empty_through = last
     return true
@@ -178,7 +181,7 @@ local function known_empty(i)
 end
 for i = 1, nq do
   if not known_empty(i) then
-    local q = ARGV[10 + i]
+    local q = queues[i]
     local qk = P .. ':queue:' .. q
     local allowed, rk, wait, period = nil, nil, 0, 0
     local taken = 0
