@@ -63,8 +63,8 @@ T = TypeVar("T")
 LIMIT_POLL = 1.0
 #: Seconds between reads of which queues have limits (a new limit or pause applies within this).
 LIMITS_REFRESH = 1.0
-#: at this CPU use (cores) or more, claims and outcomes go without --claim-batch's default bound, measured
-#: over CPU_WINDOW seconds (see Worker._batch)
+#: when the event loop's thread ran or waited to run for this share of the last CPU_WINDOW seconds or
+#: more, claims and outcomes go without --claim-batch's default bound (see Worker._batch)
 BUSY_CPU = 0.75
 CPU_WINDOW = 0.5
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
@@ -75,11 +75,23 @@ class StopRequested(Exception):
     """SIGTERM/SIGINT (or a shutdown command) arrived while the worker was still starting."""
 
 
-def claim_limit(config: WorkerConfig, cpu_use: float) -> int:
-    """The most outcomes to store and jobs to claim per round trip at ``cpu_use`` cores (see Worker._batch)."""
-    if config.claim_batch is None and cpu_use >= BUSY_CPU:
+def claim_limit(config: WorkerConfig, busy: float) -> int:
+    """The most outcomes to store and jobs to claim per round trip when the loop's thread is ``busy``
+    (the share of the time it ran or waited for a CPU; see Worker._batch)."""
+    if config.claim_batch is None and busy >= BUSY_CPU:
         return config.concurrency
     return config.claim_batch_size
+
+
+def thread_demand() -> float:
+    """Seconds the calling thread has run on a CPU or waited in a run queue for one (Linux's
+    ``/proc/thread-self/schedstat``); elsewhere, the process's CPU time."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            ran, waited = f.read().split()[:2]
+        return (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return time.process_time()
 
 
 class Worker:
@@ -128,9 +140,10 @@ class Worker:
         self._limited_next = 0.0
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
-        #: the process's CPU use (cores) over the last CPU_WINDOW seconds, and where that window began
-        self._cpu_use = 0.0
-        self._cpu_window = (time.monotonic(), time.process_time())
+        #: the loop thread's demand for a CPU over the last CPU_WINDOW seconds (see _batch), and where
+        #: the window began (set by the first claim, on the loop's thread)
+        self._busy = 0.0
+        self._busy_window: tuple[float, float] | None = None
         self._rr_offset = 0
         self.successful = 0
         self.failed = 0
@@ -404,17 +417,22 @@ class Worker:
         """The most outcomes to store and jobs to claim in the next round trip.
 
         ``--claim-batch`` when given; by default :attr:`WorkerConfig.claim_batch_size`, except while the
-        process is using :data:`BUSY_CPU` of a core or more: then the jobs are waiting for the CPU, not
-        for a round trip, and one exchange for all that are ready costs the fewest commands and the
-        least CPU per job (smaller batches spend CPU on round trips to save the slots' waits).
+        event loop's thread has been running, or waiting for a CPU, :data:`BUSY_CPU` of the time or
+        more: then the jobs wait for the CPU (this process's work, or other processes on the machine),
+        not for round trips, and one exchange for all that are ready costs the fewest commands and the
+        least CPU per job (smaller batches spend CPU on round trips to save the slots' waits).  Waiting
+        for a CPU counts: under ``--processes`` on a machine they saturate, each process has little
+        CPU but no idle time.
         """
         now = time.monotonic()
-        began, cpu_then = self._cpu_window
+        if self._busy_window is None:
+            self._busy_window = (now, thread_demand())
+        began, then = self._busy_window
         if now - began >= CPU_WINDOW:
-            cpu = time.process_time()
-            self._cpu_use = (cpu - cpu_then) / (now - began)
-            self._cpu_window = (now, cpu)
-        return claim_limit(self.config, self._cpu_use)
+            demand = thread_demand()
+            self._busy = (demand - then) / (now - began)
+            self._busy_window = (now, demand)
+        return claim_limit(self.config, self._busy)
 
     async def _exchange(self, request: ClaimRequest, limit: int | None = None) -> bool:
         """Store the outcomes ready (the oldest ``limit``: never fewer than the claim counted on) and

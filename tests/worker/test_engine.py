@@ -431,3 +431,18 @@ def test_claim_limit_lifts_the_default_bound_only_for_a_busy_process() -> None:
     assert claim_limit(default, BUSY_CPU) == claim_limit(default, 1.0) == 50
     given = WorkerConfig(queues=("q",), concurrency=50, claim_batch=5)
     assert claim_limit(given, 0.0) == claim_limit(given, 1.0) == 5
+
+
+def test_thread_demand_counts_the_time_the_thread_runs() -> None:
+    """What the default claim batch watches: the loop thread's time on (or waiting for) a CPU."""
+    import time
+
+    from asyncjobs.worker.worker import thread_demand
+
+    before, t0 = thread_demand(), time.monotonic()
+    while time.monotonic() - t0 < 0.1:
+        pass
+    assert thread_demand() - before >= 0.05
+    before = thread_demand()
+    time.sleep(0.1)  # asleep is neither running nor waiting for a CPU
+    assert thread_demand() - before < 0.05
