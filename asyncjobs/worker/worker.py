@@ -65,7 +65,7 @@ LIMIT_POLL = 1.0
 LIMITS_REFRESH = 1.0
 #: when the event loop's thread ran or waited to run for this share of the last CPU_WINDOW seconds or
 #: more, claims and outcomes go without --claim-batch's default bound (see Worker._batch)
-BUSY_CPU = 0.75
+BUSY_CPU = 0.6
 CPU_WINDOW = 0.5
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
@@ -141,8 +141,9 @@ class Worker:
         self._queue_set: QueueSet | None = None  # set in run(): the queues, patterns expanded
         self._claimed_last = 0
         #: the loop thread's demand for a CPU over the last CPU_WINDOW seconds (see _batch), and where
-        #: the window began (set by the first claim, on the loop's thread)
-        self._busy = 0.0
+        #: the window began (set by the first claim, on the loop's thread); a worker starts as busy (a
+        #: backlog drains in full batches until a window shows time to spare)
+        self._busy = 1.0
         self._busy_window: tuple[float, float] | None = None
         self._rr_offset = 0
         self.successful = 0

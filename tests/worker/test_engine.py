@@ -398,8 +398,8 @@ async def test_worker_hash_names_a_running_job_while_busy(sync_redis: redis.Redi
 async def test_default_claim_batch_bounds_claims_while_the_worker_has_cpu_to_spare(
     sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without --claim-batch, a worker with CPU to spare (here: waiting jobs) claims
-    claim_batch_size at a time (8 at --concurrency 24)."""
+    """Without --claim-batch, a worker with CPU to spare (here: idle) claims claim_batch_size at a time
+    (8 at --concurrency 24)."""
     from asyncjobs.protocol.store import RedisStore
     from tests.worker import jobs
 
@@ -411,9 +411,13 @@ async def test_default_claim_batch_bounds_claims_while_the_worker_has_cpu_to_spa
         return await real(self, outcomes, request)
 
     monkeypatch.setattr(RedisStore, "exchange", spy)
+    monkeypatch.setattr("asyncjobs.worker.worker.CPU_WINDOW", 0.05)
     q = Queue("default", connection=sync_redis)
+    worker, _task = await start_worker(concurrency=24, block_timeout=0.05)
+    # a worker starts as busy; idle windows (its claims of an empty queue) show time to spare
+    await eventually(lambda: len(calls) >= 5, what="a few claims of the empty queue")
+    del calls[:]
     waiting = [q.enqueue(f"{J}.wait_gate", "idle-cpu").id for _ in range(24)]
-    worker, _task = await start_worker(concurrency=24)
     await eventually(lambda: all(status(sync_redis, i) == "started" for i in waiting), what="24 started")
     assert [c for c in calls if c] == [8, 8, 8]
     jobs.gate("idle-cpu").set()
