@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-idle-time", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--claim-batch", type=int, default=None, metavar="N",
                    help="store at most N outcomes and claim at most N jobs per round trip to Redis (default: "
-                        "max(8, concurrency/8), lifted while the process uses 3/4 of a core or more; smaller round trips "
-                        "overlap, so jobs ending together restart sooner)")
+                        "max(8, concurrency/8), lifted while the event loop is busy 60%% of the time or more; smaller "
+                        "round trips overlap, so jobs ending together restart sooner)")
     p.add_argument(
         "--dequeue-strategy", "-ds", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
