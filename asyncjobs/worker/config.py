@@ -199,8 +199,8 @@ class WorkerConfig:
         the loop starts the jobs of the last and finishes the next, and the waves break up.  Each
         exchange has a fixed cost (about 14 commands inside the script), so the batch grows with the
         concurrency: at most ~8 exchanges per wave (README "Benchmarks"; ``python -m benchmarks gap``).
-        Without ``--claim-batch`` the worker lifts this bound while the process is busy (the jobs then
-        wait for the CPU, not for round trips; see ``asyncjobs.worker.worker.claim_limit``).
+        Without ``--claim-batch`` the worker lifts this bound while its event loop's thread is busy (the
+        jobs then wait for the CPU, not for round trips; see ``asyncjobs.worker.worker.claim_limit``).
         """
         return self.claim_batch if self.claim_batch is not None else max(8, self.concurrency // 8)
 

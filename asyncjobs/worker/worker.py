@@ -503,7 +503,7 @@ class Worker:
                 self._recycle("max_memory")
                 break
             request = self._unresolved_claim
-            limit: int | None = None  # a claim sent again stores whatever is ready (it counted on none)
+            limit: int | None = None  # a claim sent again stores all that is ready (its outcomes are among them)
             if request is None:
                 # Outcomes waiting to be stored free their slots in the same round trip that claims; at most
                 # a batch of each per round trip (WorkerConfig.claim_batch_size: smaller trips overlap).
