@@ -67,6 +67,10 @@ LIMITS_REFRESH = 1.0
 #: more, claims and outcomes go without --claim-batch's default bound (see Worker._batch)
 BUSY_CPU = 0.6
 CPU_WINDOW = 0.5
+#: the first window, from the worker's first claim: short, so a worker that started busy (see
+#: Worker._busy) and is not narrows its batches soon (jobs claimed together end together, and go on
+#: moving as one wave while the batch stays lifted)
+FIRST_CPU_WINDOW = 0.1
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
 
@@ -142,9 +146,11 @@ class Worker:
         self._claimed_last = 0
         #: the loop thread's demand for a CPU over the last CPU_WINDOW seconds (see _batch), and where
         #: the window began (set by the first claim, on the loop's thread); a worker starts as busy (a
-        #: backlog drains in full batches until a window shows time to spare)
+        #: backlog drains in full batches until a window, the first FIRST_CPU_WINDOW long, shows time
+        #: to spare)
         self._busy = 1.0
         self._busy_window: tuple[float, float] | None = None
+        self._busy_measured = False  # the first window (FIRST_CPU_WINDOW) has ended
         self._rr_offset = 0
         self.successful = 0
         self.failed = 0
@@ -429,10 +435,11 @@ class Worker:
         if self._busy_window is None:
             self._busy_window = (now, thread_demand())
         began, then = self._busy_window
-        if now - began >= CPU_WINDOW:
+        if now - began >= (CPU_WINDOW if self._busy_measured else FIRST_CPU_WINDOW):
             demand = thread_demand()
             self._busy = (demand - then) / (now - began)
             self._busy_window = (now, demand)
+            self._busy_measured = True
         return claim_limit(self.config, self._busy)
 
     async def _exchange(self, request: ClaimRequest, limit: int | None = None) -> bool:

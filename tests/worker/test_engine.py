@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -421,6 +422,39 @@ async def test_default_claim_batch_bounds_claims_while_the_worker_has_cpu_to_spa
     await eventually(lambda: all(status(sync_redis, i) == "started" for i in waiting), what="24 started")
     assert [c for c in calls if c] == [8, 8, 8]
     jobs.gate("idle-cpu").set()
+    await eventually(lambda: worker.successful == 24, what="24 jobs")
+
+
+async def test_an_idle_worker_bounds_its_claims_after_a_first_short_window(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starts as busy, but its first look at its demand comes FIRST_CPU_WINDOW after its first
+    claim, not CPU_WINDOW: 50 ms jobs claimed in one wave at start-up would otherwise keep moving as one
+    wave for the whole first window."""
+    from asyncjobs.protocol.store import RedisStore
+    from asyncjobs.worker import worker as worker_mod
+    from tests.worker import jobs
+
+    calls: list[tuple[float, int]] = []
+    real = RedisStore.exchange
+
+    async def spy(self: RedisStore, outcomes, request):  # type: ignore[no-untyped-def]
+        calls.append((time.monotonic(), request.count))
+        return await real(self, outcomes, request)
+
+    monkeypatch.setattr(RedisStore, "exchange", spy)
+    monkeypatch.setattr(worker_mod, "CPU_WINDOW", 60.0)  # later windows never end in this test
+    q = Queue("default", connection=sync_redis)
+    worker, _task = await start_worker(concurrency=24, block_timeout=0.05)
+    await eventually(lambda: len(calls) >= 1, what="a first claim")
+    first = calls[0][0]
+    await eventually(lambda: calls[-1][0] - first >= worker_mod.FIRST_CPU_WINDOW + 0.05,
+                     what="claims of the empty queue past the first window")
+    del calls[:]
+    waiting = [q.enqueue(f"{J}.wait_gate", "first-window").id for _ in range(24)]
+    await eventually(lambda: all(status(sync_redis, i) == "started" for i in waiting), what="24 started")
+    assert [c for _, c in calls if c] == [8, 8, 8]
+    jobs.gate("first-window").set()
     await eventually(lambda: worker.successful == 24, what="24 jobs")
 
 
