@@ -194,4 +194,4 @@ async def saq_sms(ctx: Any, *, token: str) -> None:
 SAQ_FUNCTIONS = [saq_noop, saq_noop_async, saq_sleep_async, saq_sleep_sync, saq_smtp, saq_sms]
 
 ASYNC_FUNCTIONS = {"noop": noop_async, "noop_async": noop_async, "sleep_async": sleep_async,
-                   "smtp": smtp, "sms": sms}
+                   "timed_sleep_async": timed_sleep_async, "smtp": smtp, "sms": sms}
