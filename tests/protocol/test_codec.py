@@ -188,6 +188,52 @@ def test_utc_timestamps_round_trip() -> None:
     assert parse_utc("2026-11-29T00:52:10Z").second == 10
 
 
+def test_utc_timestamps_parse_and_format_exactly_as_rq_does() -> None:
+    """parse_utc takes a fast path for the canonical form; whatever it is given, it must accept what
+    RQ's own ``utcparse`` accepts (with the same value) and reject what it rejects; format_utc must
+    write what RQ's ``utcformat`` writes."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from rq.utils import utcformat, utcparse
+
+    rng = random.Random(23)
+    canonical = "2026-11-29T00:52:10.143842Z"
+    pool = "0123456789+-_ ,.:TZz\u0663\uff15x"
+
+    def rq_parse(value: str) -> datetime | str:
+        try:
+            return utcparse(value)
+        except ValueError:
+            return "rejected"
+
+    def ours(value: str) -> datetime | str:
+        try:
+            return parse_utc(value)
+        except ValueError:
+            return "rejected"
+
+    samples = [canonical, "2026-11-29T00:52:10Z", "2026-11-29T24:00:00.000000Z", "2026-02-29T00:00:00.000000Z",
+               "0001-01-01T00:00:00.000000Z", "2026-11-29T00:52:10,143842Z", "2026-11-29 00:52:10.143842Z",
+               "2026-11-29T00:52:10.143842+00:00", "2026-11-29T00:52:10.1438Z", "2026-1-29T00:52:10.143842Z"]
+    for _ in range(20000):
+        chars = list(canonical)
+        for _ in range(rng.randint(1, 3)):
+            chars[rng.randrange(len(chars))] = rng.choice(pool)
+        samples.append("".join(chars))
+    for value in samples:
+        assert ours(value) == rq_parse(value), value
+
+    for _ in range(5000):
+        dt = datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23),
+                      rng.randint(0, 59), rng.randint(0, 59), rng.choice([0, rng.randint(0, 999999)]))
+        assert format_utc(dt) == utcformat(dt)
+        assert format_utc(dt.replace(tzinfo=UTC)) == utcformat(dt)
+        if 2 <= dt.year <= 9998:
+            shifted = dt.replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=rng.randint(-12, 12))))
+            assert format_utc(shifted) == utcformat(dt)
+
+
 def test_serializer_resolution_errors_name_the_value() -> None:
     assert isinstance(resolve_serializer("json"), JSONSerializer)
     assert isinstance(resolve_serializer("rq.serializers.JSONSerializer"), JSONSerializer)
