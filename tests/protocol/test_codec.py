@@ -122,6 +122,19 @@ def test_malformed_hashes_are_detected_exactly_where_rq_fetch_fails() -> None:
                 decode_call(record.data, PickleSerializer())
 
 
+def test_a_timestamp_with_other_scripts_digits_fails_as_rq_fetch_does() -> None:
+    """RQ's strptime takes only ASCII digits where the minutes begin: Job.restore raises on this hash,
+    so the worker fails the job as malformed (naming the field) instead of running it."""
+    from rq.job import Job
+
+    raw = {"data": b"x", "origin": b"default", "enqueued_at": "2026-11-29T00:\u06632:10.143842Z".encode()}
+    with pytest.raises(ValueError):
+        Job(id="j", connection=_OFFLINE).restore({k.encode(): v for k, v in raw.items()})
+    with pytest.raises(MalformedJobError) as info:
+        parse_job_hash("j", raw)
+    assert "enqueued_at" in str(info.value)
+
+
 def test_wrong_serializer_gives_a_readable_hint() -> None:
     raw = load_fixture("queued_json")
     _job_id, h = next(iter(_job_hashes(raw).items()))
