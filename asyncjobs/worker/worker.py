@@ -73,6 +73,9 @@ CPU_WINDOW = 0.5
 FIRST_CPU_WINDOW = 0.1
 #: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
 TENANT_POLL = 0.25
+#: An idle worker blocks (one BLMOVE, one connection each) on at most this many of its queues, the
+#: first in its order; it looks at the others every TENANT_POLL seconds with a claim.
+MAX_BLOCKING_WAITS = 32
 
 
 class StopRequested(Exception):
@@ -129,6 +132,8 @@ class Worker:
         )
         self._stopping = self.shutdown.stopping
         self._waiters: dict[str, asyncio.Task[bool]] = {}
+        #: more queues than blocking waits: the others are polled (see _wait_for_work)
+        self._many_queues = sum(not is_pattern(q) for q in config.queues) > MAX_BLOCKING_WAITS
         self._unresolved_claim: ClaimRequest | None = None
         #: since when claims have failed to reach Redis (None: the last one reached it)
         self._unreachable_since: float | None = None
@@ -596,14 +601,16 @@ class Worker:
         self.observer.recycled(reason)
 
     async def _wait_for_work(self) -> None:
-        """Until a job arrives on a queue (BLMOVE wait, one per queue), a slot frees, or stop."""
+        """Until a job arrives on a queue (a BLMOVE wait on each of the first MAX_BLOCKING_WAITS
+        queues; the rest are polled), a slot frees, or stop."""
         timeout = self.config.block_timeout
         if self.config.max_idle_time is not None:
             timeout = max(0.1, min(timeout, self.config.max_idle_time))
         if self.slots.free() > 0:
             held = self._held_back()
-            for queue in self.config.queues:
-                if queue not in self._waiters and queue not in held and not is_pattern(queue):
+            waited = [q for q in self.config.queues if q not in held and not is_pattern(q)][:MAX_BLOCKING_WAITS]
+            for queue in waited:
+                if queue not in self._waiters:
                     self._waiters[queue] = asyncio.create_task(self._waiter(queue, timeout))
         reopen = self._limit_wait()
         if not self._waiters and reopen is None:
@@ -653,8 +660,10 @@ class Worker:
 
     def _limit_wait(self) -> float | None:
         """Seconds until a queue a limit held back may open; at most 1 s (limits change live).
-        With patterns, their queues are polled (no blocking wait per tenant queue)."""
-        if self._queue_set is not None and self._queue_set.patterns and self.slots.free() > 0:
+        With patterns, their queues are polled (no blocking wait per tenant queue); so are the
+        queues past the first MAX_BLOCKING_WAITS."""
+        polled = (self._queue_set is not None and bool(self._queue_set.patterns)) or self._many_queues
+        if polled and self.slots.free() > 0:
             return min([TENANT_POLL, *(self._limit_wait_blocked() or [])])
         if not self._blocked:
             return None

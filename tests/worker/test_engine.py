@@ -484,3 +484,24 @@ def test_thread_demand_counts_the_time_the_thread_runs() -> None:
     before = thread_demand()
     time.sleep(0.1)  # asleep is neither running nor waiting for a CPU
     assert thread_demand() - before < 0.05
+
+
+async def test_an_idle_worker_on_many_queues_blocks_on_a_bounded_number_of_them(
+    sync_redis: redis.Redis, start_worker
+) -> None:
+    """One blocking wait (a connection) per queue does not scale: an idle worker on 200 queues held
+    200 connections, and a fleet of them exhausts Redis's maxclients.  It blocks on the first
+    MAX_BLOCKING_WAITS queues and polls the rest; a job on the last queue still runs."""
+    from asyncjobs.worker.worker import MAX_BLOCKING_WAITS
+
+    queues = tuple(f"many{i}" for i in range(200))
+    worker, _task = await start_worker(queues=queues, concurrency=4, block_timeout=5)
+
+    def blocked() -> int:
+        return int(sync_redis.info("clients")["blocked_clients"])
+
+    await eventually(lambda: blocked() >= min(MAX_BLOCKING_WAITS, len(queues)), what="the worker's blocking waits")
+    assert blocked() <= MAX_BLOCKING_WAITS
+    job = Queue("many199", connection=sync_redis).enqueue(f"{J}.add", 2, 3)
+    await eventually(lambda: worker.successful == 1, timeout=5, what="the job on the last queue")
+    assert status(sync_redis, job.id) == "finished"
