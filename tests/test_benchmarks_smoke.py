@@ -172,8 +172,14 @@ def test_tiny_gap_run(tmp_path: Path) -> None:
                "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     rows = [json.loads(line) for line in next(tmp_path.glob("gap-*.jsonl")).read_text().splitlines()]
-    assert [(r["contender"], r["n"], r["slots"]) for r in rows] == [("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10)]
+    assert [(r["contender"], r["n"], r["slots"]) for r in rows] == [
+        ("ceiling-c10", 120, 10), ("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10)]
     for r in rows:
-        assert r["verified"] and r["gap_ms"]["p50"] > 0 and 0 < r["occupancy_pct"] <= 100
-    assert rows[1]["scripts"] > 0
-    assert "| asyncjobs-c10 | 120 |" in (tmp_path / "gap-latest.md").read_text()
+        assert r["verified"] and 0 < r["occupancy_pct"] <= 100
+    for r in rows[1:]:  # the no-queue run has no gap to speak of
+        assert r["gap_ms"]["p50"] > 0
+    assert rows[2]["scripts"] > 0
+    # each row of the same slot count is set against the no-queue run of its repetition
+    assert rows[2]["no_queue_per_s"] == rows[0]["jobs_per_s"] and rows[2]["of_no_queue_pct"] > 0
+    assert "of_no_queue_pct" not in rows[1]
+    assert "| 1 | asyncjobs-c10 | 120 |" in (tmp_path / "gap-latest.md").read_text()
