@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--seconds", type=float, default=0.05, help="each job's sleep (default %(default)s)")
     gp.add_argument("--concurrency", type=int, default=50)
     gp.add_argument("--repeat", type=int, default=2)
+    gp.add_argument("--batches", type=lambda text: [int(b) for b in _csv(text)], default=[],
+                    help="also run this checkout at these --claim-batch values, e.g. 4,16")
     _side_by_side(gp, "benchmarks/results/gap")
     gp.set_defaults(func=cmd_gap)
 

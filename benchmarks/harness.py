@@ -77,7 +77,8 @@ def workloads(smtp_delay_ms: float = 20.0, sms_delay_ms: float = 30.0,
 # --------------------------------------------------------------------------- contenders
 
 _CONTENDER_RE = re.compile(
-    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(-ops)?(?:@([\w.~^/-]+))?$"
+    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(?:-b(\d+))?(-ops)?"
+    r"(?:@([\w.~^/-]+))?$"
 )
 
 # Rough no-op rates on a 2-core machine, used only to size N so that a measurement lasts about --seconds.
@@ -125,6 +126,8 @@ class Contender:
     #: ``asyncjobs-c50@REF``: the asyncjobs package as of git revision REF of this repository
     #: (before/after comparisons of a change, measured in the same run as the current code)
     source: str | None = None
+    #: ``asyncjobs-c50-b4``: ``--claim-batch 4`` (None: the worker's default)
+    claim_batch: int | None = None
 
     @property
     def total_concurrency(self) -> int:
@@ -141,10 +144,12 @@ class Contender:
         if not m:
             raise ValueError(
                 f"unknown contender {name!r}: use rq-fork, rq-simple, rq-simple-xK, asyncjobs-cC, "
-                "asyncjobs-cC-pP[-ops], saq-cC or ceiling-cC (K, C, P integers; asyncjobs-...@REF for the "
-                "package at git revision REF)"
+                "asyncjobs-cC-pP-bB[-ops], saq-cC or ceiling-cC (K, C, P, B integers; -bB: --claim-batch B; "
+                "asyncjobs-...@REF for the package at git revision REF)"
             )
-        kind, x, c, p, ops, ref = m.groups()
+        kind, x, c, p, b, ops, ref = m.groups()
+        if b and kind != "asyncjobs":
+            raise ValueError(f"contender {name!r}: -bB (--claim-batch) applies to asyncjobs only")
         if ops and kind != "asyncjobs":
             raise ValueError(f"contender {name!r}: -ops (metrics and health ports) applies to asyncjobs only")
         if ref and kind != "asyncjobs":
@@ -158,7 +163,7 @@ class Contender:
         conc = int(c or 50)
         if kind != "asyncjobs" and p:
             raise ValueError(f"contender {name!r}: -pP applies to asyncjobs only")
-        return cls(name, kind, conc, int(p or 1), bool(ops), ref)
+        return cls(name, kind, conc, int(p or 1), bool(ops), ref, int(b) if b else None)
 
     def expected_rate(self, w: Workload) -> float:
         """A rough guess of this contender's rate on ``w``; sizes N only, never reported."""
@@ -391,6 +396,8 @@ class Bench:
                    "-u", url, "-l", "WARNING", "-P", str(ROOT)]
             if c.processes > 1:
                 cmd += ["--processes", str(c.processes)]
+            if c.claim_batch is not None:
+                cmd += ["--claim-batch", str(c.claim_batch)]
             if c.ops:
                 cmd += ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1",
                         "--health-port", str(free_port()), "--health-host", "127.0.0.1"]

@@ -137,6 +137,16 @@ def test_ops_suffix_only_for_asyncjobs() -> None:
         Contender.parse("rq-simple-ops")
 
 
+def test_claim_batch_suffix_only_for_asyncjobs() -> None:
+    from benchmarks.harness import Contender
+
+    c = Contender.parse("asyncjobs-c50-p2-b4-ops@HEAD")
+    assert (c.concurrency, c.processes, c.claim_batch, c.ops, c.source) == (50, 2, 4, True, "HEAD")
+    assert Contender.parse("asyncjobs-c50").claim_batch is None
+    with pytest.raises(ValueError, match="-bB"):
+        Contender.parse("saq-c50-b4")
+
+
 def test_tiny_limits_run(tmp_path: Path) -> None:
     """``python -m benchmarks limits``: every set-up verified, the outputs written (no timing asserted)."""
     if not asyncjobs_available():
@@ -169,11 +179,11 @@ def test_tiny_gap_run(tmp_path: Path) -> None:
     if not asyncjobs_available():
         pytest.skip("asyncjobs-worker is not runnable")
     rc = main(["gap", "-n", "120", "--n-stock", "8", "--seconds", "0.02", "--concurrency", "10", "--repeat", "1",
-               "--no-progress", "--out", str(tmp_path)])
+               "--batches", "2", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     rows = [json.loads(line) for line in next(tmp_path.glob("gap-*.jsonl")).read_text().splitlines()]
     assert [(r["contender"], r["n"], r["slots"]) for r in rows] == [
-        ("ceiling-c10", 120, 10), ("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10)]
+        ("ceiling-c10", 120, 10), ("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10), ("asyncjobs-c10-b2", 120, 10)]
     for r in rows:
         assert r["verified"] and 0 < r["occupancy_pct"] <= 100
     for r in rows[1:]:  # the no-queue run has no gap to speak of
@@ -182,4 +192,6 @@ def test_tiny_gap_run(tmp_path: Path) -> None:
     # each row of the same slot count is set against the no-queue run of its repetition
     assert rows[2]["no_queue_per_s"] == rows[0]["jobs_per_s"] and rows[2]["of_no_queue_pct"] > 0
     assert "of_no_queue_pct" not in rows[1]
+    # --claim-batch 2 reached the worker: at most 2 claims per exchange, so more exchanges for 120 jobs
+    assert rows[3]["scripts"] >= 60 > rows[2]["scripts"]
     assert "| 1 | asyncjobs-c10 | 120 |" in (tmp_path / "gap-latest.md").read_text()
