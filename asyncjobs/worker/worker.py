@@ -71,7 +71,8 @@ CPU_WINDOW = 0.5
 #: Worker._busy) and is not narrows its batches soon (jobs claimed together end together, and go on
 #: moving as one wave while the batch stays lifted)
 FIRST_CPU_WINDOW = 0.1
-#: How often an idle worker with queue patterns (``--queues 'emails:*'``) looks at their queues.
+#: How often an idle worker looks at the queues it does not block on: those of its queue patterns
+#: (``--queues 'emails:*'``), and those past the first MAX_BLOCKING_WAITS.
 TENANT_POLL = 0.25
 #: An idle worker blocks (one BLMOVE, one connection each) on at most this many of its queues, the
 #: first in its order; it looks at the others every TENANT_POLL seconds with a claim.
