@@ -397,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--repeat", type=int, default=2)
     gp.add_argument("--batches", type=lambda text: [int(b) for b in _csv(text)], default=[],
                     help="also run this checkout at these --claim-batch values, e.g. 4,16")
+    gp.add_argument("--prefetches", type=lambda text: [int(f) for f in _csv(text)], default=[],
+                    help="also run this checkout at these --prefetch values, e.g. 0,8")
     _side_by_side(gp, "benchmarks/results/gap")
     gp.set_defaults(func=cmd_gap)
 

@@ -18,7 +18,8 @@ from one burst drain this reports, per contender:
 Stock ``rq worker --burst -w rq.worker.SimpleWorker`` runs beside (one slot, ``--n-stock`` jobs: its
 gap is its own fetch, start and finish), and with ``--before REF`` the asyncjobs package as of git
 revision REF, and with ``--batches 4,16`` this checkout at those ``--claim-batch`` values too (the
-default is ``max(8, concurrency/8)``, lifted while the loop is busy).  Every job is verified to have run
+default is ``max(8, concurrency/8)``, lifted while the loop is busy), and with ``--prefetches 0,8`` at
+those ``--prefetch`` values (the default: as many as the slots free in 10 ms, at most concurrency/8).  Every job is verified to have run
 exactly once.  Writes
 ``benchmarks/results/gap/gap-latest.md`` and a ``.jsonl`` beside it.
 """
@@ -123,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
     plan = [(f"ceiling-c{args.concurrency}", args.n), ("rq-simple", args.n_stock),
             *([(f"asyncjobs-c{args.concurrency}@{args.before}", args.n)] if args.before else []),
             (f"asyncjobs-c{args.concurrency}", args.n),
-            *[(f"asyncjobs-c{args.concurrency}-b{b}", args.n) for b in args.batches]]
+            *[(f"asyncjobs-c{args.concurrency}-b{b}", args.n) for b in args.batches],
+            *[(f"asyncjobs-c{args.concurrency}-f{f}", args.n) for f in args.prefetches]]
     rows: list[dict[str, Any]] = []
     with Bench(progress=progress, redis_binary=args.redis_server, sleep_s=args.seconds) as bench:
         for rep in range(1, args.repeat + 1):

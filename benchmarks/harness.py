@@ -77,7 +77,7 @@ def workloads(smtp_delay_ms: float = 20.0, sms_delay_ms: float = 30.0,
 # --------------------------------------------------------------------------- contenders
 
 _CONTENDER_RE = re.compile(
-    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(?:-b(\d+))?(-ops)?"
+    r"^(rq-fork|rq-simple|asyncjobs|saq|ceiling)(?:-x(\d+))?(?:-c(\d+))?(?:-p(\d+))?(?:-b(\d+))?(?:-f(\d+))?(-ops)?"
     r"(?:@([\w.~^/-]+))?$"
 )
 
@@ -128,6 +128,8 @@ class Contender:
     source: str | None = None
     #: ``asyncjobs-c50-b4``: ``--claim-batch 4`` (None: the worker's default)
     claim_batch: int | None = None
+    #: ``asyncjobs-c50-f4``: ``--prefetch 4`` (None: the worker's default)
+    prefetch: int | None = None
 
     @property
     def total_concurrency(self) -> int:
@@ -144,12 +146,15 @@ class Contender:
         if not m:
             raise ValueError(
                 f"unknown contender {name!r}: use rq-fork, rq-simple, rq-simple-xK, asyncjobs-cC, "
-                "asyncjobs-cC-pP-bB[-ops], saq-cC or ceiling-cC (K, C, P, B integers; -bB: --claim-batch B; "
+                "asyncjobs-cC-pP-bB-fF[-ops], saq-cC or ceiling-cC (K, C, P, B, F integers; -bB: --claim-batch B; "
+                "-fF: --prefetch F; "
                 "asyncjobs-...@REF for the package at git revision REF)"
             )
-        kind, x, c, p, b, ops, ref = m.groups()
+        kind, x, c, p, b, f, ops, ref = m.groups()
         if b and kind != "asyncjobs":
             raise ValueError(f"contender {name!r}: -bB (--claim-batch) applies to asyncjobs only")
+        if f and kind != "asyncjobs":
+            raise ValueError(f"contender {name!r}: -fF (--prefetch) applies to asyncjobs only")
         if ops and kind != "asyncjobs":
             raise ValueError(f"contender {name!r}: -ops (metrics and health ports) applies to asyncjobs only")
         if ref and kind != "asyncjobs":
@@ -163,7 +168,7 @@ class Contender:
         conc = int(c or 50)
         if kind != "asyncjobs" and p:
             raise ValueError(f"contender {name!r}: -pP applies to asyncjobs only")
-        return cls(name, kind, conc, int(p or 1), bool(ops), ref, int(b) if b else None)
+        return cls(name, kind, conc, int(p or 1), bool(ops), ref, int(b) if b else None, int(f) if f else None)
 
     def expected_rate(self, w: Workload) -> float:
         """A rough guess of this contender's rate on ``w``; sizes N only, never reported."""
@@ -398,6 +403,8 @@ class Bench:
                 cmd += ["--processes", str(c.processes)]
             if c.claim_batch is not None:
                 cmd += ["--claim-batch", str(c.claim_batch)]
+            if c.prefetch is not None:
+                cmd += ["--prefetch", str(c.prefetch)]
             if c.ops:
                 cmd += ["--metrics-port", str(free_port()), "--metrics-host", "127.0.0.1",
                         "--health-port", str(free_port()), "--health-host", "127.0.0.1"]

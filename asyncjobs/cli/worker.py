@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store at most N outcomes and claim at most N jobs per round trip to Redis (default: "
                         "max(8, concurrency/8), lifted while the event loop is busy 60%% of the time or more; smaller "
                         "round trips overlap, so jobs ending together restart sooner)")
+    p.add_argument("--prefetch", type=int, default=None, metavar="N",
+                   help="claim up to N jobs ahead of the free slots; each starts the moment a slot's job ends, "
+                        "with no round trip to Redis in between (default: as many as the slots free in 10 ms, at "
+                        "most concurrency/8, so none for long jobs or below --concurrency 8; 0: never)")
     p.add_argument(
         "--dequeue-strategy", "-ds", default=DEFAULTS["dequeue_strategy"], choices=["default", "round_robin", "random"],
         help="order in which queues are tried",
@@ -258,6 +262,7 @@ def config_from_args(args: argparse.Namespace, settings: dict[str, Any] | None =
         cron=args.cron,
         cron_lease=args.cron_lease,
         claim_batch=args.claim_batch,
+        prefetch=args.prefetch,
         max_idle_time=args.max_idle_time,
         dequeue_strategy=args.dequeue_strategy,
         shutdown_timeout=args.shutdown_timeout,

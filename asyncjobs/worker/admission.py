@@ -2,7 +2,10 @@
 
 A slot is taken when a job is claimed and freed only once its outcome is
 stored (so a parent's dependents, or a retry, are on their queue before the
-worker fetches again, as with a stock worker).  Jobs to give back at shutdown
+worker fetches again, as with a stock worker).  ``--prefetch`` adds slots for
+jobs claimed ahead: the :class:`Gate` lets at most ``--concurrency`` of the
+claimed jobs execute, and hands a place to the oldest waiting one the moment
+an execution ends, with no round trip to Redis in between.  Jobs to give back at shutdown
 are held here until none of them is still ending, then released together,
 last claimed first: each is pushed to the front of its queue, so they end up
 in their original order.
@@ -11,6 +14,7 @@ in their original order.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,7 +25,7 @@ from asyncjobs.protocol.transitions import Transition
 if TYPE_CHECKING:
     from asyncjobs.worker.job import JobRun
 
-__all__ = ["CancelReason", "GiveBack", "Slots"]
+__all__ = ["CancelReason", "Gate", "GiveBack", "Slots"]
 
 
 class CancelReason(StrEnum):
@@ -44,6 +48,8 @@ class Slots:
 
     def __init__(self, concurrency: int, max_jobs: int | None) -> None:
         self.concurrency = concurrency
+        #: slots for jobs claimed ahead of a free one (``--prefetch``; the worker sets it)
+        self.prefetch = 0
         self.max_jobs = max_jobs
         self.started = 0  # jobs admitted so far (``--max-jobs`` counts these)
         #: set whenever a slot frees or an outcome is ready: wakes the fetch loop
@@ -59,7 +65,7 @@ class Slots:
 
     def free(self, finishing: int = 0) -> int:
         """Slots to claim for; ``finishing`` outcomes are stored in the same call, freeing theirs."""
-        free = self.concurrency - len(self._inflight) + finishing
+        free = self.concurrency + self.prefetch - len(self._inflight) + finishing
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.started)
         return max(free, 0)
@@ -92,9 +98,49 @@ class Slots:
         (``force``: now, whatever still runs); empty until then."""
         if not self._held:
             return []
+        held_keys = {g.item.key for g in self._held}
         if not force and any(
-            i.cancel_reason is CancelReason.GIVE_BACK and i.executing for i in self._inflight.values()
+            i.cancel_reason is CancelReason.GIVE_BACK and i.executing and i.key not in held_keys
+            for i in self._inflight.values()
         ):
             return []
         held, self._held = self._held, []
         return sorted(held, key=lambda g: g.item.seq, reverse=True)
+
+
+class Gate:
+    """At most ``limit`` runs past it at once; the others wait in arrival (claim) order.
+
+    :meth:`leave` hands the place straight to the oldest waiting run.  A run cancelled while it waits
+    (stop-job, a give-back at shutdown) is let through at once: it ends without running the job.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inside = 0
+        self._waiting: deque[asyncio.Future[bool]] = deque()
+
+    def waiting(self) -> int:
+        return sum(not f.done() for f in self._waiting)
+
+    async def enter(self, run: JobRun) -> None:
+        if run.cancel_reason is not None or (self.inside < self.limit and not self._waiting):
+            self.inside += 1
+            return
+        place: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append(place)
+        run.waiting = place
+        try:
+            handed = await place
+        finally:
+            run.waiting = None
+        if not handed:  # woken by a cancel, not handed a place by leave()
+            self.inside += 1
+
+    def leave(self) -> None:
+        self.inside -= 1
+        while self._waiting and self.inside < self.limit:
+            place = self._waiting.popleft()
+            if not place.done():
+                place.set_result(True)
+                self.inside += 1

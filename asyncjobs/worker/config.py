@@ -127,6 +127,10 @@ class WorkerConfig:
     #: ``--claim-batch``: at most this many outcomes stored and jobs claimed per round trip to Redis;
     #: None = :attr:`claim_batch_size`'s default (see there)
     claim_batch: int | None = None
+    #: ``--prefetch``: at most this many jobs claimed beyond the free slots, each started the moment a
+    #: slot's job ends (no round trip to Redis in between); None = automatic (see
+    #: ``asyncjobs.worker.worker.prefetch_limit``), 0 = never more than ``concurrency`` claimed
+    prefetch: int | None = None
 
     @property
     def connection(self) -> RedisTarget:
@@ -177,6 +181,8 @@ class WorkerConfig:
             raise ValueError("--job-monitoring-interval must be positive")
         if self.claim_batch is not None and (isinstance(self.claim_batch, bool) or self.claim_batch < 1):
             raise ValueError(f"--claim-batch must be at least 1, got {self.claim_batch}")
+        if self.prefetch is not None and (isinstance(self.prefetch, bool) or self.prefetch < 0):
+            raise ValueError(f"--prefetch must be 0 or more, got {self.prefetch}: 0 turns prefetching off")
         for queue, cap in self.queue_limits:
             if queue not in self.queues and not any(
                 any(c in p for c in "*?[") and fnmatchcase(queue, p) for p in self.queues

@@ -146,6 +146,9 @@ class JobRun:
         #: the job's own code: what cancels target
         self.work: asyncio.Task[Any] | None = None
         self.cancel_reason: CancelReason | None = None
+        #: set while the run waits for an execution slot (``--prefetch``): a cancel wakes it
+        self.waiting: asyncio.Future[bool] | None = None
+        self.began = False  # past the gate: executing (or ending), not only claimed
         self.cancels = 0  # cancels delivered to ``work``
         self.first_cancel = 0.0  # monotonic time of the first, 0 until then
         self.reports = 0  # "ignores cancellation" errors logged
@@ -179,6 +182,8 @@ class JobRun:
         then repeated with backoff (:data:`RECANCEL`) for code that swallows it anyway."""
         if self.cancel_reason is None:
             self.cancel_reason = reason
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(False)  # claimed ahead, not started: it ends without starting
         work = self.work
         if work is None or work.done() or self.first_cancel:
             return

@@ -35,7 +35,7 @@ from asyncjobs.protocol.serializers import resolve_serializer, rq_serializer
 from asyncjobs.protocol.store import Claimed, ClaimRequest, RedisStore, WorkerInfo
 from asyncjobs.protocol.transitions import Kind
 from asyncjobs.worker import webhooks
-from asyncjobs.worker.admission import CancelReason, Slots
+from asyncjobs.worker.admission import CancelReason, Gate, Slots
 from asyncjobs.worker.callbacks import Callbacks
 from asyncjobs.worker.commands import CommandListener
 from asyncjobs.worker.config import WorkerConfig
@@ -77,6 +77,10 @@ TENANT_POLL = 0.25
 #: An idle worker blocks (one BLMOVE, one connection each) on at most this many of its queues, the
 #: first in its order; it looks at the others every TENANT_POLL seconds with a claim.
 MAX_BLOCKING_WAITS = 32
+#: Without --prefetch, a worker claims ahead of its free slots only as many jobs as its slots free in
+#: this many seconds (measured over the last CPU_WINDOW): a job claimed ahead waits about this long,
+#: and a worker whose jobs are long claims none ahead (another worker's free slot takes them).
+PREFETCH_WAIT = 0.01
 
 
 class StopRequested(Exception):
@@ -89,6 +93,15 @@ def claim_limit(config: WorkerConfig, busy: float) -> int:
     if config.claim_batch is None and busy >= BUSY_CPU:
         return config.concurrency
     return config.claim_batch_size
+
+
+def prefetch_limit(config: WorkerConfig, claims_per_s: float) -> int:
+    """Jobs to claim ahead of the free slots (:class:`~asyncjobs.worker.admission.Gate`): ``--prefetch``
+    when given; else as many as the worker's slots free in :data:`PREFETCH_WAIT` at its rate of
+    claims, at most ``concurrency // 8`` (so none below ``--concurrency 8``)."""
+    if config.prefetch is not None:
+        return config.prefetch
+    return min(config.concurrency // 8, int(claims_per_s * PREFETCH_WAIT))
 
 
 def thread_demand() -> float:
@@ -122,6 +135,9 @@ class Worker:
         self.webhook_policy = webhooks.WebhookPolicy(config.allow_webhook_hosts, bool(config.allowed_modules))
         self._redis = redis
         self.slots = Slots(config.concurrency, config.max_jobs)
+        self.slots.prefetch = config.prefetch or 0  # (automatic: from the first demand window on)
+        #: at most --concurrency of the claimed jobs execute; those claimed ahead wait here
+        self.gate = Gate(config.concurrency)
         #: ``--cron``: the config's jobs, loaded (and checked) now, so a bad file fails the start
         self.cron_entries = load_cron_config(config.cron) if config.cron else []
         self.memory = MemoryLimit(config.max_memory)
@@ -129,7 +145,7 @@ class Worker:
         self.recycled: str | None = None
         self.shutdown = Shutdown(
             self.slots, config.shutdown_timeout, lambda run: run.cancel(CancelReason.GIVE_BACK),
-            on_stop=self.observer.draining,
+            on_stop=self._stop_requested,
         )
         self._stopping = self.shutdown.stopping
         self._waiters: dict[str, asyncio.Task[bool]] = {}
@@ -155,7 +171,7 @@ class Worker:
         #: backlog drains in full batches until a window, the first FIRST_CPU_WINDOW long, shows time
         #: to spare)
         self._busy = 1.0
-        self._busy_window: tuple[float, float] | None = None
+        self._busy_window: tuple[float, float, int] | None = None
         self._busy_measured = False  # the first window (FIRST_CPU_WINDOW) has ended
         self._rr_offset = 0
         self.successful = 0
@@ -170,6 +186,13 @@ class Worker:
     def request_stop(self) -> None:
         """Warm shutdown: stop fetching, let in-flight jobs finish (up to the grace period)."""
         self.shutdown.request_stop()
+
+    def _stop_requested(self) -> None:
+        """A warm stop: the jobs claimed ahead and not started go back to their queues, not run."""
+        self.observer.draining()
+        for run in self.slots:
+            if not run.began:
+                run.cancel(CancelReason.GIVE_BACK)
 
     def request_drain(self) -> None:
         """Stop claiming, finish every job in flight (no grace period), deregister and exit 0 (the
@@ -439,12 +462,13 @@ class Worker:
         """
         now = time.monotonic()
         if self._busy_window is None:
-            self._busy_window = (now, thread_demand())
-        began, then = self._busy_window
+            self._busy_window = (now, thread_demand(), self.slots.started)
+        began, then, claimed = self._busy_window
         if now - began >= (CPU_WINDOW if self._busy_measured else FIRST_CPU_WINDOW):
             demand = thread_demand()
             self._busy = (demand - then) / (now - began)
-            self._busy_window = (now, demand)
+            self.slots.prefetch = prefetch_limit(self.config, (self.slots.started - claimed) / (now - began))
+            self._busy_window = (now, demand, self.slots.started)
             self._busy_measured = True
         return claim_limit(self.config, self._busy)
 
@@ -701,10 +725,16 @@ class Worker:
         run.task = asyncio.create_task(self._run(run), name=f"job-{claimed.job_id}")
 
     async def _run(self, run: JobRun) -> None:
-        """The run's outcome, counted, then stored (its slot freed once it is) or held to give back."""
+        """The run's outcome, counted, then stored (its slot freed once it is) or held to give back.
+        A job claimed ahead of a free slot (--prefetch) first waits at the gate for one."""
+        await self.gate.enter(run)
+        run.began = True
         self.observer.job_began()
         t0 = time.monotonic()
-        outcome = await run.outcome()
+        try:
+            outcome = await run.outcome()
+        finally:
+            self.gate.leave()
         self.successful += outcome.succeeded
         self.failed += outcome.failed
         self.observer.job_ended(run.claimed.queue, outcome.kind, time.monotonic() - t0)

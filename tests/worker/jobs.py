@@ -144,3 +144,15 @@ async def throttled_once(key: str, retry_after: float) -> str:
     if seen.count(key) == 1:
         raise Throttled(retry_after)
     return f"ran {key} after throttling"
+
+
+async def started_then_wait(tag: str) -> str:
+    """Records its start in ``starts``, then waits for the gate named ``tag``."""
+    starts.append((tag, time.monotonic()))
+    running["now"] += 1
+    running["max"] = max(running["max"], running["now"])
+    try:
+        await gate(tag).wait()
+    finally:
+        running["now"] -= 1
+    return tag
