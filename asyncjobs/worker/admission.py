@@ -123,16 +123,21 @@ class Gate:
     def waiting(self) -> int:
         return sum(not f.done() for f in self._waiting)
 
-    async def enter(self, run: JobRun) -> None:
+    async def enter(self, run: JobRun, stale: float, on_stale: Callable[[JobRun], None]) -> None:
+        """Past the gate now, or once a place is handed over; ``on_stale(run)`` if it has waited
+        ``stale`` seconds by then (it may cancel the run, which lets it through)."""
         if run.cancel_reason is not None or (self.inside < self.limit and not self._waiting):
             self.inside += 1
             return
-        place: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        place: asyncio.Future[bool] = loop.create_future()
         self._waiting.append(place)
         run.waiting = place
+        timer = loop.call_later(stale, on_stale, run)
         try:
             handed = await place
         finally:
+            timer.cancel()
             run.waiting = None
         if not handed:  # woken by a cancel, not handed a place by leave()
             self.inside += 1

@@ -81,6 +81,10 @@ MAX_BLOCKING_WAITS = 32
 #: this many seconds (measured over the last CPU_WINDOW): a job claimed ahead waits about this long,
 #: and a worker whose jobs are long claims none ahead (another worker's free slot takes them).
 PREFETCH_WAIT = 0.01
+#: A job claimed ahead that has waited this long for a slot (the jobs ahead of it are long after all)
+#: goes back to the front of its queue for another worker, and the worker claims none ahead until
+#: its next demand window (CPU_WINDOW) shows its slots freeing fast again.
+PREFETCH_STALE = 0.1
 
 
 class StopRequested(Exception):
@@ -727,7 +731,7 @@ class Worker:
     async def _run(self, run: JobRun) -> None:
         """The run's outcome, counted, then stored (its slot freed once it is) or held to give back.
         A job claimed ahead of a free slot (--prefetch) first waits at the gate for one."""
-        await self.gate.enter(run)
+        await self.gate.enter(run, PREFETCH_STALE, self._waited_too_long)
         run.began = True
         self.observer.job_began()
         t0 = time.monotonic()
@@ -746,6 +750,18 @@ class Worker:
             # are on their queue before this worker fetches again, as with a stock worker.
             self.recorder.submit(outcome, lambda: self.slots.release(run), run.after_recorded)
         self.slots.freed.set()  # wake the loop: it stores this outcome with its next claim
+
+    def _waited_too_long(self, stale: JobRun) -> None:
+        """A job claimed ahead waited PREFETCH_STALE for a slot: give back every job still waiting (to
+        the front of their queues, in order), and claim none ahead until the next demand window."""
+        waiting = [run for run in self.slots if run.waiting is not None and not run.waiting.done()]
+        log.debug("%d job(s) claimed ahead waited %.2f s for a slot (%s first): giving them back to their "
+                  "queues; claiming none ahead for %.1f s", len(waiting), PREFETCH_STALE, stale.claimed.job_id,
+                  CPU_WINDOW)
+        self.slots.prefetch = 0
+        self._busy_window = None  # the next window starts now: its rate of claims decides again
+        for run in waiting:
+            run.cancel(CancelReason.GIVE_BACK)
 
     def _release_give_backs(self, force: bool = False) -> None:
         """Submit the held give-backs together once none is still ending (see :class:`Slots`)."""

@@ -42,6 +42,7 @@ async def test_a_prefetched_job_starts_when_a_slot_ends_without_a_round_trip(
         return await real(self, outcomes, request)
 
     monkeypatch.setattr(RedisStore, "exchange", held)
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 60.0)  # they wait as long as the test says
     q = Queue("default", connection=sync_redis)
     tags = [f"pf{i}" for i in range(6)]
     ids = [q.enqueue(f"{J}.started_then_wait", t).id for t in tags]
@@ -67,10 +68,14 @@ async def test_a_prefetched_job_starts_when_a_slot_ends_without_a_round_trip(
     assert worker.successful == 6
 
 
-async def test_a_stop_gives_prefetched_jobs_back_unstarted_in_order(sync_redis: redis.Redis, start_worker) -> None:
+async def test_a_stop_gives_prefetched_jobs_back_unstarted_in_order(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A warm stop finishes the jobs executing and puts the prefetched ones back at the front of their
     queue, in their order, never started (as a stock worker leaves jobs it has not taken)."""
     from tests.worker import jobs
+
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 60.0)
 
     q = Queue("default", connection=sync_redis)
     tags = [f"ws{i}" for i in range(5)]
@@ -89,10 +94,14 @@ async def test_a_stop_gives_prefetched_jobs_back_unstarted_in_order(sync_redis: 
     assert q.started_job_registry.get_job_ids() == []
 
 
-async def test_stop_job_ends_a_prefetched_job_without_running_it(sync_redis: redis.Redis, start_worker) -> None:
+async def test_stop_job_ends_a_prefetched_job_without_running_it(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rq.command import send_stop_job_command
 
     from tests.worker import jobs
+
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 60.0)
 
     q = Queue("default", connection=sync_redis)
     ids = [q.enqueue(f"{J}.started_then_wait", f"sj{i}").id for i in range(3)]
@@ -142,3 +151,34 @@ def test_prefetch_limit() -> None:
     assert prefetch_limit(WorkerConfig(queues=("q",), concurrency=50, prefetch=0), 1e6) == 0
     with pytest.raises(ValueError, match="--prefetch must be 0 or more, got -1"):
         WorkerConfig(queues=("q",), prefetch=-1)
+
+
+async def test_a_job_claimed_ahead_behind_long_jobs_goes_back_for_another_worker(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job claimed ahead that waits PREFETCH_STALE for a slot (the jobs ahead of it turned out long)
+    goes back to the front of its queue, unstarted, and the worker claims none ahead until its next
+    demand window: another worker's free slot runs it (the chaos suite's slot probe found this: a
+    fleet whose jobs all wait for each other deadlocked on the jobs one worker held back)."""
+    from tests.worker import jobs
+
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 0.2)
+    monkeypatch.setattr("asyncjobs.worker.worker.CPU_WINDOW", 60.0)  # no new window during the test
+    q = Queue("default", connection=sync_redis)
+    long = q.enqueue(f"{J}.started_then_wait", "long0")
+    jobs.gate("free1").set()
+    ahead = q.enqueue(f"{J}.started_then_wait", "free1")
+    behind = q.enqueue(f"{J}.started_then_wait", "free2")
+    _a, _ = await start_worker(concurrency=1, prefetch=1, name="worker-a")
+    await eventually(lambda: status(sync_redis, ahead.id) == "started", what="one claimed ahead")
+    await eventually(lambda: q.get_job_ids() == [ahead.id, behind.id], what="given back to the front")
+    assert status(sync_redis, ahead.id) == "queued" and started_tags() == ["long0"]
+    await asyncio.sleep(0.3)
+    assert q.get_job_ids() == [ahead.id, behind.id], "claimed ahead again at once"
+    _b, _ = await start_worker(concurrency=1, prefetch=0, name="worker-b")
+    await eventually(lambda: status(sync_redis, ahead.id) == "finished", what="run by the other worker")
+    assert status(sync_redis, long.id) == "started"
+    jobs.gate("free2").set()
+    jobs.gate("long0").set()
+    await eventually(lambda: status(sync_redis, long.id) == "finished" and status(sync_redis, behind.id) == "finished")
+    assert sorted(started_tags()) == ["free1", "free2", "long0"]
