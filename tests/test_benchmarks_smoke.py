@@ -145,6 +145,11 @@ def test_claim_batch_suffix_only_for_asyncjobs() -> None:
     assert Contender.parse("asyncjobs-c50").claim_batch is None
     with pytest.raises(ValueError, match="-bB"):
         Contender.parse("saq-c50-b4")
+    f = Contender.parse("asyncjobs-c50-b4-f0@HEAD")
+    assert (f.claim_batch, f.prefetch, f.source) == (4, 0, "HEAD")
+    assert Contender.parse("asyncjobs-c50").prefetch is None
+    with pytest.raises(ValueError, match="-fF"):
+        Contender.parse("saq-c50-f4")
 
 
 def test_tiny_limits_run(tmp_path: Path) -> None:
@@ -179,11 +184,12 @@ def test_tiny_gap_run(tmp_path: Path) -> None:
     if not asyncjobs_available():
         pytest.skip("asyncjobs-worker is not runnable")
     rc = main(["gap", "-n", "120", "--n-stock", "8", "--seconds", "0.02", "--concurrency", "10", "--repeat", "1",
-               "--batches", "2", "--no-progress", "--out", str(tmp_path)])
+               "--batches", "2", "--prefetches", "0", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     rows = [json.loads(line) for line in next(tmp_path.glob("gap-*.jsonl")).read_text().splitlines()]
     assert [(r["contender"], r["n"], r["slots"]) for r in rows] == [
-        ("ceiling-c10", 120, 10), ("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10), ("asyncjobs-c10-b2", 120, 10)]
+        ("ceiling-c10", 120, 10), ("rq-simple", 8, 1), ("asyncjobs-c10", 120, 10), ("asyncjobs-c10-b2", 120, 10),
+        ("asyncjobs-c10-f0", 120, 10)]
     for r in rows:
         assert r["verified"] and 0 < r["occupancy_pct"] <= 100
     for r in rows[1:]:  # the no-queue run has no gap to speak of

@@ -21,7 +21,8 @@ environment (the settings module wins, as for RQ's own settings).  Per-worker qu
 ``ASYNCJOBS_QUEUE_LIMITS=sms=5,emails=20``; fleet-wide limits live in Redis and apply as for any
 asyncjobs worker.  The fleet's own jobs: ``ASYNCJOBS_CRON`` (``--cron CONFIG``),
 ``ASYNCJOBS_CRON_LEASE`` and ``ASYNCJOBS_MAX_MEMORY`` (``--max-memory``, e.g. ``512M``; RQ's own
-``--max-jobs`` is honoured as it is).
+``--max-jobs`` is honoured as it is).  Round trips: ``ASYNCJOBS_CLAIM_BATCH`` (``--claim-batch``) and
+``ASYNCJOBS_PREFETCH`` (``--prefetch``).
 """
 
 from __future__ import annotations

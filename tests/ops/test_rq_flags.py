@@ -122,7 +122,7 @@ def test_cron_and_max_memory_under_rq_worker_w(redis_url: str, sync_redis, tmp_p
     conf.write_text('from rq import cron\nfrom tests.ops import jobs\n\n'
                     'cron.register(jobs.ok, "cronq", args=(1,), interval=1, name="every-second")\n')
     env = {"ASYNCJOBS_CRON": str(conf), "ASYNCJOBS_CRON_LEASE": "2", "ASYNCJOBS_MAX_MEMORY": "2G",
-           "ASYNCJOBS_CLAIM_BATCH": "4"}
+           "ASYNCJOBS_CLAIM_BATCH": "4", "ASYNCJOBS_PREFETCH": "0"}
     with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], env=env) as worker:
         wait_for(lambda: Queue("cronq", connection=sync_redis).count >= 2, 30, message=worker.output)
         worker.stop()
@@ -136,7 +136,8 @@ def test_cron_and_max_memory_under_rq_worker_w(redis_url: str, sync_redis, tmp_p
     for env, named in (({"ASYNCJOBS_CRON": str(tmp_path / "broken.py")}, "broken.py"),
                        ({"ASYNCJOBS_MAX_MEMORY": "lots"}, "ASYNCJOBS_MAX_MEMORY='lots'"),
                        ({"ASYNCJOBS_CRON_LEASE": "0", "ASYNCJOBS_CRON": str(conf)}, "--cron-lease"),
-                       ({"ASYNCJOBS_CLAIM_BATCH": "0"}, "ASYNCJOBS_CLAIM_BATCH='0' is not a positive whole number")):
+                       ({"ASYNCJOBS_CLAIM_BATCH": "0"}, "ASYNCJOBS_CLAIM_BATCH='0' is not a positive whole number"),
+                       ({"ASYNCJOBS_PREFETCH": "-1"}, "ASYNCJOBS_PREFETCH='-1' is not a whole number")):
         with run_rq_worker_with_asyncjobs_class(redis_url, ["other"], "--burst", env=env) as worker:
             assert worker.wait(60) == 2, worker.output()
             out = worker.output()
