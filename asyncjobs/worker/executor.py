@@ -213,11 +213,14 @@ def interrupt_blocked_job(loop_thread: int) -> bool:
     if frame is None or _is_engine_code(frame.f_code.co_filename):
         return False
     f: Any = frame
+    inner: Any = None  # the frame f called
     while f is not None:
         if f.f_code is _RUN_CODE:
+            if inner is not None and _is_worker_code(inner.f_code.co_filename):
+                return False  # Executor.run's own steps (the pool starting a thread), not the job's code
             _set_async_exc(loop_thread, LoopBlockedError)
             return True
-        f = f.f_back
+        inner, f = f, f.f_back
     return False
 
 
@@ -228,6 +231,14 @@ _ENGINE_DIRS = tuple(
 
 def _is_engine_code(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_ENGINE_DIRS)
+
+
+_WORKER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _is_worker_code(filename: str) -> bool:
+    """The engine proper (``asyncjobs/worker/``), not the package's job functions (``asyncjobs.tasks``)."""
+    return os.path.abspath(filename).startswith(_WORKER_DIR)
 
 
 class JobExited(Exception):
