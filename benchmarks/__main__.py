@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--workload", choices=["noop", "noop_async"], default="noop_async")
     pf.add_argument("--concurrency", type=int, default=50)
     pf.add_argument("--repeat", type=int, default=3, help="unprofiled runs; the smallest CPU counts")
+    pf.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds one worker run may take before it is killed and the run fails (default %(default)g)")
     pf.add_argument("--top", type=int, default=30, help="functions listed (default %(default)s)")
     pf.add_argument("--source", default=None, help="run the asyncjobs package as of this git revision")
     pf.add_argument("--before", default=None, help="also run this git revision, interleaved (before/after)")

@@ -19,9 +19,11 @@ import contextlib
 import io
 import os
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,10 +65,24 @@ def _run(url: str, args: argparse.Namespace, env: dict[str, str], profile_to: Pa
     # checkout would shadow a --before revision's package on PYTHONPATH
     argv = [*prefix, str(Path(sys.executable).with_name("asyncjobs-worker")), "--burst", "--concurrency", str(args.concurrency), "-u", url,
             "-l", "WARNING", "-P", str(ROOT), QUEUE]
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    # stderr to a file: a pipe nobody reads until the end blocks a worker that writes more than it holds
+    with tempfile.TemporaryFile(dir=cwd) as errf:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stderr=errf)
+        timer = threading.Timer(args.timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        errf.seek(0)
+        err = errf.read().decode(errors="replace")
+    if proc.returncode == -signal.SIGKILL:
+        raise SystemExit(
+            f"the worker{' under cProfile' if profile_to else ''} did not drain {args.n} jobs within --timeout "
+            f"{args.timeout:g} s and was killed (CPython 3.11.7's cProfile has been seen to spin for good in "
+            f"Thread.start; try --workload noop_async, or py-spy). Its stderr:\n{err[-3000:]}"
+        )
     if proc.returncode != 0:
         raise SystemExit(f"worker exited with {proc.returncode}:\n{err[-3000:]}")
     return usage.ru_utime + usage.ru_stime
