@@ -19,7 +19,7 @@ def _run_loop_thread(coro_factory: Any) -> tuple[threading.Thread, list[Any]]:
     def main() -> None:
         try:
             result.append(asyncio.run(coro_factory()))
-        except BaseException as exc:  # noqa: BLE001 - what the loop thread ended with
+        except BaseException as exc:  # what the loop thread ended with
             result.append(exc)
 
     thread = threading.Thread(target=main, name="test-loop")
