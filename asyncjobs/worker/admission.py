@@ -51,7 +51,8 @@ class Slots:
         #: slots for jobs claimed ahead of a free one (``--prefetch``; the worker sets it)
         self.prefetch = 0
         self.max_jobs = max_jobs
-        self.started = 0  # jobs admitted so far (``--max-jobs`` counts these)
+        self.started = 0  # jobs admitted so far
+        self.returned = 0  # of those, given back without starting (``--max-jobs`` counts the others)
         #: set whenever a slot frees or an outcome is ready: wakes the fetch loop
         self.freed = asyncio.Event()
         self._inflight: dict[str, JobRun] = {}
@@ -67,12 +68,12 @@ class Slots:
         """Slots to claim for; ``finishing`` outcomes are stored in the same call, freeing theirs."""
         free = self.concurrency + self.prefetch - len(self._inflight) + finishing
         if self.max_jobs is not None:
-            free = min(free, self.max_jobs - self.started)
+            free = min(free, self.max_jobs - self.started + self.returned)
         return max(free, 0)
 
     @property
     def max_jobs_reached(self) -> bool:
-        return self.max_jobs is not None and self.started >= self.max_jobs
+        return self.max_jobs is not None and self.started - self.returned >= self.max_jobs
 
     def admit(self, make: Callable[[int], JobRun]) -> JobRun:
         """Take a slot for the run ``make(seq)`` builds (``seq``: its claim order)."""

@@ -148,7 +148,7 @@ class JobRun:
         self.cancel_reason: CancelReason | None = None
         #: set while the run waits for an execution slot (``--prefetch``): a cancel wakes it
         self.waiting: asyncio.Future[bool] | None = None
-        self.began = False  # past the gate: executing (or ending), not only claimed
+        self.began = False  # past the gate to run, not cancelled while claimed ahead (then it never starts)
         self.cancels = 0  # cancels delivered to ``work``
         self.first_cancel = 0.0  # monotonic time of the first, 0 until then
         self.reports = 0  # "ignores cancellation" errors logged

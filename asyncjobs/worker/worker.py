@@ -732,7 +732,7 @@ class Worker:
         """The run's outcome, counted, then stored (its slot freed once it is) or held to give back.
         A job claimed ahead of a free slot (--prefetch) first waits at the gate for one."""
         await self.gate.enter(run, PREFETCH_STALE, self._waited_too_long)
-        run.began = True
+        run.began = run.cancel_reason is None  # (else ended while it waited: it never starts)
         self.observer.job_began()
         t0 = time.monotonic()
         try:
@@ -743,6 +743,8 @@ class Worker:
         self.failed += outcome.failed
         self.observer.job_ended(run.claimed.queue, outcome.kind, time.monotonic() - t0)
         if outcome.kind is Kind.REQUEUE:
+            if not run.began:
+                self.slots.returned += 1  # claimed ahead, given back unstarted: not one of --max-jobs
             self.slots.hold_give_back(run, outcome)
             self._release_give_backs()
         else:

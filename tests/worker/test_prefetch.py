@@ -182,3 +182,24 @@ async def test_a_job_claimed_ahead_behind_long_jobs_goes_back_for_another_worker
     jobs.gate("long0").set()
     await eventually(lambda: status(sync_redis, long.id) == "finished" and status(sync_redis, behind.id) == "finished")
     assert sorted(started_tags()) == ["free1", "free2", "long0"]
+
+
+async def test_a_job_given_back_unstarted_does_not_count_towards_max_jobs(
+    sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--max-jobs counts jobs run: one claimed ahead and given back (it waited too long) is not one."""
+    from tests.worker import jobs
+
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 0.1)
+    monkeypatch.setattr("asyncjobs.worker.worker.CPU_WINDOW", 60.0)
+    q = Queue("default", connection=sync_redis)
+    ids = [q.enqueue(f"{J}.started_then_wait", f"mj{i}").id for i in range(3)]
+    jobs.gate("mj1").set()
+    jobs.gate("mj2").set()
+    _worker, task = await start_worker(concurrency=1, prefetch=1, max_jobs=3)
+    await eventually(lambda: status(sync_redis, ids[1]) == "started", what="one claimed ahead")
+    await eventually(lambda: status(sync_redis, ids[1]) == "queued", what="given back")
+    jobs.gate("mj0").set()
+    await asyncio.wait_for(task, 30)
+    assert [status(sync_redis, i) for i in ids] == ["finished", "finished", "finished"]
+    assert started_tags() == ["mj0", "mj1", "mj2"]
