@@ -42,15 +42,14 @@ def test_the_engine_starting_a_pool_thread_is_not_interrupted(monkeypatch: pytes
     async def submit_one() -> Any:
         return await executor.run(lambda: "ran", (), {}, handle=_handle())
 
-    loop_thread, result = _run_loop_thread(submit_one)
-
     def slow_start(self: threading.Thread) -> None:
-        if threading.current_thread() is loop_thread:
+        if threading.current_thread().name == "test-loop":  # the pool, from the loop's thread
             entered.set()
             release.wait(10)
         real_start(self)
 
-    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    monkeypatch.setattr(threading.Thread, "start", slow_start)  # before the loop thread can submit
+    loop_thread, result = _run_loop_thread(submit_one)
     try:
         assert entered.wait(10)
         assert loop_thread.ident is not None
