@@ -119,6 +119,7 @@ class Gate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.inside = 0
+        self.left = 0  # runs that have left so far (their slots freed for the next)
         self._waiting: deque[asyncio.Future[bool]] = deque()
 
     def waiting(self) -> int:
@@ -145,6 +146,7 @@ class Gate:
 
     def leave(self) -> None:
         self.inside -= 1
+        self.left += 1
         while self._waiting and self.inside < self.limit:
             place = self._waiting.popleft()
             if not place.done():

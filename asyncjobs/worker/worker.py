@@ -78,7 +78,7 @@ TENANT_POLL = 0.25
 #: first in its order; it looks at the others every TENANT_POLL seconds with a claim.
 MAX_BLOCKING_WAITS = 32
 #: Without --prefetch, a worker claims ahead of its free slots only as many jobs as its slots free in
-#: this many seconds (measured over the last CPU_WINDOW): a job claimed ahead waits about this long,
+#: this many seconds (its jobs' ends over the last CPU_WINDOW): a job claimed ahead waits about this long,
 #: and a worker whose jobs are long claims none ahead (another worker's free slot takes them).
 PREFETCH_WAIT = 0.01
 #: A job claimed ahead that has waited this long for a slot (the jobs ahead of it are long after all)
@@ -99,13 +99,13 @@ def claim_limit(config: WorkerConfig, busy: float) -> int:
     return config.claim_batch_size
 
 
-def prefetch_limit(config: WorkerConfig, claims_per_s: float) -> int:
+def prefetch_limit(config: WorkerConfig, ends_per_s: float) -> int:
     """Jobs to claim ahead of the free slots (:class:`~asyncjobs.worker.admission.Gate`): ``--prefetch``
-    when given; else as many as the worker's slots free in :data:`PREFETCH_WAIT` at its rate of
-    claims, at most ``concurrency // 8`` (so none below ``--concurrency 8``)."""
+    when given; else as many as the worker's slots free in :data:`PREFETCH_WAIT` at the rate its jobs
+    end, at most ``concurrency // 8`` (so none below ``--concurrency 8``)."""
     if config.prefetch is not None:
         return config.prefetch
-    return min(config.concurrency // 8, int(claims_per_s * PREFETCH_WAIT))
+    return min(config.concurrency // 8, int(ends_per_s * PREFETCH_WAIT))
 
 
 def thread_demand() -> float:
@@ -466,13 +466,13 @@ class Worker:
         """
         now = time.monotonic()
         if self._busy_window is None:
-            self._busy_window = (now, thread_demand(), self.slots.started)
-        began, then, claimed = self._busy_window
+            self._busy_window = (now, thread_demand(), self.gate.left)
+        began, then, ended = self._busy_window
         if now - began >= (CPU_WINDOW if self._busy_measured else FIRST_CPU_WINDOW):
             demand = thread_demand()
             self._busy = (demand - then) / (now - began)
-            self.slots.prefetch = prefetch_limit(self.config, (self.slots.started - claimed) / (now - began))
-            self._busy_window = (now, demand, self.slots.started)
+            self.slots.prefetch = prefetch_limit(self.config, (self.gate.left - ended) / (now - began))
+            self._busy_window = (now, demand, self.gate.left)
             self._busy_measured = True
         return claim_limit(self.config, self._busy)
 
@@ -761,7 +761,7 @@ class Worker:
                   "queues; claiming none ahead for %.1f s", len(waiting), PREFETCH_STALE, stale.claimed.job_id,
                   CPU_WINDOW)
         self.slots.prefetch = 0
-        self._busy_window = None  # the next window starts now: its rate of claims decides again
+        self._busy_window = None  # the next window starts now: the rate its jobs end decides again
         for run in waiting:
             run.cancel(CancelReason.GIVE_BACK)
 

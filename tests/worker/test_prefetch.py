@@ -120,19 +120,27 @@ async def test_by_default_a_worker_with_long_jobs_claims_no_more_than_its_slots(
     sync_redis: redis.Redis, start_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default prefetches only while slots free fast (see prefetch_limit): jobs that wait on a gate
-    end slowly, so 24 slots claim 24 jobs and the other 6 stay on the queue for other workers."""
+    end slowly, so 48 slots hold 48 jobs, one more is claimed when one ends, and the rest stay on the
+    queue for other workers.  The rate is of jobs ending, not of claims: the 48 claimed at start-up
+    within the first window are no sign that slots free fast."""
     from tests.worker import jobs
 
     monkeypatch.setattr("asyncjobs.worker.worker.CPU_WINDOW", 0.05)
+    monkeypatch.setattr("asyncjobs.worker.worker.PREFETCH_STALE", 60.0)  # the rate alone decides here
     q = Queue("default", connection=sync_redis)
-    ids = [q.enqueue(f"{J}.started_then_wait", "slow").id for _ in range(30)]
-    worker, _task = await start_worker(concurrency=24, block_timeout=0.05)
-    await eventually(lambda: len(jobs.starts) == 24, what="24 executing")
-    await asyncio.sleep(0.3)  # several demand windows
+    ids = [q.enqueue(f"{J}.started_then_wait", "one").id]
+    ids += [q.enqueue(f"{J}.started_then_wait", "slow").id for _ in range(53)]
+    worker, _task = await start_worker(concurrency=48, block_timeout=0.05)
+    await eventually(lambda: len(jobs.starts) == 48, what="48 executing")
+    await asyncio.sleep(0.12)  # past the first demand window (FIRST_CPU_WINDOW)
     assert q.count == 6
-    assert sum(status(sync_redis, i) == "started" for i in ids) == 24
+    jobs.gate("one").set()
+    await eventually(lambda: len(jobs.starts) == 49, what="one more, in the slot that freed")
+    await asyncio.sleep(0.3)  # several demand windows
+    assert q.count == 5
+    assert sum(status(sync_redis, i) == "started" for i in ids) == 48
     jobs.gate("slow").set()
-    await eventually(lambda: worker.successful == 30, what="30 jobs")
+    await eventually(lambda: worker.successful == 54, what="54 jobs")
 
 
 def test_prefetch_limit() -> None:
