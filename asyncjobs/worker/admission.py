@@ -122,9 +122,6 @@ class Gate:
         self.left = 0  # runs that have left so far (their slots freed for the next)
         self._waiting: deque[asyncio.Future[bool]] = deque()
 
-    def waiting(self) -> int:
-        return sum(not f.done() for f in self._waiting)
-
     async def enter(self, run: JobRun, stale: float, on_stale: Callable[[JobRun], None]) -> None:
         """Past the gate now, or once a place is handed over; ``on_stale(run)`` if it has waited
         ``stale`` seconds by then (it may cancel the run, which lets it through)."""
