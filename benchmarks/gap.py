@@ -19,8 +19,8 @@ Stock ``rq worker --burst -w rq.worker.SimpleWorker`` runs beside (one slot, ``-
 gap is its own fetch, start and finish), and with ``--before REF`` the asyncjobs package as of git
 revision REF, and with ``--batches 4,16`` this checkout at those ``--claim-batch`` values too (the
 default is ``max(8, concurrency/8)``, lifted while the loop is busy), and with ``--prefetches 0,8`` at
-those ``--prefetch`` values (the default: as many as the slots free in 10 ms, at most concurrency/8).  Every job is verified to have run
-exactly once.  Writes
+those ``--prefetch`` values (the default: as many as the slots free in 10 ms, at most concurrency/8).
+Every job is verified to have run exactly once.  Writes
 ``benchmarks/results/gap/gap-latest.md`` and a ``.jsonl`` beside it.
 """
 

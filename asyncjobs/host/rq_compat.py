@@ -169,7 +169,7 @@ class AsyncWorker(RQWorker):
                             "is not a size: set e.g. ASYNCJOBS_MAX_MEMORY=512M"),
             claim_batch=_env("ASYNCJOBS_CLAIM_BATCH", _positive_int, None,
                              "is not a positive whole number: set e.g. ASYNCJOBS_CLAIM_BATCH=8, or leave it unset"),
-            prefetch=_env("ASYNCJOBS_PREFETCH", _whole_int, None,
+            prefetch=_env("ASYNCJOBS_PREFETCH", _int_from(0), None,
                           "is not a whole number: set e.g. ASYNCJOBS_PREFETCH=0 (never), or leave it unset (automatic)"),
             **ops_options({}, _rq_settings(), os.environ),
         )
@@ -190,18 +190,19 @@ def _env(name: str, parse: Callable[[str], _T], default: _D, fix: str) -> _T | _
         raise ValueError(f"${name}={text!r} {fix}") from None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+def _int_from(low: int) -> Callable[[str], int]:
+    """A parser of whole numbers of at least ``low`` (ValueError otherwise)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError(text)
+        return value
+
+    return parse
 
 
-def _whole_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
+_positive_int = _int_from(1)
 
 
 def _queue_limits() -> tuple[tuple[tuple[str, int], ...], str]:
